@@ -1,0 +1,75 @@
+// swift-tools-version:6.1
+//
+// Layout (see docs/architecture.md): imports point one way,
+//   executables -> SpookSimulation -> SpookStore -> SpookCore
+// SpookCore is pure (no I/O, no clocks, no Foundation networking).
+import PackageDescription
+
+let package = Package(
+    name: "spook-edge",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "SpookCore", targets: ["SpookCore"]),
+        .library(name: "SpookStore", targets: ["SpookStore"]),
+        .executable(name: "spook-sim", targets: ["spook-sim"]),
+        .executable(name: "spook-bench", targets: ["spook-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config (scripts/install-deps installs them).
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
+        .systemLibrary(name: "CSerialPort", pkgConfig: "libserialport", providers: [.apt(["libserialport-dev"])]),
+        .systemLibrary(name: "CUSB", pkgConfig: "libusb-1.0", providers: [.apt(["libusb-1.0-0-dev"])]),
+
+        // The pure core: names, values, clocks, deltas, collapse, vectors, HalfPair.
+        .target(name: "SpookCore"),
+        // Durable state on SQLite behind the `Store` protocol.
+        .target(
+            name: "SpookStore",
+            dependencies: [
+                "SpookCore", "CSQLite",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Deterministic simulation of replicas over faulty links (tests and `spook-sim`).
+        .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore"]),
+
+        .executableTarget(
+            name: "spook-sim",
+            dependencies: [
+                "SpookSimulation", "SpookStore", "SpookCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "spook-bench",
+            dependencies: [
+                "SpookCore", "SpookStore", "CSQLite",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "bench/Sources/spook-bench"
+        ),
+        // Child process for the kill -9 crash tests: writes deltas, reports what was acknowledged.
+        .executableTarget(
+            name: "spook-crash-writer",
+            dependencies: ["SpookCore", "SpookStore"],
+            path: "Tests/Helpers/spook-crash-writer"
+        ),
+
+        .testTarget(name: "SpookCoreTests", dependencies: ["SpookCore"]),
+        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "spook-crash-writer"]),
+        .testTarget(
+            name: "ConformanceTests",
+            dependencies: ["SpookCore"],
+            path: "Tests/Conformance",
+            resources: [.copy("vectors")]
+        ),
+        .testTarget(name: "SimulationTests", dependencies: ["SpookSimulation", "SpookCore", "SpookStore"]),
+        .testTarget(name: "SystemLibraryTests", dependencies: ["CModbus", "CSerialPort", "CUSB", "CSQLite"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,112 @@
+/// Per-origin highest seq that a replica holds contiguously (or, kept for a
+/// peer, that the peer has acknowledged as durable). Absent origins are 0.
+public struct QStateVector: Hashable, Sendable, CustomStringConvertible {
+    public private(set) var entries: [Origin: UInt64]
+
+    public init(_ entries: [Origin: UInt64] = [:]) {
+        self.entries = entries.filter { $0.value > 0 }
+    }
+
+    public subscript(origin: Origin) -> UInt64 {
+        get { entries[origin] ?? 0 }
+        set { entries[origin] = newValue == 0 ? nil : newValue }
+    }
+
+    public func contains(_ id: DeltaID) -> Bool { id.seq <= self[id.origin] }
+
+    /// Origins in ascending order: iterate this, never the dictionary, where
+    /// order can be observed (determinism).
+    public var origins: [Origin] { entries.keys.sorted() }
+
+    /// Pointwise maximum.
+    public mutating func merge(_ other: QStateVector) {
+        for (o, s) in other.entries where s > self[o] { self[o] = s }
+    }
+
+    public func merged(_ other: QStateVector) -> QStateVector {
+        var v = self
+        v.merge(other)
+        return v
+    }
+
+    /// Pointwise minimum (origins missing from either count as 0).
+    public func meet(_ other: QStateVector) -> QStateVector {
+        var out = QStateVector()
+        for (o, s) in entries { out[o] = min(s, other[o]) }
+        return out
+    }
+
+    public enum Order: Sendable, Hashable {
+        case equal, ahead, behind, concurrent
+    }
+
+    /// Compares as a partial order: `ahead` when self holds everything other
+    /// holds and more.
+    public func compare(_ other: QStateVector) -> Order {
+        var someAhead = false
+        var someBehind = false
+        for o in Set(entries.keys).union(other.entries.keys) {
+            let a = self[o], b = other[o]
+            if a > b { someAhead = true }
+            if a < b { someBehind = true }
+        }
+        switch (someAhead, someBehind) {
+        case (false, false): return .equal
+        case (true, false): return .ahead
+        case (false, true): return .behind
+        case (true, true): return .concurrent
+        }
+    }
+
+    /// A run of one origin's seqs, `first...last`.
+    public struct Range: Hashable, Sendable, CustomStringConvertible {
+        public let origin: Origin
+        public let first: UInt64
+        public let last: UInt64
+        public var count: UInt64 { last - first + 1 }
+        public var description: String { "\(origin)#\(first)...\(last)" }
+    }
+
+    /// What a peer holding `peer` lacks of what self holds, origin by origin
+    /// in ascending order.
+    public func lacking(in peer: QStateVector) -> [Range] {
+        origins.compactMap { o in
+            let mine = self[o], theirs = peer[o]
+            return mine > theirs ? Range(origin: o, first: theirs + 1, last: mine) : nil
+        }
+    }
+
+    public var total: UInt64 { entries.values.reduce(0, +) }
+
+    public var description: String {
+        "[" + origins.map { "\($0):\(self[$0])" }.joined(separator: ", ") + "]"
+    }
+
+    // u32 count, then (u64 origin, u64 seq) in ascending origin order.
+    public func encode(into w: inout ByteWriter) {
+        w.write(UInt32(entries.count))
+        for o in origins {
+            w.write(o.rawValue)
+            w.write(self[o])
+        }
+    }
+
+    public static func decode(from r: inout ByteReader) throws -> QStateVector {
+        let count = Int(try r.read(UInt32.self, "vector length"))
+        guard count <= r.remaining / 16 else {
+            throw CoreError(.truncated, "vector of \(count) entries needs \(count * 16) bytes, \(r.remaining) left")
+        }
+        var v = QStateVector()
+        var previous: Origin?
+        for _ in 0..<count {
+            let o = Origin(try r.read(UInt64.self, "vector origin"))
+            let s = try r.read(UInt64.self, "vector seq")
+            if let p = previous, p >= o {
+                throw CoreError(.malformed, "vector origins are not in ascending order at \(o)")
+            }
+            previous = o
+            v[o] = s
+        }
+        return v
+    }
+}
