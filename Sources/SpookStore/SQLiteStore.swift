@@ -1,0 +1,565 @@
+import CSQLite
+import Logging
+import SpookCore
+
+/// The embedded store: one SQLite database in WAL mode.
+///
+/// Tables (format 1):
+///
+///     meta(key, value)                       format version, hlc_high
+///     blocks(id, count, checksum)            StateBlocks; checksum = CRC-32C of the
+///                                            block's delta bodies in (origin, seq) order
+///     deltas(origin, seq, block, body, refused)   the delta log
+///     vector(origin, seq)                    own QStateVector
+///     horizon(origin, seq)                   compaction horizon
+///     peers(peer, origin, seq)               acknowledged vector per peer
+///     registers(name, body, writes)          collapsed state; writes = history cursor
+///     history(name, slot, side, body)        ring of `historyLength` entries per register
+///
+/// Memory holds caches only (state, vectors); `init` rebuilds them from disk,
+/// so a `kill -9` at any instant reopens to the last committed transaction.
+public final class SQLiteStore: Store {
+    public static let formatVersion: Int64 = 1
+
+    public let path: String
+    public let options: StoreOptions
+    public private(set) var vector = QStateVector()
+    public private(set) var horizon = QStateVector()
+    public private(set) var state: CollapseState
+    public private(set) var hlcHigh = HLCTimestamp.zero
+
+    private let db: SQLiteConnection
+    private let logger: Logger
+    private var peerVectors: [String: QStateVector] = [:]
+    private var historyWrites: [QRegisterName: Int64] = [:]
+
+    public init(path: String, options: StoreOptions = StoreOptions(), logger: Logger = Logger(label: "spook.store")) throws {
+        self.path = path
+        self.options = options
+        self.logger = logger
+        self.state = CollapseState(schema: options.schema, rule: options.rule)
+        db = try SQLiteConnection(path: path)
+        try db.exec("PRAGMA journal_mode=WAL")
+        try db.exec("PRAGMA synchronous=\(options.sync.rawValue.uppercased())")
+        // Keep the WAL file from growing without bound between checkpoints.
+        try db.exec("PRAGMA journal_size_limit=\(4 << 20)")
+        try migrate()
+        try loadCaches()
+        logger.debug("store opened", metadata: [
+            "path": "\(path)", "registers": "\(state.registers.count)", "vector": "\(vector)", "horizon": "\(horizon)",
+        ])
+    }
+
+    deinit { db.close() }
+
+    public func close() { db.close() }
+
+    public var peers: [String] { peerVectors.keys.sorted() }
+
+    public func peerVector(_ peer: String) -> QStateVector { peerVectors[peer] ?? QStateVector() }
+
+    // MARK: schema
+
+    private func migrate() throws {
+        try db.exec("""
+            CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS blocks(id INTEGER PRIMARY KEY, count INTEGER NOT NULL, checksum INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS deltas(
+                origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,
+                body BLOB NOT NULL, refused TEXT,
+                PRIMARY KEY(origin, seq)) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS deltas_block ON deltas(block);
+            CREATE TABLE IF NOT EXISTS vector(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS horizon(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS peers(peer TEXT NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,
+                PRIMARY KEY(peer, origin)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS registers(name TEXT PRIMARY KEY, body BLOB NOT NULL, writes INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS history(name TEXT NOT NULL, slot INTEGER NOT NULL, side INTEGER NOT NULL,
+                body BLOB NOT NULL, PRIMARY KEY(name, slot)) WITHOUT ROWID;
+            """)
+        let s = try db.statement("SELECT value FROM meta WHERE key = 'format'")
+        if try s.step() {
+            let found = s.int64(0)
+            guard found == SQLiteStore.formatVersion else {
+                throw StoreError(.wrongFormat, "\(path): store format \(found), this build reads format \(SQLiteStore.formatVersion)")
+            }
+        } else {
+            let insert = try db.statement("INSERT INTO meta(key, value) VALUES ('format', ?)")
+            insert.bind(1, SQLiteStore.formatVersion)
+            try insert.step()
+        }
+    }
+
+    private func loadCaches() throws {
+        vector = try readVector("SELECT origin, seq FROM vector")
+        horizon = try readVector("SELECT origin, seq FROM horizon")
+        peerVectors = [:]
+        let p = try db.statement("SELECT peer, origin, seq FROM peers")
+        while try p.step() {
+            peerVectors[p.text(0), default: QStateVector()][Origin(p.uint64(1))] = p.uint64(2)
+        }
+        var registers: [QRegisterName: RegisterState] = [:]
+        historyWrites = [:]
+        let r = try db.statement("SELECT name, body, writes FROM registers")
+        while try r.step() {
+            let text = r.text(0)
+            do {
+                let name = try QRegisterName(text)
+                registers[name] = try RegisterState.decode(r.blob(1))
+                historyWrites[name] = r.int64(2)
+            } catch let e as CoreError {
+                throw StoreError(.corrupt, "\(path): register \"\(text)\" cannot be read back: \(e.message)")
+            }
+        }
+        state = CollapseState(schema: options.schema, rule: options.rule, registers: registers)
+        let m = try db.statement("SELECT value FROM meta WHERE key = 'hlc_high'")
+        hlcHigh = try m.step() ? HLCTimestamp(rawValue: m.uint64(0)) : .zero
+    }
+
+    private func readVector(_ sql: String) throws -> QStateVector {
+        var v = QStateVector()
+        let s = try db.statement(sql)
+        while try s.step() { v[Origin(s.uint64(0))] = s.uint64(1) }
+        return v
+    }
+
+    // MARK: commit
+
+    public func commit(_ deltas: [Delta]) throws -> CommitResult {
+        try commitBlock(deltas, local: false)
+    }
+
+    public func commitLocal(_ requests: [LocalWrite], origin: Origin, physicalMs: UInt64) throws -> [Result<Delta, CoreError>] {
+        var clock = HybridLogicalClock(last: hlcHigh, driftMsMax: nil)
+        var seq = vector[origin]
+        var results: [Result<Delta, CoreError>] = []
+        var batch: [Delta] = []
+        for request in requests {
+            do {
+                let hlc = try clock.tick(physicalMs: physicalMs)
+                let delta = try Delta(origin: origin, seq: seq + 1, hlc: hlc, group: request.group, writes: request.writes)
+                try state.schema.check(delta)
+                seq += 1
+                batch.append(delta)
+                results.append(.success(delta))
+            } catch let e as CoreError {
+                results.append(.failure(e))
+            }
+        }
+        _ = try commitBlock(batch, local: true)
+        return results
+    }
+
+    private func commitBlock(_ deltas: [Delta], local: Bool) throws -> CommitResult {
+        var result = CommitResult()
+        guard !deltas.isEmpty else { return result }
+        // Work on copies of the caches; swap them in only after COMMIT, so a
+        // failed transaction leaves memory exactly as the disk is.
+        var nextVector = vector
+        var nextState = state
+        var nextHigh = hlcHigh
+        var held: [(delta: Delta, body: [UInt8], refusal: CoreError?)] = []
+        var changedSet = Set<QRegisterName>()
+        var before: [QRegisterName: RegisterState?] = [:]
+
+        for delta in deltas {
+            let expected = nextVector[delta.origin] + 1
+            if delta.seq < expected {
+                result.duplicates += 1
+                continue
+            }
+            if delta.seq > expected {
+                result.gaps.append(delta.id)
+                continue
+            }
+            nextVector[delta.origin] = delta.seq
+            nextHigh = max(nextHigh, delta.hlc)
+            var refusal: CoreError?
+            do {
+                for write in delta.writes {
+                    let name = try QRegisterName(group: delta.group, name: write.register)
+                    if before[name] == nil { before[name] = .some(nextState.registers[name]) }
+                }
+                for name in try nextState.apply(delta) where changedSet.insert(name).inserted {
+                    result.changed.append(name)
+                }
+            } catch let e as CoreError {
+                precondition(!local, "a local delta was checked before stamping: \(e)")
+                refusal = e
+                result.refused.append((delta.id, e))
+            }
+            held.append((delta, delta.encoded, refusal))
+            result.held.append(delta.id)
+        }
+        guard !held.isEmpty else { return result }
+
+        // C3, asserted at the boundary: no register went to a smaller stamp.
+        for name in result.changed {
+            if case let old?? = before[name], let new = nextState.registers[name] {
+                assert(SQLiteStore.notOlder(new, than: old), "collapse moved \(name) backwards: \(old) -> \(new)")
+            }
+        }
+
+        let ordered = held.sorted { $0.delta.id < $1.delta.id }
+        let checksum = ordered.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+        var nextHistory = historyWrites
+        let blockID: Int64 = try db.transaction {
+            let b = try db.statement("INSERT INTO blocks(count, checksum) VALUES (?, ?)")
+            b.bind(1, Int64(held.count))
+            b.bind(2, Int64(checksum))
+            try b.step()
+            let id = try lastInsertedBlock()
+            let d = try db.statement("INSERT INTO deltas(origin, seq, block, body, refused) VALUES (?, ?, ?, ?, ?)")
+            for h in held {
+                d.reset()
+                d.bind(1, h.delta.origin.rawValue)
+                d.bind(2, h.delta.seq)
+                d.bind(3, id)
+                d.bind(4, h.body)
+                if let r = h.refusal { d.bind(5, r.code.rawValue) }
+                try d.step()
+            }
+            try writeVector(table: "vector", old: vector, new: nextVector)
+            try writeRegisters(result.changed, state: nextState, before: before, history: &nextHistory)
+            if nextHigh > hlcHigh { try setMeta("hlc_high", Int64(bitPattern: nextHigh.rawValue)) }
+            return id
+        }
+        vector = nextVector
+        state = nextState
+        hlcHigh = nextHigh
+        historyWrites = nextHistory
+        result.block = blockID
+        return result
+    }
+
+    static func notOlder(_ new: RegisterState, than old: RegisterState) -> Bool {
+        func ok(_ n: Versioned?, _ o: Versioned?) -> Bool {
+            guard let o else { return true }
+            guard let n else { return false }
+            return n.stamp >= o.stamp
+        }
+        switch (new, old) {
+        case (.lww(let n), .lww(let o)): return ok(n, o)
+        case (.device(let nr, let nd), .device(let or, let od)): return ok(nr, or) && ok(nd, od)
+        default: return false
+        }
+    }
+
+    private func lastInsertedBlock() throws -> Int64 {
+        let s = try db.statement("SELECT last_insert_rowid()")
+        _ = try s.step()
+        return s.int64(0)
+    }
+
+    private func setMeta(_ key: String, _ value: Int64) throws {
+        let s = try db.statement("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        s.bind(1, key)
+        s.bind(2, value)
+        try s.step()
+    }
+
+    private func writeVector(table: String, old: QStateVector, new: QStateVector) throws {
+        let s = try db.statement("INSERT INTO \(table)(origin, seq) VALUES (?, ?) ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq")
+        for o in new.origins where new[o] != old[o] {
+            s.reset()
+            s.bind(1, o.rawValue)
+            s.bind(2, new[o])
+            try s.step()
+        }
+    }
+
+    /// Upserts changed registers and appends what changed to their history rings.
+    private func writeRegisters(
+        _ changed: [QRegisterName], state: CollapseState, before: [QRegisterName: RegisterState?],
+        history: inout [QRegisterName: Int64]
+    ) throws {
+        let upsert = "INSERT INTO registers(name, body, writes) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET body = excluded.body, writes = excluded.writes"
+        let ring = "INSERT INTO history(name, slot, side, body) VALUES (?, ?, ?, ?) ON CONFLICT(name, slot) DO UPDATE SET side = excluded.side, body = excluded.body"
+        let length = Int64(options.historyLength)
+        for name in changed {
+            guard let new = state.registers[name] else { continue }
+            let old = before[name] ?? nil
+            var writes = history[name] ?? 0
+            for (side, v) in SQLiteStore.changedSides(old: old, new: new) {
+                let h = try db.statement(ring)
+                h.bind(1, name.description)
+                h.bind(2, writes % length)
+                h.bind(3, Int64(side.rawValue))
+                var w = ByteWriter()
+                v.value.encode(into: &w)
+                w.write(v.stamp.hlc.rawValue)
+                w.write(v.stamp.origin.rawValue)
+                w.write(v.stamp.seq)
+                h.bind(4, w.bytes)
+                try h.step()
+                writes += 1
+            }
+            history[name] = writes
+            let s = try db.statement(upsert)
+            s.bind(1, name.description)
+            s.bind(2, new.encoded)
+            s.bind(3, writes)
+            try s.step()
+        }
+    }
+
+    static func changedSides(old: RegisterState?, new: RegisterState) -> [(HistoryEntry.Side, Versioned)] {
+        switch (old, new) {
+        case (.lww(let o)?, .lww(let n)) where o == n: return []
+        case (_, .lww(let n)): return [(.value, n)]
+        case (_, .device(let nr, let nd)):
+            var out: [(HistoryEntry.Side, Versioned)] = []
+            var oldReported: Versioned?, oldDesired: Versioned?
+            if case .device(let r, let d)? = old { (oldReported, oldDesired) = (r, d) }
+            if let nr, nr != oldReported { out.append((.reported, nr)) }
+            if let nd, nd != oldDesired { out.append((.desired, nd)) }
+            return out
+        }
+    }
+
+    // MARK: catch-up and snapshots
+
+    public func catchUp(for peer: QStateVector, limit: Int) throws -> CatchUp {
+        precondition(limit > 0 && limit <= StoreOptions.catchUpLimitMax, "catch-up limit out of range")
+        let lacking = vector.lacking(in: peer)
+        if lacking.contains(where: { $0.first <= horizon[$0.origin] }) {
+            return .snapshot(Snapshot(registers: state.registers, vector: vector))
+        }
+        var out: [Delta] = []
+        for range in lacking where out.count < limit {
+            let last = min(range.last, range.first + UInt64(limit - out.count) - 1)
+            out += try deltas(origin: range.origin, seqs: range.first...last)
+        }
+        return .deltas(out)
+    }
+
+    public func deltas(origin: Origin, seqs: ClosedRange<UInt64>) throws -> [Delta] {
+        let s = try db.statement("SELECT seq, body FROM deltas WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq")
+        s.bind(1, origin.rawValue)
+        s.bind(2, seqs.lowerBound)
+        s.bind(3, seqs.upperBound)
+        var out: [Delta] = []
+        while try s.step() {
+            let seq = s.uint64(0)
+            do {
+                let d = try Delta.decode(s.blob(1))
+                guard d.origin == origin, d.seq == seq else {
+                    throw CoreError(.malformed, "row key \(origin)#\(seq) holds delta \(d.id)")
+                }
+                out.append(d)
+            } catch let e as CoreError {
+                throw StoreError(.corrupt, "\(path): delta \(origin)#\(seq) cannot be read back: \(e.message)")
+            }
+        }
+        return out
+    }
+
+    public func apply(_ snapshot: Snapshot) throws -> [QRegisterName] {
+        var nextState = state
+        var before: [QRegisterName: RegisterState?] = [:]
+        for name in snapshot.registers.keys { before[name] = .some(state.registers[name]) }
+        let changed = nextState.merge(snapshot: snapshot.registers)
+        // Seqs the snapshot covers but we never held as deltas can no longer be
+        // served to others: they join our horizon.
+        // Deltas we did hold of such an origin are dropped too, so the log keeps
+        // its shape: per origin exactly the seqs horizon+1 ... vector.
+        var nextHorizon = horizon
+        let jumped = snapshot.vector.origins.filter { snapshot.vector[$0] > vector[$0] }
+        for o in jumped { nextHorizon[o] = snapshot.vector[o] }
+        let nextVector = vector.merged(snapshot.vector)
+        var nextHistory = historyWrites
+        try db.transaction {
+            var touched = Set<Int64>()
+            for o in jumped where vector[o] > horizon[o] {
+                let b = try db.statement("SELECT DISTINCT block FROM deltas WHERE origin = ?")
+                b.bind(1, o.rawValue)
+                while try b.step() { touched.insert(b.int64(0)) }
+                let d = try db.statement("DELETE FROM deltas WHERE origin = ?")
+                d.bind(1, o.rawValue)
+                try d.step()
+            }
+            for block in touched.sorted() { try resealBlock(block) }
+            try writeVector(table: "vector", old: vector, new: nextVector)
+            try writeVector(table: "horizon", old: horizon, new: nextHorizon)
+            try writeRegisters(changed, state: nextState, before: before, history: &nextHistory)
+        }
+        state = nextState
+        vector = nextVector
+        horizon = nextHorizon
+        historyWrites = nextHistory
+        return changed
+    }
+
+    /// Recomputes a StateBlock's count and checksum after some of its deltas
+    /// were dropped (by a snapshot), or removes it when none are left.
+    private func resealBlock(_ id: Int64) throws {
+        let s = try db.statement("SELECT body FROM deltas WHERE block = ? ORDER BY origin, seq")
+        s.bind(1, id)
+        var crc: UInt32 = 0
+        var count: Int64 = 0
+        while try s.step() {
+            crc = CRC32C.update(crc, s.blob(0))
+            count += 1
+        }
+        if count == 0 {
+            let d = try db.statement("DELETE FROM blocks WHERE id = ?")
+            d.bind(1, id)
+            try d.step()
+        } else {
+            let u = try db.statement("UPDATE blocks SET count = ?, checksum = ? WHERE id = ?")
+            u.bind(1, count)
+            u.bind(2, Int64(crc))
+            u.bind(3, id)
+            try u.step()
+        }
+    }
+
+    // MARK: peers and compaction
+
+    public func recordAck(peer: String, vector ack: QStateVector) throws {
+        let old = peerVector(peer)
+        let new = old.merged(ack)
+        guard new != old || peerVectors[peer] == nil else { return }
+        try db.transaction {
+            let s = try db.statement("INSERT INTO peers(peer, origin, seq) VALUES (?, ?, ?) ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq")
+            for o in new.origins where new[o] != old[o] {
+                s.reset()
+                s.bind(1, peer)
+                s.bind(2, o.rawValue)
+                s.bind(3, new[o])
+                try s.step()
+            }
+            if new.entries.isEmpty {
+                // Remember a peer that has acknowledged nothing yet: it still holds back compaction.
+                let z = try db.statement("INSERT OR IGNORE INTO peers(peer, origin, seq) VALUES (?, 0, 0)")
+                z.bind(1, peer)
+                try z.step()
+            }
+        }
+        peerVectors[peer] = new
+    }
+
+    public func removePeer(_ peer: String) throws {
+        let s = try db.statement("DELETE FROM peers WHERE peer = ?")
+        s.bind(1, peer)
+        try s.step()
+        peerVectors[peer] = nil
+    }
+
+    public func compact() throws -> CompactionReport {
+        // Everything every peer acknowledged; with no peers, everything held
+        // (a peer that joins later is served a snapshot).
+        let acked = peers.reduce(vector) { $0.meet(peerVector($1)) }
+        var lastBlock: Int64?
+        var removed = 0
+        var nextHorizon = horizon
+        let blocks = try db.statement("SELECT id, count FROM blocks ORDER BY id LIMIT ?")
+        blocks.bind(1, Int64(options.compactionBlocksMax))
+        var candidates: [(id: Int64, count: Int)] = []
+        while try blocks.step() { candidates.append((blocks.int64(0), Int(blocks.int64(1)))) }
+        scan: for block in candidates {
+            let s = try db.statement("SELECT origin, MAX(seq) FROM deltas WHERE block = ? GROUP BY origin")
+            s.bind(1, block.id)
+            var highs: [(Origin, UInt64)] = []
+            while try s.step() {
+                let o = Origin(s.uint64(0)), high = s.uint64(1)
+                if high > acked[o] { break scan }
+                highs.append((o, high))
+            }
+            for (o, high) in highs where high > nextHorizon[o] { nextHorizon[o] = high }
+            lastBlock = block.id
+            removed += block.count
+        }
+        guard let lastBlock else {
+            return CompactionReport(blocksRemoved: 0, deltasRemoved: 0, horizon: horizon)
+        }
+        let blocksRemoved = candidates.prefix { $0.id <= lastBlock }.count
+        try db.transaction {
+            let d = try db.statement("DELETE FROM deltas WHERE block <= ?")
+            d.bind(1, lastBlock)
+            try d.step()
+            let b = try db.statement("DELETE FROM blocks WHERE id <= ?")
+            b.bind(1, lastBlock)
+            try b.step()
+            try writeVector(table: "horizon", old: horizon, new: nextHorizon)
+        }
+        horizon = nextHorizon
+        try db.exec("PRAGMA wal_checkpoint(PASSIVE)")
+        logger.debug("compacted", metadata: ["blocks": "\(blocksRemoved)", "deltas": "\(removed)", "horizon": "\(horizon)"])
+        return CompactionReport(blocksRemoved: blocksRemoved, deltasRemoved: removed, horizon: horizon)
+    }
+
+    // MARK: reading back
+
+    public func history(_ name: QRegisterName) throws -> [HistoryEntry] {
+        let s = try db.statement("SELECT side, body FROM history WHERE name = ?")
+        s.bind(1, name.description)
+        var out: [HistoryEntry] = []
+        while try s.step() {
+            guard let side = HistoryEntry.Side(rawValue: UInt8(truncatingIfNeeded: s.int64(0))) else {
+                throw StoreError(.corrupt, "\(path): history of \(name) has unknown side \(s.int64(0))")
+            }
+            var r = ByteReader(s.blob(1))
+            do {
+                let value = try Value.decode(from: &r)
+                let hlc = HLCTimestamp(rawValue: try r.read(UInt64.self, "hlc"))
+                let origin = Origin(try r.read(UInt64.self, "origin"))
+                let seq = try r.read(UInt64.self, "seq")
+                out.append(HistoryEntry(side: side, versioned: Versioned(value, Stamp(hlc: hlc, origin: origin, seq: seq))))
+            } catch let e as CoreError {
+                throw StoreError(.corrupt, "\(path): history of \(name) cannot be read back: \(e.message)")
+            }
+        }
+        return out.sorted { $0.versioned.stamp > $1.versioned.stamp }
+    }
+
+    public func verify() throws -> VerifyReport {
+        let quick = try db.statement("PRAGMA quick_check")
+        while try quick.step() {
+            let line = quick.text(0)
+            guard line == "ok" else { throw StoreError(.corrupt, "\(path): SQLite quick_check: \(line)") }
+        }
+        var blockCount = 0, deltaCount = 0
+        let blocks = try db.statement("SELECT id, count, checksum FROM blocks ORDER BY id")
+        var rows: [(Int64, Int64, UInt32)] = []
+        while try blocks.step() { rows.append((blocks.int64(0), blocks.int64(1), UInt32(truncatingIfNeeded: blocks.int64(2)))) }
+        for (id, count, checksum) in rows {
+            let s = try db.statement("SELECT origin, seq, body FROM deltas WHERE block = ? ORDER BY origin, seq")
+            s.bind(1, id)
+            var crc: UInt32 = 0
+            var n: Int64 = 0
+            while try s.step() {
+                let body = s.blob(2)
+                crc = CRC32C.update(crc, body)
+                n += 1
+                do {
+                    let d = try Delta.decode(body)
+                    guard d.origin == Origin(s.uint64(0)), d.seq == s.uint64(1) else {
+                        throw CoreError(.malformed, "row key \(Origin(s.uint64(0)))#\(s.uint64(1)) holds \(d.id)")
+                    }
+                } catch let e as CoreError {
+                    throw StoreError(.corrupt, "\(path): StateBlock \(id): \(e.message)")
+                }
+            }
+            guard n == count, crc == checksum else {
+                throw StoreError(.corrupt, "\(path): StateBlock \(id): \(n) of \(count) deltas, checksum \(crc) expected \(checksum)")
+            }
+            blockCount += 1
+            deltaCount += Int(n)
+        }
+        // Per origin the log must hold exactly horizon+1 ... vector.
+        let runs = try db.statement("SELECT origin, MIN(seq), MAX(seq), COUNT(*) FROM deltas GROUP BY origin")
+        var seen = Set<Origin>()
+        while try runs.step() {
+            let o = Origin(runs.uint64(0)), low = runs.uint64(1), high = runs.uint64(2), n = runs.uint64(3)
+            seen.insert(o)
+            guard low == horizon[o] + 1, high == vector[o], n == high - low + 1 else {
+                throw StoreError(.corrupt, "\(path): origin \(o) holds seqs \(low)...\(high) (\(n) rows), vector \(vector[o]), horizon \(horizon[o])")
+            }
+        }
+        for o in vector.origins where !seen.contains(o) && vector[o] != horizon[o] {
+            throw StoreError(.corrupt, "\(path): origin \(o) has vector \(vector[o]) but no deltas above horizon \(horizon[o])")
+        }
+        return VerifyReport(blocks: blockCount, deltas: deltaCount, registers: state.registers.count)
+    }
+}

@@ -1,0 +1,151 @@
+import SpookCore
+
+/// How hard a commit waits for the disk (SQLite `PRAGMA synchronous` in WAL mode).
+///
+/// - `off`: survives a process crash, not a power loss; for tests and simulations.
+/// - `normal`: survives a process crash; a power loss may lose the last commits.
+/// - `full`: every acknowledged commit survives a power loss. The default.
+/// - `extra`: `full`, and the directory entry too.
+public enum SyncLevel: String, Sendable, CaseIterable, CustomStringConvertible {
+    case off, normal, full, extra
+    public var description: String { rawValue }
+}
+
+/// Options of a store. Every bound is a named, documented value.
+public struct StoreOptions: Sendable {
+    public var sync: SyncLevel = .full
+    /// Collapsed values kept per QRegister (a ring; oldest dropped first).
+    public var historyLength: Int = 32
+    /// StateBlocks examined per `compact()` call, so one call never stalls writers for long.
+    public var compactionBlocksMax: Int = 10_000
+    /// Largest catch-up batch `catchUp(for:limit:)` accepts.
+    public static let catchUpLimitMax = 100_000
+
+    public var schema: Schema = Schema()
+    public var rule: any CollapseRule = QSCS()
+
+    public init(sync: SyncLevel = .full, historyLength: Int = 32, schema: Schema = Schema()) {
+        precondition(historyLength >= 1, "historyLength must be at least 1")
+        self.sync = sync
+        self.historyLength = historyLength
+        self.schema = schema
+    }
+}
+
+/// What one commit did.
+public struct CommitResult: Sendable {
+    /// StateBlock that holds the new deltas; nil when nothing new was held.
+    public var block: Int64?
+    /// Deltas now durably held, in the order given (refused ones included:
+    /// they are held, relayed and count in the vector, but change no register).
+    public var held: [DeltaID] = []
+    /// Held deltas the schema refused, with the reason.
+    public var refused: [(id: DeltaID, error: CoreError)] = []
+    /// Deltas already held before (ignored).
+    public var duplicates: Int = 0
+    /// Deltas not held because an earlier seq of their origin is missing.
+    public var gaps: [DeltaID] = []
+    /// Registers whose collapsed state changed, in order of first change.
+    public var changed: [QRegisterName] = []
+}
+
+/// A snapshot replaces deltas a peer lacks behind the compaction horizon:
+/// the collapsed registers with their stamps, and the vector they cover.
+public struct Snapshot: Sendable, Hashable {
+    public var registers: [QRegisterName: RegisterState]
+    public var vector: QStateVector
+
+    public init(registers: [QRegisterName: RegisterState], vector: QStateVector) {
+        self.registers = registers
+        self.vector = vector
+    }
+}
+
+/// What a peer needs next: the deltas it lacks (per origin in seq order), or
+/// a snapshot when some of them are behind the compaction horizon.
+public enum CatchUp: Sendable {
+    case deltas([Delta])
+    case snapshot(Snapshot)
+}
+
+/// One entry of a QRegister's bounded history.
+public struct HistoryEntry: Hashable, Sendable {
+    public enum Side: UInt8, Sendable { case value = 0, reported = 1, desired = 2 }
+    public var side: Side
+    public var versioned: Versioned
+}
+
+public struct CompactionReport: Sendable, Hashable {
+    public var blocksRemoved: Int
+    public var deltasRemoved: Int
+    public var horizon: QStateVector
+}
+
+public struct VerifyReport: Sendable, Hashable {
+    public var blocks: Int
+    public var deltas: Int
+    public var registers: Int
+}
+
+/// Durable replica state (SUBSTRATE.md §6): StateBlocks (the delta log),
+/// QStateVectors (own and per peer), collapsed registers and their histories.
+/// Every mutating call is one transaction at the configured sync level; it
+/// returns only once that transaction committed, so whatever it reports as
+/// held is acknowledged-safe. The SQLite store is the embedded default; a
+/// PostgreSQL store implements the same protocol.
+public protocol Store: AnyObject {
+    var path: String { get }
+    var options: StoreOptions { get }
+    /// Per origin, the highest seq held contiguously.
+    var vector: QStateVector { get }
+    /// Per origin, the highest seq compacted away (or skipped by a snapshot).
+    var horizon: QStateVector { get }
+    /// The collapsed registers (a cache of the durable table).
+    var state: CollapseState { get }
+    /// The greatest HLC of any delta held: local clocks never go below it.
+    var hlcHigh: HLCTimestamp { get }
+
+    /// Holds a batch of deltas from anywhere in one StateBlock (group commit):
+    /// those that extend their origin's contiguous run are collapsed and made
+    /// durable; duplicates are skipped; those after a gap are not held.
+    func commit(_ deltas: [Delta]) throws -> CommitResult
+
+    /// Stamps local writes (next seqs of `origin`, HLC above everything held)
+    /// and commits them in one StateBlock. A request the schema refuses gets
+    /// its error and no seq; the others commit.
+    func commitLocal(_ requests: [LocalWrite], origin: Origin, physicalMs: UInt64) throws -> [Result<Delta, CoreError>]
+
+    /// The deltas (at most `limit`) or snapshot a peer holding `peer` needs.
+    func catchUp(for peer: QStateVector, limit: Int) throws -> CatchUp
+    /// Merges a snapshot received from a peer; returns the registers that changed.
+    func apply(_ snapshot: Snapshot) throws -> [QRegisterName]
+
+    /// What `peer` has acknowledged as durable.
+    func peerVector(_ peer: String) -> QStateVector
+    /// Records (merges) a peer's acknowledgement. Registering a peer holds
+    /// back compaction of everything it has not acknowledged.
+    func recordAck(peer: String, vector: QStateVector) throws
+    func removePeer(_ peer: String) throws
+    var peers: [String] { get }
+
+    /// Removes StateBlocks whose deltas every peer acknowledged.
+    func compact() throws -> CompactionReport
+    /// A register's recent collapsed values, newest first.
+    func history(_ name: QRegisterName) throws -> [HistoryEntry]
+    /// Re-reads the log and checks every checksum, decode and vector.
+    func verify() throws -> VerifyReport
+    /// All deltas held for `origin` in `seqs` (for tests and tools).
+    func deltas(origin: Origin, seqs: ClosedRange<UInt64>) throws -> [Delta]
+    func close()
+}
+
+/// A local write request: writes to one group, to become one delta.
+public struct LocalWrite: Sendable, Hashable {
+    public var group: QGroupName
+    public var writes: [Write]
+
+    public init(group: QGroupName, writes: [Write]) {
+        self.group = group
+        self.writes = writes
+    }
+}
