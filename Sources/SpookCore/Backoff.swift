@@ -25,6 +25,8 @@ public struct ReconnectBackoff: Hashable, Sendable {
         let exponent = min(UInt64(attempt), 63)
         let (scaled, overflow) = baseMs.multipliedReportingOverflow(by: 1 << exponent)
         let raw = overflow ? capMs : min(capMs, scaled)
-        return raw * ReconnectBackoff.jitterNumerator(origin: origin, attempt: attempt) >> 32
+        // raw · numerator / 2^32, in 128 bits so no cap can overflow it.
+        let product = raw.multipliedFullWidth(by: ReconnectBackoff.jitterNumerator(origin: origin, attempt: attempt))
+        return product.high << 32 | product.low >> 32
     }
 }
