@@ -61,7 +61,7 @@ let package = Package(
         ),
 
         .testTarget(name: "SpookCoreTests", dependencies: ["SpookCore"]),
-        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "spook-crash-writer"]),
+        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",
             dependencies: ["SpookCore"],

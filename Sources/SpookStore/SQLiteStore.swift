@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import CSQLite
 import Logging
 import SpookCore
@@ -55,6 +60,26 @@ public final class SQLiteStore: Store {
     public func close() { db.close() }
 
     public var peers: [String] { peerVectors.keys.sorted() }
+
+    /// The sync level SQLite reports for this connection.
+    public func syncLevelInEffect() throws -> SyncLevel {
+        let s = try db.statement("PRAGMA synchronous")
+        _ = try s.step()
+        let levels: [SyncLevel] = [.off, .normal, .full, .extra]
+        let raw = Int(s.int64(0))
+        guard levels.indices.contains(raw) else { throw StoreError(.sqlite, "\(path): PRAGMA synchronous reports \(raw)") }
+        return levels[raw]
+    }
+
+    /// Bytes on disk: the database file and its WAL.
+    public func diskBytes() -> Int {
+        var total = 0
+        for suffix in ["", "-wal"] {
+            var info = stat()
+            if stat(path + suffix, &info) == 0 { total += Int(info.st_size) }
+        }
+        return total
+    }
 
     public func peerVector(_ peer: String) -> QStateVector { peerVectors[peer] ?? QStateVector() }
 

@@ -85,6 +85,12 @@ public struct VerifyReport: Sendable, Hashable {
     public var blocks: Int
     public var deltas: Int
     public var registers: Int
+
+    public init(blocks: Int, deltas: Int, registers: Int) {
+        self.blocks = blocks
+        self.deltas = deltas
+        self.registers = registers
+    }
 }
 
 /// Durable replica state (SUBSTRATE.md §6): StateBlocks (the delta log),

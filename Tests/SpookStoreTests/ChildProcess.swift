@@ -1,0 +1,105 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A child process with its stdout on a pipe, read line by line with a
+/// deadline (no fixed sleeps). Spawned with an empty signal mask and default
+/// handlers, whatever thread the test runs on.
+final class ChildProcess {
+    let pid: pid_t
+    private let stdoutFD: Int32
+    private var buffer: [UInt8] = []
+    private(set) var exited = false
+
+    init(_ path: String, _ arguments: [String]) throws {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw Failure("pipe: \(errno)") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, path, &actions, &attributes, argv, environ)
+        close(fds[1])
+        guard rc == 0 else {
+            close(fds[0])
+            throw Failure("posix_spawn \(path): \(String(cString: strerror(rc)))")
+        }
+        pid = child
+        stdoutFD = fds[0]
+    }
+
+    deinit {
+        if !exited { kill(pid, SIGKILL); _ = wait() }
+        close(stdoutFD)
+    }
+
+    /// The next line of stdout, or nil at end of file. Throws past the deadline.
+    func readLine(timeoutMs: Int32 = 30_000) throws -> String? {
+        var waitedMs: Int32 = 0
+        while true {
+            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: buffer[..<newline], as: UTF8.self)
+                buffer.removeSubrange(...newline)
+                return line
+            }
+            var p = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, 100)
+            if ready == 0 {
+                waitedMs += 100
+                if waitedMs >= timeoutMs { throw Failure("no line from child \(pid) within \(timeoutMs) ms") }
+                continue
+            }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = read(stdoutFD, &chunk, chunk.count)
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                return nil
+            }
+            buffer += chunk[..<n]
+        }
+    }
+
+    func signal(_ signal: Int32) { kill(pid, signal) }
+
+    /// Waits for the child to end; returns its wait status.
+    @discardableResult
+    func wait() -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        exited = true
+        return status
+    }
+
+    /// Where the test's sibling executables were built.
+    static func builtExecutable(_ name: String) -> String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        let me = n > 0 ? String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
+        var directory = me
+        while let slash = directory.lastIndex(of: "/") {
+            directory = String(directory[..<slash])
+            let candidate = directory + "/" + name
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return name
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+}

@@ -1,0 +1,219 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSQLite
+import SpookCore
+import SpookStore
+import Testing
+
+/// A fresh folder under /tmp, removed when the value goes away.
+final class TemporaryDirectory {
+    let path: String
+    init() {
+        var template = Array("/tmp/spook-test-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+    deinit { _ = system("rm -rf '\(path)'") }
+    func file(_ name: String) -> String { "\(path)/\(name)" }
+}
+
+let groupA = try! QGroupName("plant.l1/a")
+let groupB = try! QGroupName("plant.l1/b")
+let intN = Schema(registers: [(RegisterSelector(domain: try! QDomainPattern("plant.*"), register: "n"), RegisterSpec(type: .int))])
+
+func delta(_ origin: UInt64, _ seq: UInt64, _ ms: UInt64, _ group: QGroupName, _ writes: [Write]) -> Delta {
+    try! Delta(origin: Origin(origin), seq: seq, hlc: HLCTimestamp(ms: ms, counter: 0), group: group, writes: writes)
+}
+
+func delta(_ origin: UInt64, _ seq: UInt64, _ ms: UInt64, _ writes: [Write]) -> Delta {
+    delta(origin, seq, ms, groupA, writes)
+}
+
+func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
+    StoreOptions(sync: sync, historyLength: history, schema: intN)
+}
+
+@Suite struct StoreTests {
+    @Test func stateVectorsAndHistorySurviveReopening() throws {
+        let dir = TemporaryDirectory()
+        var bytes: [UInt8] = []
+        do {
+            let store = try SQLiteStore(path: dir.file("s.db"), options: options(.full))
+            let r = try store.commit([delta(1, 1, 10, [Write("n", .set, .int(1))]), delta(1, 2, 11, groupB, [Write("x", .set, .string("hi"))])])
+            #expect(r.held.count == 2 && r.block != nil)
+            #expect(r.changed.map(\.description) == ["plant.l1/a/n", "plant.l1/b/x"])
+            try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 1]))
+            bytes = store.state.canonicalBytes()
+        }
+        let again = try SQLiteStore(path: dir.file("s.db"), options: options(.full))
+        #expect(again.vector == QStateVector([Origin(1): 2]))
+        #expect(again.state.canonicalBytes() == bytes)
+        #expect(again.peerVector("up") == QStateVector([Origin(1): 1]))
+        #expect(again.hlcHigh == (try HLCTimestamp(ms: 11, counter: 0)))
+        #expect(try again.history(groupA.register("n")).map(\.versioned.value) == [.int(1)])
+        #expect(try again.verify() == VerifyReport(blocks: 1, deltas: 2, registers: 2))
+    }
+
+    @Test func duplicatesAreSkippedAndDeltasAfterAGapAreNotHeld() throws {
+        let dir = TemporaryDirectory()
+        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        _ = try store.commit([delta(1, 1, 10, [Write("a", .set, .int(1))])])
+        let r = try store.commit([delta(1, 1, 10, [Write("a", .set, .int(1))]), delta(1, 3, 12, [Write("a", .set, .int(3))]), delta(2, 1, 5, [Write("b", .set, .null)])])
+        #expect(r.duplicates == 1)
+        #expect(r.gaps == [DeltaID(origin: Origin(1), seq: 3)])
+        #expect(r.held == [DeltaID(origin: Origin(2), seq: 1)])
+        #expect(store.vector == QStateVector([Origin(1): 1, Origin(2): 1]))
+        #expect(try store.commit([delta(1, 1, 10, [Write("a", .set, .int(1))])]).block == nil, "nothing new, no StateBlock")
+    }
+
+    @Test func refusedDeltasAreHeldAndServedButChangeNoRegister() throws {
+        let dir = TemporaryDirectory()
+        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        let r = try store.commit([delta(1, 1, 10, [Write("n", .set, .string("not an int"))]), delta(1, 2, 11, [Write("n", .set, .int(2))])])
+        #expect(r.refused.map(\.id.seq) == [1])
+        #expect(r.refused.first?.error.code == .typeMismatch)
+        #expect(store.vector[Origin(1)] == 2, "the origin's run stays contiguous")
+        #expect(store.state.registers[try groupA.register("n")]?.value == .int(2))
+        guard case .deltas(let served) = try store.catchUp(for: QStateVector(), limit: 10) else { Issue.record("expected deltas"); return }
+        #expect(served.map(\.seq) == [1, 2], "a refused delta is relayed so peers see no gap")
+    }
+
+    @Test func batchingAndInterleavingDoNotChangeTheStoredState() throws {
+        var random = SplitMix64(seed: 99)
+        var perOrigin: [[Delta]] = []
+        for o in UInt64(1)...4 {
+            perOrigin.append((1...60).map { s in
+                delta(o, s, random.next() % 30, [groupA, groupB][Int(random.next() % 2)], [Write(["n", "x", "y"][Int(random.next() % 3)], .set, .int(Int64(random.next() % 9)))])
+            })
+        }
+        let dir = TemporaryDirectory()
+        var reference: [UInt8]?
+        for trial in 0..<6 {
+            // Interleave origins at random, keeping each origin's seq order, and cut into random batches.
+            var queues = perOrigin
+            var stream: [Delta] = []
+            while queues.contains(where: { !$0.isEmpty }) {
+                let i = Int(random.next() % 4)
+                if !queues[i].isEmpty { stream.append(queues[i].removeFirst()) }
+            }
+            let store = try SQLiteStore(path: dir.file("t\(trial).db"), options: options())
+            var i = 0
+            while i < stream.count {
+                let size = 1 + Int(random.next() % 50)
+                _ = try store.commit(Array(stream[i..<min(i + size, stream.count)]))
+                i += size
+            }
+            let bytes = store.state.canonicalBytes()
+            if let reference { #expect(bytes == reference, "trial \(trial)") } else { reference = bytes }
+            #expect(store.vector.total == 240)
+            _ = try store.verify()
+        }
+    }
+
+    @Test func localWritesTakeContiguousSeqsAndTheirClockNeverGoesBack() throws {
+        let dir = TemporaryDirectory()
+        let me = Origin(7)
+        var last: Delta?
+        do {
+            let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+            // A remote delta from the future pulls our clock forward.
+            _ = try store.commit([delta(1, 1, 9_000, [Write("a", .set, .int(0))])])
+            let results = try store.commitLocal([LocalWrite(group: groupA, writes: [Write("a", .set, .int(1))]),
+                                                 LocalWrite(group: groupA, writes: [Write("n", .set, .bool(true))]),
+                                                 LocalWrite(group: groupB, writes: [Write("a", .set, .int(2))])], origin: me, physicalMs: 1_000)
+            #expect(results.map { (try? $0.get())?.seq } == [1, nil, 2])
+            if case .failure(let e) = results[1] { #expect(e.code == .typeMismatch) } else { Issue.record("expected a refusal") }
+            last = try results[2].get()
+            #expect(last!.hlc > (try HLCTimestamp(ms: 9_000, counter: 0)))
+            #expect(store.state.registers[try groupA.register("a")]?.value == .int(1), "our later write wins over the remote one")
+        }
+        // After a restart with a physical clock that went backwards, seqs and stamps continue.
+        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        let next = try store.commitLocal([LocalWrite(group: groupA, writes: [Write("a", .set, .int(3))])], origin: me, physicalMs: 500)
+        let d = try next[0].get()
+        #expect(d.seq == 3)
+        #expect(d.hlc > last!.hlc)
+    }
+
+    @Test func catchUpSendsExactlyWhatThePeerLacksInSeqOrder() throws {
+        let dir = TemporaryDirectory()
+        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        _ = try store.commit((1...10).map { delta(1, $0, $0, [Write("a", .set, .int(Int64($0)))]) } + (1...3).map { delta(2, $0, $0, [Write("b", .set, .int(Int64($0)))]) })
+        guard case .deltas(let d) = try store.catchUp(for: QStateVector([Origin(1): 7, Origin(2): 3]), limit: 100) else { Issue.record("deltas"); return }
+        #expect(d.map(\.id.description) == ["0000000000000001#8", "0000000000000001#9", "0000000000000001#10"])
+        guard case .deltas(let limited) = try store.catchUp(for: QStateVector(), limit: 4) else { Issue.record("deltas"); return }
+        #expect(limited.map(\.seq) == [1, 2, 3, 4])
+        guard case .deltas(let none) = try store.catchUp(for: store.vector, limit: 4) else { Issue.record("deltas"); return }
+        #expect(none.isEmpty)
+    }
+
+    @Test func aPeerBehindTheHorizonGetsASnapshotAndConverges() throws {
+        let dir = TemporaryDirectory()
+        let a = try SQLiteStore(path: dir.file("a.db"), options: options())
+        for seq in UInt64(1)...20 { _ = try a.commit([delta(1, seq, seq, [Write("a", .set, .int(Int64(seq)))])]) }
+        try a.recordAck(peer: "b", vector: QStateVector([Origin(1): 15]))
+        let report = try a.compact()
+        #expect(report.deltasRemoved == 15 && a.horizon == QStateVector([Origin(1): 15]))
+        _ = try a.verify()
+        // A newcomer that holds only the first 5 deltas.
+        let c = try SQLiteStore(path: dir.file("c.db"), options: options())
+        _ = try c.commit((1...5).map { delta(1, $0, $0, [Write("a", .set, .int(Int64($0)))]) } + [delta(3, 1, 1, [Write("z", .set, .int(0))])])
+        guard case .snapshot(let snapshot) = try a.catchUp(for: c.vector, limit: 100) else { Issue.record("expected a snapshot"); return }
+        let changed = try c.apply(snapshot)
+        #expect(changed.map(\.description) == ["plant.l1/a/a"])
+        #expect(c.vector == QStateVector([Origin(1): 20, Origin(3): 1]))
+        #expect(c.horizon == QStateVector([Origin(1): 20]))
+        #expect(c.state.registers[try groupA.register("a")] == a.state.registers[try groupA.register("a")])
+        #expect(try c.verify().deltas == 1, "the deltas the snapshot covers are dropped; the log keeps its shape")
+        // The peer behind the horizon is served a snapshot; one past it gets deltas.
+        guard case .deltas(let d) = try a.catchUp(for: QStateVector([Origin(1): 15]), limit: 100) else { Issue.record("deltas"); return }
+        #expect(d.map(\.seq) == [16, 17, 18, 19, 20])
+    }
+
+    @Test func historyIsABoundedRingNewestFirst() throws {
+        let dir = TemporaryDirectory()
+        let store = try SQLiteStore(path: dir.file("s.db"), options: options(history: 5))
+        for i in UInt64(1)...23 { _ = try store.commit([delta(1, i, i, [Write("n", .set, .int(Int64(i)))])]) }
+        let h = try store.history(groupA.register("n"))
+        #expect(h.map(\.versioned.value) == (19...23).reversed().map { Value.int(Int64($0)) })
+        #expect(h.allSatisfy { $0.side == .value })
+    }
+
+    @Test(arguments: SyncLevel.allCases)
+    func theConfiguredSyncLevelIsInEffect(_ level: SyncLevel) throws {
+        let dir = TemporaryDirectory()
+        let store = try SQLiteStore(path: dir.file("s.db"), options: options(level))
+        #expect(try store.syncLevelInEffect() == level)
+    }
+
+    @Test func verifyFindsATamperedStateBlock() throws {
+        let dir = TemporaryDirectory()
+        do {
+            let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+            _ = try store.commit([delta(1, 1, 1, [Write("a", .set, .int(1))]), delta(1, 2, 2, [Write("a", .set, .int(2))])])
+            _ = try store.verify()
+        }
+        // Flip the value inside one stored delta behind the store's back.
+        var db: OpaquePointer?
+        #expect(sqlite3_open(dir.file("s.db"), &db) == SQLITE_OK)
+        let tamper = "UPDATE deltas SET body = substr(body, 1, length(body) - 1) || x'07' WHERE seq = 2"
+        #expect(sqlite3_exec(db, tamper, nil, nil, nil) == SQLITE_OK)
+        sqlite3_close(db)
+        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        let error = #expect(throws: StoreError.self) { try store.verify() }
+        #expect(error?.code == .corrupt)
+        #expect(error?.message.contains("StateBlock 1") == true && error?.message.contains("checksum") == true, "\(error?.message ?? "-")")
+    }
+
+    @Test func aStoreOfAnotherFormatIsRefusedByName() throws {
+        let dir = TemporaryDirectory()
+        do { _ = try SQLiteStore(path: dir.file("s.db"), options: options()) }
+        var db: OpaquePointer?
+        sqlite3_open(dir.file("s.db"), &db)
+        sqlite3_exec(db, "UPDATE meta SET value = 99 WHERE key = 'format'", nil, nil, nil)
+        sqlite3_close(db)
+        let error = #expect(throws: StoreError.self) { try SQLiteStore(path: dir.file("s.db"), options: options()) }
+        #expect(error?.code == .wrongFormat)
+        #expect(error?.message.contains("store format 99, this build reads format 1") == true)
+    }
+}
