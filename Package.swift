@@ -64,8 +64,9 @@ let package = Package(
         .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",
-            dependencies: ["SpookCore"],
+            dependencies: ["SpookCore", "SpookStore"],
             path: "Tests/Conformance",
+            exclude: ["make-vectors.py"],
             resources: [.copy("vectors")]
         ),
         .testTarget(name: "SimulationTests", dependencies: ["SpookSimulation", "SpookCore", "SpookStore"]),
