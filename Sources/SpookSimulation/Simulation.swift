@@ -163,7 +163,9 @@ public final class Simulation {
             try heal()
             try check()
         } catch {
-            if outcome.failure == nil { outcome.failure = "error at step \(now): \(error)" }
+            if outcome.failure == nil {
+                outcome.failure = "seed \(config.seed) (\(config)): error at step \(now): \(error) — reproduce: \(outcome.reproduce)"
+            }
         }
         for r in replicas { r.store?.close() }
         for r in replicas {

@@ -13,6 +13,7 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let compacted = Code("compacted")
         public static let closed = Code("closed")
         public static let wrongFormat = Code("wrong-format")
+        public static let invariant = Code("invariant")
     }
 
     public let code: Code

@@ -218,10 +218,12 @@ public final class SQLiteStore: Store {
         }
         guard !held.isEmpty else { return result }
 
-        // C3, asserted at the boundary: no register went to a smaller stamp.
+        // C3, checked at the boundary before anything is written: no register
+        // may go to a smaller stamp. Only a broken collapse rule trips this;
+        // the commit is refused whole and the store stays as it was.
         for name in result.changed {
-            if case let old?? = before[name], let new = nextState.registers[name] {
-                assert(SQLiteStore.notOlder(new, than: old), "collapse moved \(name) backwards: \(old) -> \(new)")
+            if case let old?? = before[name], let new = nextState.registers[name], !SQLiteStore.notOlder(new, than: old) {
+                throw StoreError(.invariant, "\(path): collapse would move \(name) back from \(old) to \(new) (C3)")
             }
         }
 

@@ -1,0 +1,121 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SpookCore
+import SpookSimulation
+import Testing
+
+/// A fresh folder per test: tests run in parallel and seeds name their files.
+final class TemporaryDirectory {
+    let path: String
+    init() {
+        var template = Array("/tmp/spook-sim-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+    deinit { _ = system("rm -rf '\(path)'") }
+}
+
+/// The broken rule of the canary: last arrival wins. Order-dependent, so it
+/// must make replicas that saw the same deltas in different orders diverge.
+struct LastArrivalWins: CollapseRule {
+    func merge(_ current: RegisterState?, write: Write, stamp: Stamp, policy: Policy) -> RegisterState? {
+        let v = Versioned(write.value, stamp)
+        let next: RegisterState
+        switch (current, write.kind) {
+        case (.device(let r, _)?, .desire): next = .device(reported: r, desired: v)
+        case (.device(_, let d)?, .report): next = .device(reported: v, desired: d)
+        case (nil, .desire): next = .device(reported: nil, desired: v)
+        case (nil, .report): next = .device(reported: v, desired: nil)
+        default: next = .lww(v)
+        }
+        return next == current ? nil : next
+    }
+
+    func merge(_ current: RegisterState?, snapshot: RegisterState) -> RegisterState? {
+        snapshot == current ? nil : snapshot
+    }
+}
+
+/// A subtler broken rule: compares clocks only and keeps the first arrival
+/// on equal HLCs. Never moves a register back (C3 holds), so only the
+/// convergence check can catch it.
+struct FirstArrivalOnClockTies: CollapseRule {
+    func merge(_ current: RegisterState?, write: Write, stamp: Stamp, policy: Policy) -> RegisterState? {
+        let incoming = Versioned(write.value, stamp)
+        func pick(_ old: Versioned?) -> Versioned { old.map { incoming.stamp.hlc > $0.stamp.hlc ? incoming : $0 } ?? incoming }
+        let next: RegisterState
+        switch (current, write.kind) {
+        case (.lww(let v)?, _): next = .lww(pick(v))
+        case (.device(let r, let d)?, .report): next = .device(reported: pick(r), desired: d)
+        case (.device(let r, let d)?, _): next = .device(reported: r, desired: pick(d))
+        case (nil, .report): next = .device(reported: incoming, desired: nil)
+        case (nil, .desire): next = .device(reported: nil, desired: incoming)
+        case (nil, _): next = .lww(incoming)
+        }
+        return next == current ? nil : next
+    }
+
+    func merge(_ current: RegisterState?, snapshot: RegisterState) -> RegisterState? {
+        QSCS().merge(current, snapshot: snapshot)
+    }
+}
+
+@Suite struct SimulationTests {
+    /// CI runs seeds 1...200 in four chunks (two cores); `spook-sim run --seeds N --first S` runs more.
+    static let chunks: [ClosedRange<UInt64>] = [1...50, 51...100, 101...150, 151...200]
+
+    @Test(arguments: chunks)
+    func everySeedConvergesWithNothingAcknowledgedLost(_ seeds: ClosedRange<UInt64>) {
+        let dir = TemporaryDirectory()
+        var acknowledged = 0, crashes = 0, snapshots = 0, dropped = 0
+        for seed in seeds {
+            let outcome = Simulation(config: .init(seed: seed), directory: dir.path).run()
+            // A failing seed prints itself with the command that replays it.
+            #expect(outcome.failure == nil, "\(outcome.failure ?? "")")
+            acknowledged += outcome.acknowledged
+            crashes += outcome.crashes
+            snapshots += outcome.snapshots
+            dropped += outcome.dropped
+        }
+        // The runs must really exercise writes and faults.
+        #expect(acknowledged > 1_000 * seeds.count / 50)
+        #expect(crashes > 0 && dropped > 0)
+        print("seeds \(seeds): \(acknowledged) acknowledged deltas, \(crashes) crash-restarts, \(dropped) dropped messages, \(snapshots) snapshots")
+    }
+
+    static func firstFailure(_ rule: any CollapseRule) -> Simulation.Outcome? {
+        let dir = TemporaryDirectory()
+        for seed in UInt64(1)...200 {
+            let outcome = Simulation(config: .init(seed: seed), rule: rule, directory: dir.path).run()
+            if !outcome.passed { return outcome }
+        }
+        return nil
+    }
+
+    /// The canary: last-arrival-wins must be caught within the CI seeds.
+    @Test func theCanaryLastArrivalWinsIsCaughtWithinTheCISeeds() {
+        let caught = Self.firstFailure(LastArrivalWins())
+        #expect(caught != nil, "last-arrival-wins survived 200 seeds: the simulator cannot fail")
+        #expect(caught?.failure?.contains("reproduce: spook-sim --seed \(caught?.seed ?? 0)") == true, "\(caught?.failure ?? "")")
+        if let caught { print("canary last-arrival-wins caught at seed \(caught.seed): \(caught.failure ?? "")") }
+    }
+
+    /// A monotone but order-dependent rule gets past the store's C3 guard and
+    /// must still be caught, by the convergence check.
+    @Test func aMonotoneOrderDependentRuleIsCaughtByDivergence() {
+        let caught = Self.firstFailure(FirstArrivalOnClockTies())
+        #expect(caught?.failure?.contains("diverged") == true, "\(caught?.failure ?? "not caught in 200 seeds")")
+        if let caught { print("canary first-arrival-on-ties caught at seed \(caught.seed)") }
+    }
+
+    @Test(arguments: [UInt64(7), 123, 4_242])
+    func aSeedReplaysExactly(_ seed: UInt64) {
+        let dir = TemporaryDirectory()
+        let a = Simulation(config: .init(seed: seed), directory: dir.path).run()
+        let b = Simulation(config: .init(seed: seed), directory: dir.path).run()
+        #expect(a.traceDigest == b.traceDigest)
+        #expect(a.acknowledged == b.acknowledged && a.delivered == b.delivered && a.crashes == b.crashes && a.snapshots == b.snapshots)
+        let other = Simulation(config: .init(seed: seed + 1), directory: dir.path).run()
+        #expect(other.traceDigest != a.traceDigest, "different seeds must give different runs")
+    }
+}
