@@ -9,11 +9,17 @@ public enum CRC32C {
     }
 
     /// Continues a running checksum (start with `0`).
-    public static func update(_ crc: UInt32, _ bytes: some Sequence<UInt8>) -> UInt32 {
-        var c = ~crc
-        for b in bytes { c = table[Int((c ^ UInt32(b)) & 0xff)] ^ (c >> 8) }
-        return ~c
+    public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        table.withUnsafeBufferPointer { t in
+            var c = ~crc
+            for b in bytes { c = t[Int((c ^ UInt32(b)) & 0xff)] ^ (c >> 8) }
+            return ~c
+        }
     }
 
-    public static func checksum(_ bytes: some Sequence<UInt8>) -> UInt32 { update(0, bytes) }
+    public static func update(_ crc: UInt32, _ bytes: [UInt8]) -> UInt32 {
+        bytes.withUnsafeBytes { update(crc, $0) }
+    }
+
+    public static func checksum(_ bytes: [UInt8]) -> UInt32 { update(0, bytes) }
 }

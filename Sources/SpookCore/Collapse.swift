@@ -176,20 +176,25 @@ public struct CollapseState: Sendable {
         self.registers = registers
     }
 
-    /// Applies one delta; returns the registers whose state changed, or throws
-    /// the refusal (and changes nothing).
+    /// One register's change: its name and the state it had before.
+    public struct Change: Sendable {
+        public let name: QRegisterName
+        public let previous: RegisterState?
+    }
+
+    /// Applies one delta; returns the registers whose state changed (with
+    /// their previous state), or throws the refusal and changes nothing.
     @discardableResult
-    public mutating func apply(_ delta: Delta) throws -> [QRegisterName] {
+    public mutating func apply(_ delta: Delta) throws -> [Change] {
         try schema.check(delta)
         let stamp = delta.stamp
-        var changed = [QRegisterName]()
-        for write in delta.writes {
-            // Names were validated when the delta was built.
-            let name = try! QRegisterName(group: delta.group, name: write.register)
+        var changed = [Change]()
+        for (write, name) in zip(delta.writes, delta.names) {
             let policy = schema.spec(for: name).policy
-            if let next = rule.merge(registers[name], write: write, stamp: stamp, policy: policy) {
+            let current = registers[name]
+            if let next = rule.merge(current, write: write, stamp: stamp, policy: policy) {
                 registers[name] = next
-                changed.append(name)
+                changed.append(Change(name: name, previous: current))
             }
         }
         return changed

@@ -94,6 +94,8 @@ public struct Delta: Hashable, Sendable, CustomStringConvertible {
     public let hlc: HLCTimestamp
     public let group: QGroupName
     public let writes: [Write]
+    /// The full name of each write's register, validated once here.
+    public let names: [QRegisterName]
 
     public init(origin: Origin, seq: UInt64, hlc: HLCTimestamp, group: QGroupName, writes: [Write]) throws {
         let at = "delta \(origin)#\(seq) to \(group)"
@@ -102,14 +104,18 @@ public struct Delta: Hashable, Sendable, CustomStringConvertible {
         guard writes.count <= Delta.writesMax else {
             throw CoreError(.tooManyWrites, "\(at): \(writes.count) writes, the limit is \(Delta.writesMax)")
         }
-        var seen = Set<String>()
-        for w in writes {
-            _ = try QRegisterName(group: group, name: w.register)
+        var names: [QRegisterName] = []
+        names.reserveCapacity(writes.count)
+        for (i, w) in writes.enumerated() {
+            let name = try QRegisterName(group: group, name: w.register)
             try w.value.validate("\(at): register \"\(w.register)\"")
-            guard seen.insert(w.register).inserted else {
+            // Deltas are small (usually a handful of writes): a scan beats hashing.
+            guard !names[..<i].contains(where: { $0.name == w.register }) else {
                 throw CoreError(.duplicateRegister, "\(at): register \"\(w.register)\" is written twice in one delta")
             }
+            names.append(name)
         }
+        self.names = names
         self.origin = origin
         self.seq = seq
         self.hlc = hlc

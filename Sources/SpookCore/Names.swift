@@ -17,13 +17,13 @@ public enum QN {
         c >= 0x21 && c < 0x7f ? "\"\(Character(Unicode.Scalar(c)))\"" : "byte 0x\([c].hex)"
     }
 
-    static func checkLabel(_ label: Substring.UTF8View, in input: String, what: String) throws {
-        let text = String(Substring(label))
+    static func checkLabel(_ label: Substring.UTF8View, in input: @autoclosure () -> String, what: String) throws {
+        var text: String { String(Substring(label)) }
         guard !label.isEmpty else {
-            throw CoreError(.invalidName, "\(what) \"\(input)\": empty label (two dots in a row, or a leading or trailing dot)")
+            throw CoreError(.invalidName, "\(what) \"\(input())\": empty label (two dots in a row, or a leading or trailing dot)")
         }
         guard label.count <= labelLengthMax else {
-            throw CoreError(.invalidName, "\(what) \"\(input)\": label \"\(text)\" is \(label.count) bytes, the limit is \(labelLengthMax)")
+            throw CoreError(.invalidName, "\(what) \"\(input())\": label \"\(text)\" is \(label.count) bytes, the limit is \(labelLengthMax)")
         }
         for (i, c) in label.enumerated() {
             if isLower(c) || isDigit(c) { continue }
@@ -31,7 +31,7 @@ public enum QN {
             let rule = c == UInt8(ascii: "-")
                 ? "a label starts with a-z or 0-9"
                 : "labels use only a-z, 0-9 and \"-\""
-            throw CoreError(.invalidName, "\(what) \"\(input)\": label \"\(text)\" has \(describe(c)) at offset \(i); \(rule)")
+            throw CoreError(.invalidName, "\(what) \"\(input())\": label \"\(text)\" has \(describe(c)) at offset \(i); \(rule)")
         }
     }
 
@@ -45,7 +45,8 @@ public enum QN {
         }
     }
 
-    static func checkGroupLocal(_ name: Substring, in input: String) throws {
+    static func checkGroupLocal(_ name: Substring, in context: @autoclosure () -> String) throws {
+        var input: String { context() }
         let utf8 = name.utf8
         guard !utf8.isEmpty else { throw CoreError(.invalidName, "group \"\(input)\": the group name after \"/\" is empty") }
         guard utf8.count <= labelLengthMax else {
@@ -58,7 +59,8 @@ public enum QN {
         }
     }
 
-    static func checkRegisterLocal(_ name: Substring, in input: String) throws {
+    static func checkRegisterLocal(_ name: Substring, in context: @autoclosure () -> String) throws {
+        var input: String { context() }
         let utf8 = name.utf8
         guard !utf8.isEmpty else { throw CoreError(.invalidName, "register \"\(input)\": the register name is empty") }
         guard utf8.count <= labelLengthMax else {
@@ -97,11 +99,14 @@ public struct QDomain: Hashable, Comparable, Sendable, CustomStringConvertible {
 public struct QGroupName: Hashable, Comparable, Sendable, CustomStringConvertible {
     public let domain: QDomain
     public let name: String
+    /// `domain/group`, built once: names are hashed and printed far more often than built.
+    public let text: String
 
     public init(domain: QDomain, name: String) throws {
         try QN.checkGroupLocal(Substring(name), in: "\(domain)/\(name)")
         self.domain = domain
         self.name = name
+        self.text = "\(domain)/\(name)"
     }
 
     /// Parses `domain/group`.
@@ -115,11 +120,14 @@ public struct QGroupName: Hashable, Comparable, Sendable, CustomStringConvertibl
         }
         try QN.checkGroupLocal(parts[1], in: text)
         name = String(parts[1])
+        self.text = text
     }
 
-    public var description: String { "\(domain)/\(name)" }
+    public var description: String { text }
+    public static func == (a: QGroupName, b: QGroupName) -> Bool { a.text == b.text }
+    public func hash(into h: inout Hasher) { h.combine(text) }
     public static func < (a: QGroupName, b: QGroupName) -> Bool {
-        Array(a.description.utf8).lexicographicallyPrecedes(b.description.utf8)
+        a.text.utf8.lexicographicallyPrecedes(b.text.utf8)
     }
 
     /// The register `name` in this group.
@@ -130,11 +138,14 @@ public struct QGroupName: Hashable, Comparable, Sendable, CustomStringConvertibl
 public struct QRegisterName: Hashable, Comparable, Sendable, CustomStringConvertible {
     public let group: QGroupName
     public let name: String
+    /// `domain/group/register`, built once.
+    public let text: String
 
     public init(group: QGroupName, name: String) throws {
         try QN.checkRegisterLocal(Substring(name), in: "\(group)/\(name)")
         self.group = group
         self.name = name
+        self.text = "\(group.text)/\(name)"
     }
 
     /// Parses `domain/group/register`.
@@ -150,13 +161,16 @@ public struct QRegisterName: Hashable, Comparable, Sendable, CustomStringConvert
         try QN.checkRegisterLocal(parts[2], in: text)
         group = g
         name = String(parts[2])
+        self.text = text
     }
 
     /// Names starting with `$` belong to the substrate (`$online`, `$state`, …).
     public var isSystem: Bool { name.utf8.first == UInt8(ascii: "$") }
-    public var description: String { "\(group)/\(name)" }
+    public var description: String { text }
+    public static func == (a: QRegisterName, b: QRegisterName) -> Bool { a.text == b.text }
+    public func hash(into h: inout Hasher) { h.combine(text) }
     public static func < (a: QRegisterName, b: QRegisterName) -> Bool {
-        Array(a.description.utf8).lexicographicallyPrecedes(b.description.utf8)
+        a.text.utf8.lexicographicallyPrecedes(b.text.utf8)
     }
 }
 
@@ -165,10 +179,13 @@ public struct QRegisterName: Hashable, Comparable, Sendable, CustomStringConvert
 public struct QDomainPattern: Hashable, Sendable, CustomStringConvertible {
     public let prefix: [String]
     public let wildcard: Bool
+    /// The prefix labels joined, for matching without splitting the domain.
+    private let prefixText: String
 
     public init(_ text: String) throws {
         if text == "*" {
             prefix = []
+            prefixText = ""
             wildcard = true
             return
         }
@@ -185,18 +202,18 @@ public struct QDomainPattern: Hashable, Sendable, CustomStringConvertible {
             throw CoreError(.invalidPattern, "pattern \"\(text)\": \(e.message)")
         }
         prefix = body.split(separator: ".").map(String.init)
+        prefixText = String(body)
         wildcard = wild
     }
 
     public func matches(_ domain: QDomain) -> Bool {
-        let labels = domain.labels
-        if wildcard {
-            guard labels.count > prefix.count else { return false }
-        } else {
-            guard labels.count == prefix.count else { return false }
-        }
-        for (p, l) in zip(prefix, labels) where p != l { return false }
-        return true
+        if prefixText.isEmpty { return wildcard }
+        let text = domain.rawValue.utf8
+        if !wildcard { return text.elementsEqual(prefixText.utf8) }
+        // "site1.*": "site1." then at least one more label.
+        return text.count > prefixText.utf8.count + 1
+            && text.starts(with: prefixText.utf8)
+            && text[text.index(text.startIndex, offsetBy: prefixText.utf8.count)] == UInt8(ascii: ".")
     }
 
     public var description: String {

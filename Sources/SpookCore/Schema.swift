@@ -95,10 +95,9 @@ public struct Schema: Hashable, Sendable {
     /// Refuses a delta that breaks a declaration. Refusal is all-or-nothing
     /// (C2): one bad write refuses the whole delta, on every replica alike.
     public func check(_ delta: Delta) throws {
-        for write in delta.writes {
-            let name = try QRegisterName(group: delta.group, name: write.register)
+        for (write, name) in zip(delta.writes, delta.names) {
             let spec = spec(for: name)
-            let at = "delta \(delta.origin)#\(delta.seq): register \(name)"
+            var at: String { "delta \(delta.origin)#\(delta.seq): register \(name)" }
             switch (spec.policy, write.kind) {
             case (.lww, .set), (.device, .report), (.device, .desire):
                 break

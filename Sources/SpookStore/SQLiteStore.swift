@@ -18,8 +18,10 @@ import SpookCore
 ///     vector(origin, seq)                    own QStateVector
 ///     horizon(origin, seq)                   compaction horizon
 ///     peers(peer, origin, seq)               acknowledged vector per peer
-///     registers(name, body, writes)          collapsed state; writes = history cursor
-///     history(name, slot, side, body)        ring of `historyLength` entries per register
+///     registers(name, body)                  collapsed state
+///     history(id, name, side, body)          collapsed values as they changed, appended;
+///                                            trimmed in batches to the newest
+///                                            `historyLength` per register
 ///
 /// Memory holds caches only (state, vectors); `init` rebuilds them from disk,
 /// so a `kill -9` at any instant reopens to the last committed transaction.
@@ -36,7 +38,8 @@ public final class SQLiteStore: Store {
     private let db: SQLiteConnection
     private let logger: Logger
     private var peerVectors: [String: QStateVector] = [:]
-    private var historyWrites: [QRegisterName: Int64] = [:]
+    /// History rows appended since the last trim.
+    private var historyUntrimmed = 0
 
     public init(path: String, options: StoreOptions = StoreOptions(), logger: Logger = Logger(label: "spook.store")) throws {
         self.path = path
@@ -71,6 +74,13 @@ public final class SQLiteStore: Store {
         return levels[raw]
     }
 
+    /// Copies the WAL into the database file and truncates the WAL (SQLite
+    /// also does this on its own every 1,000 pages; this is for backups and
+    /// measurements).
+    public func checkpoint() throws {
+        try db.exec("PRAGMA wal_checkpoint(TRUNCATE)")
+    }
+
     /// Bytes on disk: the database file and its WAL.
     public func diskBytes() -> Int {
         var total = 0
@@ -98,9 +108,9 @@ public final class SQLiteStore: Store {
             CREATE TABLE IF NOT EXISTS horizon(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS peers(peer TEXT NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,
                 PRIMARY KEY(peer, origin)) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS registers(name TEXT PRIMARY KEY, body BLOB NOT NULL, writes INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS history(name TEXT NOT NULL, slot INTEGER NOT NULL, side INTEGER NOT NULL,
-                body BLOB NOT NULL, PRIMARY KEY(name, slot)) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS registers(name TEXT PRIMARY KEY, body BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS history(id INTEGER PRIMARY KEY, name TEXT NOT NULL, side INTEGER NOT NULL, body BLOB NOT NULL);
+
             """)
         let s = try db.statement("SELECT value FROM meta WHERE key = 'format'")
         if try s.step() {
@@ -124,14 +134,12 @@ public final class SQLiteStore: Store {
             peerVectors[p.text(0), default: QStateVector()][Origin(p.uint64(1))] = p.uint64(2)
         }
         var registers: [QRegisterName: RegisterState] = [:]
-        historyWrites = [:]
-        let r = try db.statement("SELECT name, body, writes FROM registers")
+        let r = try db.statement("SELECT name, body FROM registers")
         while try r.step() {
             let text = r.text(0)
             do {
                 let name = try QRegisterName(text)
                 registers[name] = try RegisterState.decode(r.blob(1))
-                historyWrites[name] = r.int64(2)
             } catch let e as CoreError {
                 throw StoreError(.corrupt, "\(path): register \"\(text)\" cannot be read back: \(e.message)")
             }
@@ -184,7 +192,7 @@ public final class SQLiteStore: Store {
         var nextState = state
         var nextHigh = hlcHigh
         var held: [(delta: Delta, body: [UInt8], refusal: CoreError?)] = []
-        var changedSet = Set<QRegisterName>()
+        // Each changed register's state before this block (for history and C3).
         var before: [QRegisterName: RegisterState?] = [:]
 
         for delta in deltas {
@@ -201,12 +209,9 @@ public final class SQLiteStore: Store {
             nextHigh = max(nextHigh, delta.hlc)
             var refusal: CoreError?
             do {
-                for write in delta.writes {
-                    let name = try QRegisterName(group: delta.group, name: write.register)
-                    if before[name] == nil { before[name] = .some(nextState.registers[name]) }
-                }
-                for name in try nextState.apply(delta) where changedSet.insert(name).inserted {
-                    result.changed.append(name)
+                for change in try nextState.apply(delta) where before[change.name] == nil {
+                    before[change.name] = .some(change.previous)
+                    result.changed.append(change.name)
                 }
             } catch let e as CoreError {
                 precondition(!local, "a local delta was checked before stamping: \(e)")
@@ -229,7 +234,6 @@ public final class SQLiteStore: Store {
 
         let ordered = held.sorted { $0.delta.id < $1.delta.id }
         let checksum = ordered.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
-        var nextHistory = historyWrites
         let blockID: Int64 = try db.transaction {
             let b = try db.statement("INSERT INTO blocks(count, checksum) VALUES (?, ?)")
             b.bind(1, Int64(held.count))
@@ -247,15 +251,15 @@ public final class SQLiteStore: Store {
                 try d.step()
             }
             try writeVector(table: "vector", old: vector, new: nextVector)
-            try writeRegisters(result.changed, state: nextState, before: before, history: &nextHistory)
+            try writeRegisters(result.changed, state: nextState, before: before)
             if nextHigh > hlcHigh { try setMeta("hlc_high", Int64(bitPattern: nextHigh.rawValue)) }
             return id
         }
         vector = nextVector
         state = nextState
         hlcHigh = nextHigh
-        historyWrites = nextHistory
         result.block = blockID
+        try trimHistoryIfDue()
         return result
     }
 
@@ -295,39 +299,51 @@ public final class SQLiteStore: Store {
         }
     }
 
-    /// Upserts changed registers and appends what changed to their history rings.
-    private func writeRegisters(
-        _ changed: [QRegisterName], state: CollapseState, before: [QRegisterName: RegisterState?],
-        history: inout [QRegisterName: Int64]
-    ) throws {
-        let upsert = "INSERT INTO registers(name, body, writes) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET body = excluded.body, writes = excluded.writes"
-        let ring = "INSERT INTO history(name, slot, side, body) VALUES (?, ?, ?, ?) ON CONFLICT(name, slot) DO UPDATE SET side = excluded.side, body = excluded.body"
-        let length = Int64(options.historyLength)
+    /// Upserts changed registers and appends what changed to their histories.
+    /// Appending (not a ring updated in place) keeps the pages a commit dirties
+    /// few and sequential; `trimHistoryIfDue` bounds the table.
+    private func writeRegisters(_ changed: [QRegisterName], state: CollapseState, before: [QRegisterName: RegisterState?]) throws {
+        let h = try db.statement("INSERT INTO history(name, side, body) VALUES (?, ?, ?)")
+        let s = try db.statement("INSERT INTO registers(name, body) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET body = excluded.body")
         for name in changed {
             guard let new = state.registers[name] else { continue }
-            let old = before[name] ?? nil
-            var writes = history[name] ?? 0
-            for (side, v) in SQLiteStore.changedSides(old: old, new: new) {
-                let h = try db.statement(ring)
-                h.bind(1, name.description)
-                h.bind(2, writes % length)
-                h.bind(3, Int64(side.rawValue))
+            let text = name.description
+            for (side, v) in SQLiteStore.changedSides(old: before[name] ?? nil, new: new) {
+                h.reset()
+                h.bind(1, text)
+                h.bind(2, Int64(side.rawValue))
                 var w = ByteWriter()
                 v.value.encode(into: &w)
                 w.write(v.stamp.hlc.rawValue)
                 w.write(v.stamp.origin.rawValue)
                 w.write(v.stamp.seq)
-                h.bind(4, w.bytes)
+                h.bind(3, w.bytes)
                 try h.step()
-                writes += 1
+                historyUntrimmed += 1
             }
-            history[name] = writes
-            let s = try db.statement(upsert)
-            s.bind(1, name.description)
+            s.reset()
+            s.bind(1, text)
             s.bind(2, new.encoded)
-            s.bind(3, writes)
             try s.step()
         }
+    }
+
+    /// Cuts every register's history back to its newest `historyLength`
+    /// entries once the rows appended since the last cut reach the size of a
+    /// full history, so the table stays within about twice its bound and each
+    /// appended row pays for its own removal once (amortised O(1)).
+    private func trimHistoryIfDue() throws {
+        guard historyUntrimmed >= max(1_024, state.registers.count * options.historyLength) else { return }
+        try db.transaction {
+            let s = try db.statement("""
+                DELETE FROM history WHERE id IN (
+                    SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS newer FROM history)
+                    WHERE newer > ?)
+                """)
+            s.bind(1, Int64(options.historyLength))
+            try s.step()
+        }
+        historyUntrimmed = 0
     }
 
     static func changedSides(old: RegisterState?, new: RegisterState) -> [(HistoryEntry.Side, Versioned)] {
@@ -383,9 +399,9 @@ public final class SQLiteStore: Store {
 
     public func apply(_ snapshot: Snapshot) throws -> [QRegisterName] {
         var nextState = state
-        var before: [QRegisterName: RegisterState?] = [:]
-        for name in snapshot.registers.keys { before[name] = .some(state.registers[name]) }
         let changed = nextState.merge(snapshot: snapshot.registers)
+        var before: [QRegisterName: RegisterState?] = [:]
+        for name in changed { before[name] = .some(state.registers[name]) }
         // Seqs the snapshot covers but we never held as deltas can no longer be
         // served to others: they join our horizon.
         // Deltas we did hold of such an origin are dropped too, so the log keeps
@@ -394,7 +410,6 @@ public final class SQLiteStore: Store {
         let jumped = snapshot.vector.origins.filter { snapshot.vector[$0] > vector[$0] }
         for o in jumped { nextHorizon[o] = snapshot.vector[o] }
         let nextVector = vector.merged(snapshot.vector)
-        var nextHistory = historyWrites
         try db.transaction {
             var touched = Set<Int64>()
             for o in jumped where vector[o] > horizon[o] {
@@ -408,12 +423,12 @@ public final class SQLiteStore: Store {
             for block in touched.sorted() { try resealBlock(block) }
             try writeVector(table: "vector", old: vector, new: nextVector)
             try writeVector(table: "horizon", old: horizon, new: nextHorizon)
-            try writeRegisters(changed, state: nextState, before: before, history: &nextHistory)
+            try writeRegisters(changed, state: nextState, before: before)
         }
         state = nextState
         vector = nextVector
         horizon = nextHorizon
-        historyWrites = nextHistory
+        try trimHistoryIfDue()
         return changed
     }
 
@@ -519,8 +534,9 @@ public final class SQLiteStore: Store {
     // MARK: reading back
 
     public func history(_ name: QRegisterName) throws -> [HistoryEntry] {
-        let s = try db.statement("SELECT side, body FROM history WHERE name = ?")
+        let s = try db.statement("SELECT side, body FROM history WHERE name = ? ORDER BY id DESC LIMIT ?")
         s.bind(1, name.description)
+        s.bind(2, Int64(options.historyLength))
         var out: [HistoryEntry] = []
         while try s.step() {
             guard let side = HistoryEntry.Side(rawValue: UInt8(truncatingIfNeeded: s.int64(0))) else {
@@ -537,7 +553,7 @@ public final class SQLiteStore: Store {
                 throw StoreError(.corrupt, "\(path): history of \(name) cannot be read back: \(e.message)")
             }
         }
-        return out.sorted { $0.versioned.stamp > $1.versioned.stamp }
+        return out
     }
 
     public func verify() throws -> VerifyReport {

@@ -156,7 +156,7 @@ struct DeltaSetGenerator {
             var s = CollapseState(schema: DeltaSetGenerator.schema)
             var seen: [String: Stamp] = [:]
             for d in try gen.deltaSet().shuffled(using: &gen.random) {
-                for name in (try? s.apply(d)) ?? [] {
+                for name in ((try? s.apply(d)) ?? []).map(\.name) {
                     let sides: [(String, Versioned?)]
                     switch s.registers[name]! {
                     case .lww(let v): sides = [("v", v)]

@@ -1,0 +1,164 @@
+// Micro-benchmarks of the core and the store. Prints one table; every figure
+// has a baseline measured in the same run, because this machine is shared and
+// noisy: compare ratios across runs, not absolute numbers.
+//
+//     bench/run              (release build, then this)
+//     bench/run --quick      (smaller counts, for a smoke run)
+#if canImport(Glibc)
+import Glibc
+#endif
+import CSQLite
+import SpookCore
+import SpookStore
+
+let quick = CommandLine.arguments.contains("--quick")
+let scale = quick ? 10 : 1
+/// `--only core` or `--only store` runs one part (for profiling).
+let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
+    i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
+}
+func runs(_ part: String) -> Bool { only == nil || only == part }
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// Best of `runs` wall-clock times of `body` (which does `count` operations): ops/s.
+func rate(count: Int, runs: Int = 3, _ body: () throws -> Void) rethrows -> Double {
+    var best = Double.infinity
+    for _ in 0..<runs {
+        let start = now()
+        try body()
+        best = min(best, now() - start)
+    }
+    return Double(count) / best
+}
+
+struct Row {
+    var name: String
+    var value: Double
+    var unit: String
+    var baseline: String
+    var baselineValue: Double
+}
+var rows: [Row] = []
+
+func format(_ x: Double) -> String {
+    if x >= 1e6 { return String(Int((x / 1e4).rounded())).withDecimal(2) + " M" }
+    if x >= 1e3 { return String(Int((x / 10).rounded())).withDecimal(2) + " k" }
+    return String(Int(x.rounded()))
+}
+
+extension String {
+    func withDecimal(_ places: Int) -> String {
+        let padded = count <= places ? String(repeating: "0", count: places - count + 1) + self : self
+        return padded.dropLast(places) + "." + padded.suffix(places)
+    }
+}
+
+// MARK: core apply
+
+let group = (0..<100).map { try! QGroupName("bench.site/g\($0)") }
+let registerNames = (0..<10).map { "r\($0)" }
+
+func makeDeltas(_ n: Int, writes: Int) -> [Delta] {
+    var random = SplitMix64(seed: 1)
+    return (0..<n).map { i in
+        let ws = (0..<writes).map { k in Write(registerNames[(i + k) % 10], .set, .int(Int64(random.next() % 1000))) }
+        return try! Delta(origin: Origin(1 + UInt64(i % 4)), seq: UInt64(i / 4 + 1),
+                          hlc: HLCTimestamp(rawValue: UInt64(i) << 8), group: group[Int(random.next() % 100)], writes: ws)
+    }
+}
+
+let coreCount = 1_000_000 / scale
+for writes in [1, 8] where runs("core") {
+    let deltas = makeDeltas(coreCount / writes, writes: writes)
+    let names = deltas.map { d in d.writes.map { try! QRegisterName(group: d.group, name: $0.register) } }
+    let applied = rate(count: deltas.count) {
+        var s = CollapseState()
+        for d in deltas { _ = try? s.apply(d) }
+    }
+    // Baseline: the same writes as plain dictionary upserts, no collapse rules.
+    let upserts = rate(count: deltas.count) {
+        var map: [QRegisterName: Value] = [:]
+        for (d, n) in zip(deltas, names) { for (w, name) in zip(d.writes, n) { map[name] = w.value } }
+    }
+    rows.append(Row(name: "core apply, \(writes) write(s)/delta", value: applied, unit: "deltas/s", baseline: "dictionary upsert", baselineValue: upserts))
+}
+
+if runs("core") {
+    let deltas = makeDeltas(200_000 / scale, writes: 4)
+    let bodies = deltas.map(\.encoded)
+    let decoded = try rate(count: bodies.count) { for b in bodies { _ = try Delta.decode(b) } }
+    let checksummed = rate(count: bodies.count) {
+        var c: UInt32 = 0
+        for b in bodies { c = CRC32C.update(c, b) }
+        precondition(c != 1)
+    }
+    rows.append(Row(name: "delta decode + validate, 4 writes", value: decoded, unit: "deltas/s", baseline: "CRC-32C of the same bytes", baselineValue: checksummed))
+}
+
+// MARK: store commit
+
+var template = Array("/tmp/spook-bench-XXXXXX".utf8CString)
+let dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+defer { _ = system("rm -rf '\(dir)'") }
+
+/// The floor under the store: the same encoded bodies as rows of one plain
+/// table, same transaction size and sync level, no collapse, vectors or history.
+func rawSQLite(_ bodies: [[UInt8]], batch: Int, sync: SyncLevel, path: String) -> Double {
+    var db: OpaquePointer?
+    sqlite3_open(path, &db)
+    defer { sqlite3_close(db) }
+    sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=\(sync.rawValue.uppercased()); CREATE TABLE t(k INTEGER PRIMARY KEY, body BLOB)", nil, nil, nil)
+    var insert: OpaquePointer?
+    sqlite3_prepare_v2(db, "INSERT INTO t(k, body) VALUES (?, ?)", -1, &insert, nil)
+    defer { sqlite3_finalize(insert) }
+    let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+    let start = now()
+    var i = 0
+    while i < bodies.count {
+        sqlite3_exec(db, "BEGIN", nil, nil, nil)
+        for k in i..<min(i + batch, bodies.count) {
+            sqlite3_reset(insert)
+            sqlite3_bind_int64(insert, 1, Int64(k))
+            _ = bodies[k].withUnsafeBytes { sqlite3_bind_blob(insert, 2, $0.baseAddress, Int32($0.count), transient) }
+            sqlite3_step(insert)
+        }
+        sqlite3_exec(db, "COMMIT", nil, nil, nil)
+        i += batch
+    }
+    return Double(bodies.count) / (now() - start)
+}
+
+var run = 0
+for (sync, batch, count) in [(SyncLevel.full, 1, 2_000), (.full, 100, 50_000), (.full, 1_000, 200_000), (.normal, 1_000, 200_000), (.off, 1_000, 200_000)] where runs("store") {
+    run += 1
+    let n = max(count / scale, batch)
+    let deltas = makeDeltas(n, writes: 1).enumerated().map { i, d in
+        try! Delta(origin: Origin(1), seq: UInt64(i + 1), hlc: d.hlc, group: d.group, writes: d.writes)
+    }
+    let store = try SQLiteStore(path: "\(dir)/store-\(run).db", options: StoreOptions(sync: sync))
+    let start = now()
+    var i = 0
+    while i < deltas.count {
+        let result = try store.commit(Array(deltas[i..<min(i + batch, deltas.count)]))
+        precondition(result.gaps.isEmpty && result.duplicates == 0)
+        i += batch
+    }
+    let committed = Double(n) / (now() - start)
+    store.close()
+    let raw = rawSQLite(deltas.map(\.encoded), batch: batch, sync: sync, path: "\(dir)/raw-\(run).db")
+    rows.append(Row(name: "store commit, sync=\(sync), \(batch)/block", value: committed, unit: "deltas/s durable", baseline: "raw SQLite insert", baselineValue: raw))
+}
+
+// MARK: the table
+
+print("| benchmark | result | baseline (same run) | baseline result | ratio |")
+print("|---|---:|---|---:|---:|")
+for r in rows {
+    let ratio = r.value / r.baselineValue
+    print("| \(r.name) | \(format(r.value)) \(r.unit) | \(r.baseline) | \(format(r.baselineValue)) | \(String(Int((ratio * 100).rounded())).withDecimal(2)) |")
+}
