@@ -87,10 +87,11 @@ struct Demo: ParsableCommand {
         let edge = try SQLiteStore(path: "\(directory)/edge.db", options: StoreOptions(schema: schema))
         let upstream = try SQLiteStore(path: "\(directory)/upstream.db", options: StoreOptions(schema: schema))
         print("edge store \(edge.path): vector \(edge.vector); upstream store \(upstream.path): vector \(upstream.vector)")
-        var clockMs: UInt64 = 1_700_000_000_000 + upstream.hlcHigh.ms
+        // The simulated pump resumes from what it last reported.
         var speed: Int64 = 1200
+        if case .int(let last)? = try edge.state.registers[pump.register("speed")]?.value { speed = last }
         for round in 1...rounds {
-            clockMs += 250
+            let clockMs = wallClockMs()
             // The device reports; upstream occasionally desires a new speed.
             let temperature = 40.0 + Double(round) * 0.5
             _ = try edge.commitLocal([LocalWrite(group: pump, writes: [
@@ -113,6 +114,12 @@ struct Demo: ParsableCommand {
         let same = edge.state.canonicalBytes() == upstream.state.canonicalBytes()
         print("edge vector \(edge.vector), upstream vector \(upstream.vector), states identical: \(same)")
         if !same { throw ExitCode.failure }
+    }
+
+    private func wallClockMs() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
     /// One round of catch-up both ways, acknowledging after each durable commit.
