@@ -60,8 +60,11 @@ let package = Package(
             path: "Tests/Helpers/spook-crash-writer"
         ),
 
+        // Helpers shared by the test targets: child processes, temporary folders.
+        .target(name: "SpookTestSupport", path: "Tests/Support"),
+
         .testTarget(name: "SpookCoreTests", dependencies: ["SpookCore"]),
-        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "spook-crash-writer"]),
+        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "SpookTestSupport", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",
             dependencies: ["SpookCore", "SpookStore"],
@@ -69,7 +72,7 @@ let package = Package(
             exclude: ["make-vectors.py"],
             resources: [.copy("vectors")]
         ),
-        .testTarget(name: "SimulationTests", dependencies: ["SpookSimulation", "SpookCore", "SpookStore"]),
+        .testTarget(name: "SimulationTests", dependencies: ["SpookSimulation", "SpookCore", "SpookStore", "SpookTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CModbus", "CSerialPort", "CUSB", "CSQLite"]),
     ],
     swiftLanguageModes: [.v6]

@@ -3,17 +3,8 @@ import Glibc
 #endif
 import SpookCore
 import SpookSimulation
+import SpookTestSupport
 import Testing
-
-/// A fresh folder per test: tests run in parallel and seeds name their files.
-final class TemporaryDirectory {
-    let path: String
-    init() {
-        var template = Array("/tmp/spook-sim-XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
-    deinit { _ = system("rm -rf '\(path)'") }
-}
 
 /// The broken rule of the canary: last arrival wins. Order-dependent, so it
 /// must make replicas that saw the same deltas in different orders diverge.

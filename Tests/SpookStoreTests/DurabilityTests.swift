@@ -3,6 +3,7 @@ import Glibc
 #endif
 import SpookCore
 import SpookStore
+import SpookTestSupport
 import Testing
 
 @Suite struct DurabilityTests {

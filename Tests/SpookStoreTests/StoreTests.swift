@@ -4,18 +4,8 @@ import Glibc
 import CSQLite
 import SpookCore
 import SpookStore
+import SpookTestSupport
 import Testing
-
-/// A fresh folder under /tmp, removed when the value goes away.
-final class TemporaryDirectory {
-    let path: String
-    init() {
-        var template = Array("/tmp/spook-test-XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
-    deinit { _ = system("rm -rf '\(path)'") }
-    func file(_ name: String) -> String { "\(path)/\(name)" }
-}
 
 let groupA = try! QGroupName("plant.l1/a")
 let groupB = try! QGroupName("plant.l1/b")

@@ -5,13 +5,13 @@ import Glibc
 /// A child process with its stdout on a pipe, read line by line with a
 /// deadline (no fixed sleeps). Spawned with an empty signal mask and default
 /// handlers, whatever thread the test runs on.
-final class ChildProcess {
-    let pid: pid_t
+public final class ChildProcess {
+    public let pid: pid_t
     private let stdoutFD: Int32
     private var buffer: [UInt8] = []
-    private(set) var exited = false
+    public private(set) var exited = false
 
-    init(_ path: String, _ arguments: [String]) throws {
+    public init(_ path: String, _ arguments: [String]) throws {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw Failure("pipe: \(errno)") }
         var actions = posix_spawn_file_actions_t()
@@ -48,7 +48,7 @@ final class ChildProcess {
     }
 
     /// The next line of stdout, or nil at end of file. Throws past the deadline.
-    func readLine(timeoutMs: Int32 = 30_000) throws -> String? {
+    public func readLine(timeoutMs: Int32 = 30_000) throws -> String? {
         var waitedMs: Int32 = 0
         while true {
             if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
@@ -73,11 +73,11 @@ final class ChildProcess {
         }
     }
 
-    func signal(_ signal: Int32) { kill(pid, signal) }
+    public func signal(_ signal: Int32) { kill(pid, signal) }
 
     /// Waits for the child to end; returns its wait status.
     @discardableResult
-    func wait() -> Int32 {
+    public func wait() -> Int32 {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         exited = true
@@ -85,7 +85,7 @@ final class ChildProcess {
     }
 
     /// Where the test's sibling executables were built.
-    static func builtExecutable(_ name: String) -> String {
+    public static func builtExecutable(_ name: String) -> String {
         var buffer = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         let me = n > 0 ? String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
@@ -98,8 +98,23 @@ final class ChildProcess {
         return name
     }
 
-    struct Failure: Error, CustomStringConvertible {
-        let description: String
-        init(_ description: String) { self.description = description }
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+        public init(_ description: String) { self.description = description }
     }
+}
+
+/// A fresh folder under /tmp, removed with everything in it when the value
+/// goes away. Tests run in parallel: each takes its own.
+public final class TemporaryDirectory {
+    public let path: String
+
+    public init() {
+        var template = Array("/tmp/spook-test-XXXXXX".utf8CString)
+        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+
+    deinit { _ = system("rm -rf '\(path)'") }
+
+    public func file(_ name: String) -> String { "\(path)/\(name)" }
 }
