@@ -10,6 +10,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "SpookCore", targets: ["SpookCore"]),
+        .library(name: "SpookWire", targets: ["SpookWire"]),
         .library(name: "SpookStore", targets: ["SpookStore"]),
         .executable(name: "spook-sim", targets: ["spook-sim"]),
         .executable(name: "spook-bench", targets: ["spook-bench"]),
@@ -27,6 +28,8 @@ let package = Package(
 
         // The pure core: names, values, clocks, deltas, collapse, vectors, HalfPair.
         .target(name: "SpookCore"),
+        // ETCP/ESTP frames and messages. Pure: bytes in, messages out.
+        .target(name: "SpookWire", dependencies: ["SpookCore"]),
         // Durable state on SQLite behind the `Store` protocol.
         .target(
             name: "SpookStore",
@@ -64,6 +67,7 @@ let package = Package(
         .target(name: "SpookTestSupport", path: "Tests/Support"),
 
         .testTarget(name: "SpookCoreTests", dependencies: ["SpookCore"]),
+        .testTarget(name: "SpookWireTests", dependencies: ["SpookWire", "SpookCore"]),
         .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "SpookTestSupport", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",
