@@ -12,12 +12,14 @@ let package = Package(
         .library(name: "SpookCore", targets: ["SpookCore"]),
         .library(name: "SpookWire", targets: ["SpookWire"]),
         .library(name: "SpookStore", targets: ["SpookStore"]),
+        .library(name: "SpookLink", targets: ["SpookLink"]),
         .executable(name: "spook-sim", targets: ["spook-sim"]),
         .executable(name: "spook-bench", targets: ["spook-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
     ],
     targets: [
         // System libraries, found through pkg-config (scripts/install-deps installs them).
@@ -30,6 +32,11 @@ let package = Package(
         .target(name: "SpookCore"),
         // ETCP/ESTP frames and messages. Pure: bytes in, messages out.
         .target(name: "SpookWire", dependencies: ["SpookCore"]),
+        // Links: identity (Ed25519), the ETCP handshake; transports follow.
+        .target(
+            name: "SpookLink",
+            dependencies: ["SpookCore", "SpookWire", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // Durable state on SQLite behind the `Store` protocol.
         .target(
             name: "SpookStore",
@@ -68,6 +75,7 @@ let package = Package(
 
         .testTarget(name: "SpookCoreTests", dependencies: ["SpookCore"]),
         .testTarget(name: "SpookWireTests", dependencies: ["SpookWire", "SpookCore"]),
+        .testTarget(name: "SpookLinkTests", dependencies: ["SpookLink", "SpookWire", "SpookCore", "SpookTestSupport"]),
         .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "SpookTestSupport", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",

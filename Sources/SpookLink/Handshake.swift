@@ -1,0 +1,155 @@
+import Crypto
+import SpookCore
+import SpookWire
+
+/// Who may connect, and what each key may do: the daemon's authorisation
+/// table (from config), per QDomain pattern.
+public struct Authorisation: Sendable {
+    public struct Grant: Sendable, Hashable {
+        public var read: [QDomainPattern]
+        public var write: [QDomainPattern]
+        public init(read: [QDomainPattern], write: [QDomainPattern]) {
+            self.read = read
+            self.write = write
+        }
+        public func mayRead(_ domain: QDomain) -> Bool { read.contains { $0.matches(domain) } }
+        public func mayWrite(_ domain: QDomain) -> Bool { write.contains { $0.matches(domain) } }
+    }
+
+    /// Public key (32 bytes, hex) → grant.
+    public var keys: [String: Grant]
+
+    public init(keys: [String: Grant]) { self.keys = keys }
+
+    public func grant(for publicKey: [UInt8]) -> Grant? { keys[publicKey.hex] }
+}
+
+/// The ETCP handshake for one link (docs/protocol.md, "Handshake").
+///
+/// Both sides send HELLO at once. The transcript is SHA-256 over a label,
+/// the initiator's HELLO payload and the responder's; each side then sends
+/// AUTH, an Ed25519 signature over a label naming its side and the
+/// transcript, so a signature can neither be reflected back nor replayed
+/// into a handshake with other nonces. Pure apart from the signing: the
+/// nonce comes in from outside, so tests and the simulation can fix it.
+public struct Handshake: Sendable {
+    public enum Side: Sendable, Hashable { case initiator, responder }
+
+    /// What the peer proved.
+    public struct Peer: Sendable, Hashable {
+        public let publicKey: [UInt8]
+        public let origin: Origin
+        public let role: Role
+        public let node: String
+        public let subscriptions: [QDomainPattern]
+    }
+
+    enum State: Sendable {
+        case start
+        case awaitingHello(sent: [UInt8])
+        case awaitingAuth(transcript: [UInt8], peer: Peer)
+        case done(Peer)
+        case failed
+    }
+
+    public let side: Side
+    let identity: Identity
+    let hello: Hello
+    /// Decides whether a peer key may connect at all.
+    let isAuthorised: @Sendable ([UInt8]) -> Bool
+    private var state: State = .start
+
+    static let transcriptLabel = Array("spook etcp v1 transcript".utf8)
+    static func authLabel(_ side: Side) -> [UInt8] { Array("spook etcp v1 auth \(side == .initiator ? "initiator" : "responder")".utf8) }
+
+    public init(side: Side, identity: Identity, role: Role, nonce: [UInt8], subscriptions: [QDomainPattern], node: String,
+                isAuthorised: @escaping @Sendable ([UInt8]) -> Bool) {
+        precondition(nonce.count == Hello.nonceLength, "a nonce is \(Hello.nonceLength) bytes")
+        self.side = side
+        self.identity = identity
+        self.hello = Hello(role: role, publicKey: identity.publicKey, nonce: nonce, subscriptions: subscriptions, node: node)
+        self.isAuthorised = isAuthorised
+    }
+
+    public var peer: Peer? { if case .done(let p) = state { p } else { nil } }
+
+    /// The HELLO to send first.
+    public mutating func start() -> Message {
+        guard case .start = state else { preconditionFailure("handshake started twice") }
+        let message = Message.hello(hello)
+        state = .awaitingHello(sent: message.frame.payload)
+        return message
+    }
+
+    /// Takes the peer's next message; returns what to send back. Throws the
+    /// `WireError` to send in an ERROR frame before closing the link.
+    public mutating func receive(_ message: Message) throws -> [Message] {
+        do {
+            switch (state, message) {
+            case (.awaitingHello(let sent), .hello(let theirs)):
+                guard theirs.protocolVersion == Hello.protocolVersion else {
+                    throw WireError(.unsupportedVersion, "peer speaks protocol \(theirs.protocolVersion), this build speaks \(Hello.protocolVersion)")
+                }
+                guard theirs.publicKey != hello.publicKey else {
+                    throw WireError(.replay, "the peer presented our own public key (a reflected handshake)")
+                }
+                guard theirs.nonce != hello.nonce else { throw WireError(.replay, "the peer echoed our nonce") }
+                guard isAuthorised(theirs.publicKey) else {
+                    throw WireError(.unauthorised, "key \(theirs.publicKey.hex) (origin \(Identity.origin(of: theirs.publicKey))) is not authorised")
+                }
+                let theirPayload = Message.hello(theirs).frame.payload
+                var input = Handshake.transcriptLabel
+                input += side == .initiator ? sent + theirPayload : theirPayload + sent
+                let transcript = Array(SHA256.hash(data: input))
+                let peer = Peer(publicKey: theirs.publicKey, origin: Identity.origin(of: theirs.publicKey), role: theirs.role,
+                                node: theirs.node, subscriptions: theirs.subscriptions)
+                state = .awaitingAuth(transcript: transcript, peer: peer)
+                return [.auth(signature: try identity.sign(Handshake.authLabel(side) + transcript))]
+
+            case (.awaitingAuth(let transcript, let peer), .auth(let signature)):
+                let theirSide: Side = side == .initiator ? .responder : .initiator
+                guard Identity.verify(signature: signature, of: Handshake.authLabel(theirSide) + transcript, publicKey: peer.publicKey) else {
+                    throw WireError(.badSignature, "AUTH from \(peer.origin) does not verify against its key and this handshake")
+                }
+                state = .done(peer)
+                return []
+
+            case (_, .error(let code, let text)):
+                throw WireError(code, "peer refused the handshake: \(text)")
+            default:
+                throw WireError(.unexpected, "\(message.type) is not expected during the handshake")
+            }
+        } catch {
+            state = .failed
+            throw error
+        }
+    }
+}
+
+/// Remembers recent peer nonces so a recorded HELLO cannot be replayed, in
+/// a bounded ring (the oldest is forgotten first).
+public struct NonceRegistry: Sendable {
+    public let capacity: Int
+    private var seen: Set<[UInt8]> = []
+    private var order: [[UInt8]] = []
+    private var next = 0
+
+    public init(capacity: Int = 4096) {
+        precondition(capacity > 0, "capacity must be positive")
+        self.capacity = capacity
+    }
+
+    /// False when `nonce` was seen before.
+    public mutating func admit(_ nonce: [UInt8]) -> Bool {
+        guard !seen.contains(nonce) else { return false }
+        if order.count < capacity {
+            order.append(nonce)
+        } else {
+            seen.remove(order[next])
+            order[next] = nonce
+            next = (next + 1) % capacity
+        }
+        seen.insert(nonce)
+        return true
+    }
+}
