@@ -32,10 +32,10 @@ let package = Package(
         .target(name: "SpookCore"),
         // ETCP/ESTP frames and messages. Pure: bytes in, messages out.
         .target(name: "SpookWire", dependencies: ["SpookCore"]),
-        // Links: identity (Ed25519), the ETCP handshake; transports follow.
+        // Links: identity (Ed25519), the ETCP handshake, ESTP sessions; transports follow.
         .target(
             name: "SpookLink",
-            dependencies: ["SpookCore", "SpookWire", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["SpookCore", "SpookWire", "SpookStore", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // Durable state on SQLite behind the `Store` protocol.
         .target(
@@ -46,7 +46,7 @@ let package = Package(
             ]
         ),
         // Deterministic simulation of replicas over faulty links (tests and `spook-sim`).
-        .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore"]),
+        .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore", "SpookWire", "SpookLink"]),
 
         .executableTarget(
             name: "spook-sim",

@@ -4,7 +4,9 @@ import Glibc
 import Darwin
 #endif
 import SpookCore
+import SpookLink
 import SpookStore
+import SpookWire
 
 /// One seeded run of N replicas exchanging deltas over links that drop,
 /// duplicate, reorder and partition, with replicas that crash and restart
@@ -12,10 +14,11 @@ import SpookStore
 /// `seed`, and nothing iterates a dictionary in hash order, so a seed replays
 /// the same run exactly (`traceDigest` proves it).
 ///
-/// The replicas speak the essence of ESTP: a sender keeps every delta until
-/// the peer acknowledged it, the receiver acknowledges with its vector only
-/// after the commit returned (durable), and a sender that sees no progress
-/// goes back to the last acknowledged vector and resends.
+/// The replicas speak ESTP through the real `SyncSession`, and every
+/// message crosses the simulated link as frame bytes through `FrameDecoder`:
+/// a sender keeps every delta until the peer acknowledged it, the receiver
+/// acknowledges with its vector only after the commit returned (durable),
+/// and a sender that sees no progress goes back and resends.
 public final class Simulation {
     public struct Config: Sendable, CustomStringConvertible {
         public var seed: UInt64
@@ -32,6 +35,7 @@ public final class Simulation {
         public var topology: Topology
         public var batchMax: Int = 64
         public var resendAfterSteps: Int = 6
+        public var snapshotChunkRegisters = 7
         public var compactEverySteps: Int = 25
         public var healStepsMax: Int = 4_000
 
@@ -70,6 +74,7 @@ public final class Simulation {
         public var crashes = 0
         public var partitions = 0
         public var snapshots = 0
+        public var bytesSent = 0
         public var healSteps = 0
         /// FNV-1a over every event in order: equal digests mean identical runs.
         public var traceDigest: UInt64 = 0xCBF2_9CE4_8422_2325
@@ -78,17 +83,12 @@ public final class Simulation {
         public var reproduce: String { "spook-sim --seed \(seed)" }
     }
 
-    enum Message {
-        case deltas([Delta])
-        case ack(QStateVector)
-        case snapshot(Snapshot)
-    }
-
     struct InFlight {
         var deliverAt: Int
         var from: Int
         var to: Int
-        var message: Message
+        /// One encoded frame.
+        var bytes: [UInt8]
     }
 
     final class Replica {
@@ -99,9 +99,8 @@ public final class Simulation {
         var joined: Bool
         var downUntil = 0
         var clockSkewMs: Int64
-        /// What we have sent each peer (optimistic), and when its ack last moved.
-        var sent: [Int: QStateVector] = [:]
-        var lastProgress: [Int: Int] = [:]
+        /// One ESTP session per neighbour, lost with a crash.
+        var sessions: [Int: SyncSession] = [:]
 
         init(index: Int, path: String, joined: Bool, clockSkewMs: Int64) {
             self.index = index
@@ -209,11 +208,23 @@ public final class Simulation {
         r.store = store
         for peer in neighbours[r.index] where replicas[peer].joined {
             if !store.peers.contains("\(peer)") { try store.recordAck(peer: "\(peer)", vector: QStateVector()) }
-            r.sent[peer] = store.peerVector("\(peer)")
-            r.lastProgress[peer] = now
+            startSession(r, with: peer)
         }
         trace("open \(r.index) \(store.vector)")
     }
+
+    private func startSession(_ r: Replica, with peer: Int) {
+        var options = SyncSession.Options()
+        options.batchDeltasMax = config.batchMax
+        options.resendAfterMs = UInt64(config.resendAfterSteps) * Simulation.stepMs
+        options.snapshotChunkRegistersMax = config.snapshotChunkRegisters
+        var session = SyncSession(peer: "\(peer)", options: options)
+        for m in session.start(r.store!, nowMs: nowMs) { post(m, from: r.index, to: peer) }
+        r.sessions[peer] = session
+    }
+
+    static let stepMs: UInt64 = 10
+    var nowMs: UInt64 { UInt64(now) * Simulation.stepMs }
 
     // MARK: one step
 
@@ -226,8 +237,7 @@ public final class Simulation {
             for peer in neighbours[late] {
                 guard let store = replicas[peer].store else { continue }
                 try store.recordAck(peer: "\(late)", vector: QStateVector())
-                replicas[peer].sent[late] = QStateVector()
-                replicas[peer].lastProgress[late] = now
+                startSession(replicas[peer], with: late)
             }
         }
         try faults()
@@ -248,7 +258,7 @@ public final class Simulation {
             if r.store != nil, random.chance(config.crashRate) {
                 r.store!.close()
                 r.store = nil
-                r.sent = [:]
+                r.sessions = [:]
                 r.downUntil = now + 1 + Int(random.next() % 40)
                 outcome.crashes += 1
                 inFlight.removeAll { $0.to == r.index }
@@ -271,6 +281,8 @@ public final class Simulation {
     }
 
     private func post(_ message: Message, from: Int, to: Int) {
+        let bytes = message.frame.encoded
+        outcome.bytesSent += bytes.count
         guard linkUp(from, to), !(!healing && random.chance(config.dropRate)) else {
             outcome.dropped += 1
             return
@@ -279,7 +291,7 @@ public final class Simulation {
         if copies == 2 { outcome.duplicated += 1 }
         for _ in 0..<copies {
             let delay = 1 + Int(random.next() % UInt64(healing ? 1 : config.delayStepsMax))
-            inFlight.append(InFlight(deliverAt: now + delay, from: from, to: to, message: message))
+            inFlight.append(InFlight(deliverAt: now + delay, from: from, to: to, bytes: bytes))
         }
     }
 
@@ -288,24 +300,21 @@ public final class Simulation {
         inFlight.removeAll { $0.deliverAt <= now }
         for m in due {
             let r = replicas[m.to]
-            guard let store = r.store else { continue }
+            guard let store = r.store, var session = r.sessions[m.from] else { continue }
             outcome.delivered += 1
-            switch m.message {
-            case .deltas(let deltas):
-                let result = try store.commit(deltas)
-                trace("commit \(m.to)<-\(m.from) held=\(result.held.count) dup=\(result.duplicates) gap=\(result.gaps.count)")
-                // Acknowledge only now: the commit returned, the deltas are durable.
-                post(.ack(store.vector), from: m.to, to: m.from)
-            case .snapshot(let snapshot):
-                _ = try store.apply(snapshot)
+            var decoder = FrameDecoder()
+            decoder.feed(m.bytes)
+            guard let frame = try decoder.next() else { throw SimulationError("a whole frame did not decode") }
+            let message = try Message(frame: frame)
+            let applied = session.snapshotsApplied
+            let replies = try session.receive(message, store, nowMs: nowMs)
+            if session.snapshotsApplied > applied {
                 outcome.snapshots += 1
-                trace("snapshot \(m.to)<-\(m.from) \(snapshot.vector)")
-                post(.ack(store.vector), from: m.to, to: m.from)
-            case .ack(let vector):
-                let before = store.peerVector("\(m.from)")
-                try store.recordAck(peer: "\(m.from)", vector: vector)
-                if store.peerVector("\(m.from)") != before { r.lastProgress[m.from] = now }
+                trace("snapshot \(m.to)<-\(m.from) \(store.vector)")
             }
+            r.sessions[m.from] = session
+            trace("recv \(m.to)<-\(m.from) \(frame.type) vector=\(store.vector)")
+            for reply in replies { post(reply, from: m.to, to: m.from) }
         }
     }
 
@@ -349,27 +358,11 @@ public final class Simulation {
 
     private func send(_ r: Replica) throws {
         let store = r.store!
-        for peer in neighbours[r.index] where r.sent[peer] != nil {
-            let acked = store.peerVector("\(peer)")
-            if now - (r.lastProgress[peer] ?? now) >= config.resendAfterSteps, r.sent[peer] != acked {
-                // No progress: assume the batches were lost and go back.
-                r.sent[peer] = acked
-                r.lastProgress[peer] = now
-                trace("goback \(r.index)->\(peer) \(acked)")
-            }
-            let sent = r.sent[peer]!.merged(acked)
-            guard sent.compare(store.vector) != .equal, sent.compare(store.vector) != .ahead else { continue }
-            switch try store.catchUp(for: sent, limit: config.batchMax) {
-            case .deltas(let deltas):
-                guard !deltas.isEmpty else { continue }
-                var next = sent
-                for d in deltas { next[d.origin] = max(next[d.origin], d.seq) }
-                r.sent[peer] = next
-                post(.deltas(deltas), from: r.index, to: peer)
-            case .snapshot(let snapshot):
-                r.sent[peer] = sent.merged(snapshot.vector)
-                post(.snapshot(snapshot), from: r.index, to: peer)
-            }
+        for peer in r.sessions.keys.sorted() {
+            var session = r.sessions[peer]!
+            let messages = try session.poll(store, nowMs: nowMs)
+            r.sessions[peer] = session
+            for m in messages { post(m, from: r.index, to: peer) }
         }
     }
 
@@ -431,4 +424,9 @@ public final class Simulation {
             outcome.traceDigest = (outcome.traceDigest ^ UInt64(b)) &* 0x100_0000_01B3
         }
     }
+}
+
+struct SimulationError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -1,4 +1,4 @@
-import CSQLite
+internal import CSQLite
 
 /// An error from SQLite or from the store's own integrity checks, with the
 /// path of the database it concerns.

@@ -3,7 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import CSQLite
+internal import CSQLite
 import Logging
 import SpookCore
 

@@ -40,18 +40,24 @@ public struct Hello: Hashable, Sendable {
     }
 }
 
-/// One chunk of a snapshot. Snapshots larger than a frame are sent as
-/// several chunks; the receiver applies them together when `last` arrives.
+/// One chunk of a snapshot. A snapshot larger than a frame is sent as
+/// `count` chunks; the receiver applies it only once it holds every chunk
+/// `0 ..< count` for the same vector, so a lost chunk can never pass for a
+/// complete snapshot.
 public struct SnapshotChunk: Hashable, Sendable {
     public static let registersMax = 100_000
+    public static let chunksMax: UInt32 = 1 << 20
 
-    public var last: Bool
+    public var index: UInt32
+    public var count: UInt32
     /// The vector the whole snapshot covers (the same in every chunk).
     public var vector: QStateVector
     public var registers: [QRegisterName: RegisterState]
 
-    public init(last: Bool, vector: QStateVector, registers: [QRegisterName: RegisterState]) {
-        self.last = last
+    public init(index: UInt32, count: UInt32, vector: QStateVector, registers: [QRegisterName: RegisterState]) {
+        precondition(count >= 1 && index < count, "chunk \(index) of \(count)")
+        self.index = index
+        self.count = count
         self.vector = vector
         self.registers = registers
     }
@@ -115,7 +121,8 @@ public enum Message: Hashable, Sendable {
                 w.write(contentsOf: body)
             }
         case .snapshot(let s):
-            w.write(UInt8(s.last ? 1 : 0))
+            w.write(s.index)
+            w.write(s.count)
             s.vector.encode(into: &w)
             w.write(UInt32(s.registers.count))
             for name in s.registers.keys.sorted() {
@@ -178,8 +185,11 @@ public enum Message: Hashable, Sendable {
                 }
                 self = .deltas(deltas)
             case .snapshot:
-                let flags = try r.read(UInt8.self, "snapshot flags")
-                guard flags <= 1 else { throw CoreError(.malformed, "snapshot flags 0x\([flags].hex) has unknown bits") }
+                let index = try r.read(UInt32.self, "chunk index")
+                let chunks = try r.read(UInt32.self, "chunk count")
+                guard chunks >= 1, chunks <= SnapshotChunk.chunksMax, index < chunks else {
+                    throw CoreError(.malformed, "chunk \(index) of \(chunks) (chunks number 0 ..< count, count 1 … \(SnapshotChunk.chunksMax))")
+                }
                 let vector = try QStateVector.decode(from: &r)
                 let count = Int(try r.read(UInt32.self, "register count"))
                 guard count <= SnapshotChunk.registersMax else {
@@ -191,7 +201,7 @@ public enum Message: Hashable, Sendable {
                     guard registers[name] == nil else { throw CoreError(.malformed, "register \(name) twice in one snapshot chunk") }
                     registers[name] = try RegisterState.decode(from: &r)
                 }
-                self = .snapshot(SnapshotChunk(last: flags == 1, vector: vector, registers: registers))
+                self = .snapshot(SnapshotChunk(index: index, count: chunks, vector: vector, registers: registers))
             case .heartbeat:
                 self = .heartbeat(sentMs: try r.read(UInt64.self, "heartbeat time"))
             case .error:

@@ -39,7 +39,7 @@ import Testing
         ("auth", .auth(signature: Array(0..<64))),
         ("hello", .hello(Hello(role: .agent, publicKey: Array(0..<32), nonce: Array(repeating: 0xee, count: 32),
                                subscriptions: [try! QDomainPattern("site1.*"), try! QDomainPattern("*")], node: "gw-17"))),
-        ("snapshot", .snapshot(SnapshotChunk(last: true, vector: QStateVector([a1: 3]), registers: [
+        ("snapshot", .snapshot(SnapshotChunk(index: 1, count: 2, vector: QStateVector([a1: 3]), registers: [
             try! QRegisterName("site1.line3/pump7/speed"): .lww(Versioned(.int(7), Stamp(hlc: try! HLCTimestamp(ms: 1000, counter: 0), origin: a1, seq: 3))),
         ]))),
     ]
@@ -163,7 +163,8 @@ import Testing
         (.deltas, "0000000100000003000102", "DELTAS: delta 0: delta origin: needs 8 bytes"),
         (.close, "0005616263", "close message: needs 5 bytes"),
         (.close, "0002c328", "close message is not valid UTF-8"),
-        (.snapshot, "02", "snapshot flags 0x02 has unknown bits"),
+        (.snapshot, "0000000200000002", "chunk 2 of 2"),
+        (.snapshot, "0000000000000000", "chunk 0 of 0"),
         (.hello, "00010900", "unknown role 9"),
     ])
     func malformedPayloadsSayWhatAndWhere(_ type: FrameType, _ hex: String, _ expected: String) {

@@ -1,0 +1,184 @@
+import SpookCore
+import SpookStore
+import SpookWire
+
+/// ESTP for one link, after the handshake (docs/protocol.md, "State
+/// transfer"). It decides what to send and what to do with what arrives;
+/// the driver moves the messages and calls `poll` when local deltas were
+/// committed or a timer fired. Deterministic: time comes in as `nowMs`.
+///
+/// - Each side opens with VECTOR (what it holds) and answers a VECTOR with
+///   an ACK of its own vector, so each learns what the other holds.
+/// - A sender sends, per origin in seq order, what the peer lacks beyond
+///   what it already sent, in DELTAS frames of bounded count and size,
+///   with at most `inFlightMax` unacknowledged frames; or a chunked
+///   SNAPSHOT when the peer is behind the compaction horizon.
+/// - A receiver commits each DELTAS frame (one StateBlock) and only then
+///   answers ACK with its vector; a snapshot is applied when every chunk
+///   has arrived.
+/// - A sender that sees no progress for `resendAfterMs` goes back to what
+///   the peer acknowledged and sends again (lost frames on lossy links, or
+///   a receiver that refused a gap).
+public struct SyncSession: Sendable {
+    public struct Options: Sendable {
+        public var batchDeltasMax = 1_000
+        /// Bytes of delta encodings per DELTAS frame (frames are bounded at 1 MiB).
+        public var batchBytesMax = 512 * 1024
+        public var inFlightMax = 8
+        public var resendAfterMs: UInt64 = 3_000
+        public var snapshotChunkRegistersMax = 5_000
+        public init() {}
+    }
+
+    /// The peer's name in the store (its acknowledged vector is kept under it).
+    public let peer: String
+    public let options: Options
+
+    private var started = false
+    private var sent = QStateVector()
+    private var inFlight = 0
+    private var lastProgressMs: UInt64 = 0
+    private var ourStart: QStateVector?
+    private var theirStart: QStateVector?
+    private var knowsPeer = false
+    private var snapshotVector: QStateVector?
+    private var snapshotChunks: [UInt32: [QRegisterName: RegisterState]] = [:]
+
+    /// Counters for `$lag`, metrics and tests.
+    public private(set) var deltasSent = 0
+    public private(set) var deltasReceived = 0
+    public private(set) var snapshotsSent = 0
+    public private(set) var snapshotsApplied = 0
+
+    public init(peer: String, options: Options = Options()) {
+        self.peer = peer
+        self.options = options
+    }
+
+    /// Both directions have caught up with what the other side held when the
+    /// session started: the HalfPair's `caughtUp` event.
+    public func isCaughtUp(_ store: any Store) -> Bool {
+        guard let ourStart, let theirStart else { return false }
+        let acked = store.peerVector(peer)
+        return store.vector.compare(theirStart) != .behind && store.vector.compare(theirStart) != .concurrent
+            && acked.compare(ourStart) != .behind && acked.compare(ourStart) != .concurrent
+    }
+
+    /// What is still unacknowledged, in deltas: what the peer lacks of ours.
+    public func lag(_ store: any Store) -> UInt64 {
+        store.vector.lacking(in: store.peerVector(peer)).reduce(0) { $0 + $1.count }
+    }
+
+    public mutating func start(_ store: any Store, nowMs: UInt64) -> [Message] {
+        precondition(!started, "session started twice")
+        started = true
+        ourStart = store.vector
+        sent = store.peerVector(peer)
+        lastProgressMs = nowMs
+        return [.vector(store.vector)]
+    }
+
+    public mutating func receive(_ message: Message, _ store: any Store, nowMs: UInt64) throws -> [Message] {
+        precondition(started, "session not started")
+        var out: [Message] = []
+        switch message {
+        case .vector(let theirs):
+            // A (re)start from the peer: it holds exactly this.
+            if theirStart == nil { theirStart = theirs }
+            try store.recordAck(peer: peer, vector: theirs)
+            sent = theirs
+            inFlight = 0
+            knowsPeer = true
+            lastProgressMs = nowMs
+            out.append(.ack(store.vector))
+        case .ack(let theirs):
+            if theirStart == nil { theirStart = theirs }
+            knowsPeer = true
+            let before = store.peerVector(peer)
+            try store.recordAck(peer: peer, vector: theirs)
+            if store.peerVector(peer) != before { lastProgressMs = nowMs }
+            inFlight = max(0, inFlight - 1)
+        case .deltas(let deltas):
+            let result = try store.commit(deltas)
+            deltasReceived += result.held.count
+            out.append(.ack(store.vector))
+        case .snapshot(let chunk):
+            if snapshotVector != chunk.vector || snapshotChunks.keys.contains(where: { $0 >= chunk.count }) {
+                snapshotVector = chunk.vector
+                snapshotChunks = [:]
+            }
+            snapshotChunks[chunk.index] = chunk.registers
+            if snapshotChunks.count == Int(chunk.count) {
+                var registers: [QRegisterName: RegisterState] = [:]
+                for part in snapshotChunks.values { registers.merge(part) { a, _ in a } }
+                _ = try store.apply(Snapshot(registers: registers, vector: chunk.vector))
+                snapshotsApplied += 1
+                snapshotVector = nil
+                snapshotChunks = [:]
+                out.append(.ack(store.vector))
+            }
+        case .heartbeat:
+            break
+        case .hello, .auth, .error, .close:
+            throw WireError(.unexpected, "\(message.type) is not expected after the handshake")
+        }
+        return out + (try poll(store, nowMs: nowMs))
+    }
+
+    /// Sends what the window allows; goes back and resends after a stall.
+    public mutating func poll(_ store: any Store, nowMs: UInt64) throws -> [Message] {
+        precondition(started, "session not started")
+        var out: [Message] = []
+        let acked = store.peerVector(peer)
+        if nowMs >= lastProgressMs + options.resendAfterMs {
+            lastProgressMs = nowMs
+            if !knowsPeer {
+                return [.vector(store.vector)]
+            }
+            if sent != acked {
+                sent = acked
+                inFlight = 0
+            }
+        }
+        guard knowsPeer else { return out }
+        sent.merge(acked)
+        while inFlight < options.inFlightMax {
+            let lacking = store.vector.lacking(in: sent)
+            if lacking.isEmpty {
+                // Nothing outstanding counts as progress: the clock restarts.
+                if sent == acked { lastProgressMs = nowMs }
+                break
+            }
+            switch try store.catchUp(for: sent, limit: options.batchDeltasMax) {
+            case .deltas(let deltas):
+                var batch: [Delta] = []
+                var bytes = 0
+                for d in deltas {
+                    let size = d.encoded.count + 4
+                    if !batch.isEmpty && bytes + size > options.batchBytesMax { break }
+                    batch.append(d)
+                    bytes += size
+                }
+                guard !batch.isEmpty else { break }
+                for d in batch { sent[d.origin] = max(sent[d.origin], d.seq) }
+                deltasSent += batch.count
+                inFlight += 1
+                out.append(.deltas(batch))
+            case .snapshot(let snapshot):
+                let names = snapshot.registers.keys.sorted()
+                let size = max(1, options.snapshotChunkRegistersMax)
+                let count = max(1, (names.count + size - 1) / size)
+                for i in 0..<count {
+                    let part = names[min(names.count, i * size)..<min(names.count, (i + 1) * size)]
+                    var registers: [QRegisterName: RegisterState] = [:]
+                    for n in part { registers[n] = snapshot.registers[n] }
+                    out.append(.snapshot(SnapshotChunk(index: UInt32(i), count: UInt32(count), vector: snapshot.vector, registers: registers)))
+                }
+                sent.merge(snapshot.vector)
+                snapshotsSent += 1
+                inFlight += 1
+            }
+        }
+        return out
+    }
+}
