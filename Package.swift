@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // System libraries, found through pkg-config (scripts/install-deps installs them).
@@ -44,6 +45,11 @@ let package = Package(
                 "SpookCore", "CSQLite",
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        // One node: config, and (next) the runtime both daemons share.
+        .target(
+            name: "SpookNode",
+            dependencies: ["SpookCore", "SpookStore", "SpookLink", "SpookWire", .product(name: "TOMLKit", package: "TOMLKit")]
         ),
         // Deterministic simulation of replicas over faulty links (tests and `spook-sim`).
         .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore", "SpookWire", "SpookLink"]),
@@ -75,6 +81,7 @@ let package = Package(
 
         .testTarget(name: "SpookCoreTests", dependencies: ["SpookCore"]),
         .testTarget(name: "SpookWireTests", dependencies: ["SpookWire", "SpookCore"]),
+        .testTarget(name: "SpookNodeTests", dependencies: ["SpookNode", "SpookCore", "SpookLink"]),
         .testTarget(name: "SpookLinkTests", dependencies: ["SpookLink", "SpookWire", "SpookCore", "SpookTestSupport"]),
         .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "SpookTestSupport", "spook-crash-writer"]),
         .testTarget(

@@ -35,13 +35,15 @@ public enum QN {
         }
     }
 
-    static func checkDomain(_ text: String, what: String = "domain") throws {
-        guard !text.isEmpty else { throw CoreError(.invalidName, "\(what) is empty") }
+    /// - Parameter shown: the text quoted in messages, when it is not `text`
+    ///   itself (a pattern shows its wildcard too).
+    static func checkDomain(_ text: String, what: String = "domain", shown: String? = nil) throws {
+        guard !text.isEmpty else { throw CoreError(.invalidName, "\(what) \"\(shown ?? text)\" is empty") }
         guard text.utf8.count <= domainLengthMax else {
             throw CoreError(.invalidName, "\(what) \"\(text.prefix(32))…\" is \(text.utf8.count) bytes, the limit is \(domainLengthMax)")
         }
         for label in text.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
-            try checkLabel(Substring(label).utf8, in: text, what: what)
+            try checkLabel(Substring(label).utf8, in: shown ?? text, what: what)
         }
     }
 
@@ -198,8 +200,8 @@ public struct QDomainPattern: Hashable, Sendable, CustomStringConvertible {
         if body.contains("*") {
             throw CoreError(.invalidPattern, "pattern \"\(text)\": \"*\" may only stand alone or as the last label (\"site1.*\")")
         }
-        do { try QN.checkDomain(String(body), what: "pattern") } catch let e as CoreError {
-            throw CoreError(.invalidPattern, "pattern \"\(text)\": \(e.message)")
+        do { try QN.checkDomain(String(body), what: "pattern", shown: text) } catch let e as CoreError {
+            throw CoreError(.invalidPattern, e.message)
         }
         prefix = body.split(separator: ".").map(String.init)
         prefixText = String(body)

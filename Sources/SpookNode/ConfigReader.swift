@@ -1,0 +1,235 @@
+import SpookCore
+import TOMLKit
+
+/// One problem in a config file, with where it is.
+public struct ConfigDiagnostic: Hashable, Sendable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+    public var message: String
+
+    public var description: String { "\(file):\(line):\(column): \(message)" }
+}
+
+/// Every problem found in a config file. A daemon never starts on a config
+/// that has any; `check-config` prints them all and exits 78 (EX_CONFIG).
+public struct ConfigError: Error, Sendable, CustomStringConvertible {
+    public static let exitCode: Int32 = 78
+    public var diagnostics: [ConfigDiagnostic]
+    public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
+}
+
+/// Where each key and table header stands in the TOML text. TOMLKit (toml++)
+/// gives positions for syntax errors only, so semantic errors are located by
+/// this scan of the source: table headers (`[a]`, `[[a]]`, counted) and
+/// `key =` lines. Keys set through inline tables or dotted keys fall back
+/// to their table's header.
+struct TOMLLocator {
+    /// "path" -> (line, column), e.g. "node.name", "upstream[1].url", "upstream[1]".
+    private(set) var positions: [String: (Int, Int)] = [:]
+
+    init(_ text: String) {
+        var table = ""
+        var arrayCounts: [String: Int] = [:]
+        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = i + 1
+            let indent = raw.prefix { $0 == " " || $0 == "\t" }.count
+            let body = raw.dropFirst(indent)
+            if body.hasPrefix("[[") {
+                let name = TOMLLocator.headerName(body.dropFirst(2))
+                let index = arrayCounts[name, default: 0]
+                arrayCounts[name] = index + 1
+                table = "\(name)[\(index)]"
+                positions[table] = (line, indent + 1)
+            } else if body.hasPrefix("[") {
+                table = TOMLLocator.headerName(body.dropFirst())
+                positions[table] = (line, indent + 1)
+            } else if let eq = body.firstIndex(of: "="), !body.hasPrefix("#") {
+                let key = body[..<eq].trimmingCharacters(in: " \t").trimmingCharacters(in: "\"")
+                guard !key.isEmpty else { continue }
+                positions[table.isEmpty ? key : "\(table).\(key)"] = (line, indent + 1)
+            }
+        }
+    }
+
+    static func headerName(_ s: Substring) -> String {
+        String(s.prefix { $0 != "]" }).trimmingCharacters(in: " \t")
+    }
+
+    /// The best position for `path`: itself, else its nearest enclosing table.
+    func position(_ path: String) -> (Int, Int) {
+        var p = path
+        while true {
+            if let found = positions[p] { return found }
+            guard let dot = p.lastIndex(where: { $0 == "." }) else { return (1, 1) }
+            p = String(p[..<dot])
+        }
+    }
+}
+
+extension StringProtocol {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s.removeFirst() }
+        while let l = s.last, set.contains(l) { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Reads a TOML config with every check a daemon needs, collecting every
+/// problem (not just the first) with its file:line:column.
+public final class ConfigReader {
+    public let file: String
+    let locator: TOMLLocator
+    let root: TOMLTable?
+    public private(set) var diagnostics: [ConfigDiagnostic] = []
+
+    public init(file: String, text: String) {
+        self.file = file
+        locator = TOMLLocator(text)
+        do {
+            root = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            root = nil
+            diagnostics.append(ConfigDiagnostic(file: file, line: Int(e.source.begin.line), column: Int(e.source.begin.column),
+                                                message: "TOML syntax: \(e.description)"))
+        } catch {
+            root = nil
+            diagnostics.append(ConfigDiagnostic(file: file, line: 1, column: 1, message: "TOML: \(error)"))
+        }
+    }
+
+    public func fail(_ path: String, _ message: String) {
+        let (line, column) = locator.position(path)
+        diagnostics.append(ConfigDiagnostic(file: file, line: line, column: column, message: message))
+    }
+
+    /// Throws every diagnostic collected, if there is any.
+    public func finish() throws {
+        guard diagnostics.isEmpty else { throw ConfigError(diagnostics: diagnostics.sorted { ($0.line, $0.column) < ($1.line, $1.column) }) }
+    }
+
+    // MARK: tables
+
+    /// A table of the document, or a position-aware view of one.
+    public struct Table {
+        let reader: ConfigReader
+        let table: TOMLTable
+        /// The path of this table, for messages and positions ("node", "upstream[0]").
+        public let path: String
+
+        func key(_ k: String) -> String { path.isEmpty ? k : "\(path).\(k)" }
+
+        /// Reports keys nobody asked for: typos should not be ignored silently.
+        public func rejectUnknownKeys(_ known: [String]) {
+            for k in table.keys.sorted() where !known.contains(k) {
+                reader.fail(key(k), "unknown key \"\(k)\"\(path.isEmpty ? "" : " in [\(path)]"); known keys: \(known.joined(separator: ", "))")
+            }
+        }
+
+        public func has(_ k: String) -> Bool { table[k] != nil }
+
+        public func string(_ k: String, required: Bool = false) -> String? {
+            guard let v = table[k] else {
+                if required { reader.fail(path, "[\(path)] needs \"\(k)\"") }
+                return nil
+            }
+            guard let s = v.string else {
+                reader.fail(key(k), "\"\(k)\" must be a string, not \(v.type)")
+                return nil
+            }
+            return s
+        }
+
+        public func int(_ k: String, in range: ClosedRange<Int>, required: Bool = false) -> Int? {
+            guard let v = table[k] else {
+                if required { reader.fail(path, "[\(path)] needs \"\(k)\"") }
+                return nil
+            }
+            guard let i = v.int else {
+                reader.fail(key(k), "\"\(k)\" must be an integer, not \(v.type)")
+                return nil
+            }
+            guard range.contains(i) else {
+                reader.fail(key(k), "\"\(k)\" = \(i) is out of range \(range.lowerBound)…\(range.upperBound)")
+                return nil
+            }
+            return i
+        }
+
+        public func bool(_ k: String) -> Bool? {
+            guard let v = table[k] else { return nil }
+            guard let b = v.bool else {
+                reader.fail(key(k), "\"\(k)\" must be true or false, not \(v.type)")
+                return nil
+            }
+            return b
+        }
+
+        public func strings(_ k: String) -> [String]? {
+            guard let v = table[k] else { return nil }
+            guard let array = v.array else {
+                reader.fail(key(k), "\"\(k)\" must be an array of strings, not \(v.type)")
+                return nil
+            }
+            var out: [String] = []
+            for (i, item) in array.enumerated() {
+                guard let s = item.string else {
+                    reader.fail(key(k), "\"\(k)\"[\(i)] must be a string, not \(item.type)")
+                    continue
+                }
+                out.append(s)
+            }
+            return out
+        }
+
+        public func choice<T>(_ k: String, _ choices: [(String, T)]) -> T? {
+            guard let s = string(k) else { return nil }
+            guard let found = choices.first(where: { $0.0 == s }) else {
+                reader.fail(key(k), "\"\(k)\" = \"\(s)\" is not one of \(choices.map { "\"\($0.0)\"" }.joined(separator: ", "))")
+                return nil
+            }
+            return found.1
+        }
+
+        public func table(_ k: String) -> Table? {
+            guard let v = table[k] else { return nil }
+            guard let t = v.table else {
+                reader.fail(key(k), "\"\(k)\" must be a table, not \(v.type)")
+                return nil
+            }
+            return Table(reader: reader, table: t, path: key(k))
+        }
+
+        /// `[[k]]` entries.
+        public func tables(_ k: String) -> [Table] {
+            guard let v = table[k] else { return [] }
+            guard let array = v.array else {
+                reader.fail(key(k), "\"\(k)\" must be written as [[\(k)]] tables")
+                return []
+            }
+            var out: [Table] = []
+            for (i, item) in array.enumerated() {
+                guard let t = item.table else {
+                    reader.fail(key(k), "\(k)[\(i)] must be a table")
+                    continue
+                }
+                out.append(Table(reader: reader, table: t, path: "\(key(k))[\(i)]"))
+            }
+            return out
+        }
+
+        /// Runs a QN parser and reports its message at this key.
+        public func name<T>(_ k: String, _ parse: (String) throws -> T, required: Bool = false) -> T? {
+            guard let s = string(k, required: required) else { return nil }
+            do { return try parse(s) } catch let e as CoreError {
+                reader.fail(key(k), e.message)
+            } catch {
+                reader.fail(key(k), "\(error)")
+            }
+            return nil
+        }
+    }
+
+    public var document: Table? { root.map { Table(reader: self, table: $0, path: "") } }
+}

@@ -1,0 +1,258 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SpookCore
+import SpookLink
+import SpookStore
+
+/// Where a link connects or listens.
+public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
+    case unix(path: String)
+    case tcp(host: String, port: Int)
+
+    /// Parses `unix:///run/spook/spookd.link` or `tcp://127.0.0.1:7400`.
+    public static func parse(_ text: String) throws -> Endpoint {
+        if text.hasPrefix("unix://") {
+            let path = String(text.dropFirst(7))
+            guard path.hasPrefix("/") else { throw EndpointError("\"\(text)\": a unix socket path must be absolute (unix:///run/…)") }
+            guard path.utf8.count < 108 else { throw EndpointError("\"\(text)\": a unix socket path is limited to 107 bytes") }
+            return .unix(path: path)
+        }
+        if text.hasPrefix("tcp://") {
+            let rest = text.dropFirst(6)
+            guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]) else {
+                throw EndpointError("\"\(text)\": expected tcp://HOST:PORT")
+            }
+            var host = String(rest[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            guard !host.isEmpty else { throw EndpointError("\"\(text)\": the host is empty") }
+            guard (1...65535).contains(port) else { throw EndpointError("\"\(text)\": port \(port) is out of range 1…65535") }
+            return .tcp(host: host, port: port)
+        }
+        for scheme in ["tls://", "wss://", "ws://"] where text.hasPrefix(scheme) {
+            throw EndpointError("\"\(text)\": the \(scheme) transport is not in this build yet (use tcp:// or unix://)")
+        }
+        throw EndpointError("\"\(text)\": unknown scheme; use unix:///path or tcp://host:port")
+    }
+
+    public var description: String {
+        switch self {
+        case .unix(let path): "unix://\(path)"
+        case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
+        }
+    }
+}
+
+struct EndpointError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// What both daemons share: identity, store, local API, timers, schema.
+public struct NodeConfig: Sendable {
+    public var name = "spook"
+    public var keyPath = ""
+    public var dataPath = ""
+    public var sync: SyncLevel = .full
+    public var historyLength = 32
+    public var apiSocket = ""
+    public var heartbeatIntervalMs: UInt64 = 1_000
+    public var heartbeatsMissedMax: UInt32 = 3
+    public var reconnectBaseMs: UInt64 = 500
+    public var reconnectCapMs: UInt64 = 30_000
+    public var schema = Schema()
+}
+
+/// `spook-edge`: the upstream links it keeps entangled.
+public struct EdgeConfig: Sendable {
+    public struct Upstream: Sendable, Hashable {
+        public var name: String
+        public var endpoint: Endpoint
+        /// The upstream daemon's public key (hex), pinned.
+        public var key: [UInt8]
+        public var priority: Int
+        public var domains: [QDomainPattern]
+    }
+
+    public var node = NodeConfig()
+    public var upstreams: [Upstream] = []
+}
+
+/// `spookd`: where it listens and which keys may connect, with what rights.
+public struct DaemonConfig: Sendable {
+    public struct Peer: Sendable, Hashable {
+        public var name: String
+        public var key: [UInt8]
+        public var grant: Authorisation.Grant
+    }
+
+    public var node = NodeConfig()
+    public var listen: [Endpoint] = []
+    public var peers: [Peer] = []
+
+    public var authorisation: Authorisation {
+        Authorisation(keys: Dictionary(peers.map { ($0.key.hex, $0.grant) }, uniquingKeysWith: { a, _ in a }))
+    }
+}
+
+// MARK: reading
+
+enum ConfigFile {
+    static func read(_ path: String) throws -> String {
+        guard let f = fopen(path, "r") else {
+            throw ConfigError(diagnostics: [ConfigDiagnostic(file: path, line: 1, column: 1, message: "cannot read: \(String(cString: strerror(errno)))")])
+        }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, f)
+            if n <= 0 { break }
+            bytes += chunk[..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+extension ConfigReader {
+    func nodeConfig(_ doc: Table, defaultsFor role: String) -> NodeConfig {
+        var c = NodeConfig()
+        if let node = doc.table("node") {
+            node.rejectUnknownKeys(["name", "key", "data", "sync", "history"])
+            c.name = node.string("name") ?? c.name
+            if c.name.utf8.count > 64 { fail("node.name", "\"name\" is \(c.name.utf8.count) bytes, the limit is 64") }
+            c.keyPath = node.string("key", required: true) ?? ""
+            c.dataPath = node.string("data", required: true) ?? ""
+            c.sync = node.choice("sync", SyncLevel.allCases.map { ($0.rawValue, $0) }) ?? c.sync
+            c.historyLength = node.int("history", in: 1...4096) ?? c.historyLength
+        } else {
+            fail("", "the [node] table is missing (it names the key and data files)")
+        }
+        if let api = doc.table("api") {
+            api.rejectUnknownKeys(["socket"])
+            c.apiSocket = api.string("socket", required: true) ?? ""
+        } else {
+            fail("", "the [api] table is missing (it names the local API socket)")
+        }
+        if let hb = doc.table("heartbeat") {
+            hb.rejectUnknownKeys(["interval_ms", "missed_max"])
+            c.heartbeatIntervalMs = UInt64(hb.int("interval_ms", in: 50...600_000) ?? Int(c.heartbeatIntervalMs))
+            c.heartbeatsMissedMax = UInt32(hb.int("missed_max", in: 1...100) ?? Int(c.heartbeatsMissedMax))
+        }
+        if let rc = doc.table("reconnect") {
+            rc.rejectUnknownKeys(["base_ms", "cap_ms"])
+            c.reconnectBaseMs = UInt64(rc.int("base_ms", in: 10...3_600_000) ?? Int(c.reconnectBaseMs))
+            c.reconnectCapMs = UInt64(rc.int("cap_ms", in: 10...86_400_000) ?? Int(c.reconnectCapMs))
+            if c.reconnectCapMs < c.reconnectBaseMs { fail("reconnect.cap_ms", "\"cap_ms\" (\(c.reconnectCapMs)) must be at least \"base_ms\" (\(c.reconnectBaseMs))") }
+        }
+        var rules: [(selector: RegisterSelector, spec: RegisterSpec)] = []
+        for r in doc.tables("register") {
+            r.rejectUnknownKeys(["domain", "group", "name", "type", "policy"])
+            let domain = r.name("domain", QDomainPattern.init, required: true)
+            let group = r.name("group") { g -> String in _ = try QGroupName("x/\(g)"); return g }
+            let name = r.name("name") { n -> String in _ = try QRegisterName("x/y/\(n)"); return n }
+            let type = r.choice("type", ValueType.allCases.filter { $0 != .null }.map { ($0.rawValue, $0) })
+            let policy = r.choice("policy", Policy.allCases.map { ($0.rawValue, $0) }) ?? .lww
+            if let domain { rules.append((RegisterSelector(domain: domain, group: group, register: name), RegisterSpec(type: type, policy: policy))) }
+        }
+        c.schema = Schema(registers: rules)
+        return c
+    }
+
+    func hexKey(_ t: Table, _ k: String) -> [UInt8]? {
+        guard let s = t.string(k, required: true) else { return nil }
+        guard let key = [UInt8](hex: s), key.count == 32 else {
+            fail(t.key(k), "\"\(k)\" must be a public key of 64 hex digits (spookctl keygen prints it), got \(s.utf8.count) characters")
+            return nil
+        }
+        return key
+    }
+
+    func endpoint(_ t: Table, _ k: String) -> Endpoint? {
+        guard let s = t.string(k, required: true) else { return nil }
+        do { return try Endpoint.parse(s) } catch {
+            fail(t.key(k), "\(error)")
+            return nil
+        }
+    }
+}
+
+extension EdgeConfig {
+    /// Reads and checks an edge config; throws every problem at once.
+    public static func load(path: String) throws -> EdgeConfig {
+        try parse(file: path, text: try ConfigFile.read(path))
+    }
+
+    public static func parse(file: String, text: String) throws -> EdgeConfig {
+        let reader = ConfigReader(file: file, text: text)
+        var c = EdgeConfig()
+        if let doc = reader.document {
+            doc.rejectUnknownKeys(["node", "api", "heartbeat", "reconnect", "register", "upstream"])
+            c.node = reader.nodeConfig(doc, defaultsFor: "edge")
+            var names = Set<String>()
+            for u in doc.tables("upstream") {
+                u.rejectUnknownKeys(["name", "url", "key", "priority", "domains"])
+                let name = u.string("name", required: true) ?? ""
+                if !name.isEmpty && !names.insert(name).inserted { reader.fail(u.key("name"), "upstream \"\(name)\" is defined twice") }
+                let endpoint = reader.endpoint(u, "url")
+                let key = reader.hexKey(u, "key")
+                let priority = u.int("priority", in: 0...1_000_000) ?? 0
+                var domains: [QDomainPattern] = []
+                for (i, p) in (u.strings("domains") ?? ["*"]).enumerated() {
+                    do { domains.append(try QDomainPattern(p)) } catch let e as CoreError {
+                        reader.fail(u.key("domains"), "domains[\(i)]: \(e.message)")
+                    } catch {}
+                }
+                if let endpoint, let key {
+                    c.upstreams.append(Upstream(name: name, endpoint: endpoint, key: key, priority: priority, domains: domains))
+                }
+            }
+            if doc.tables("upstream").isEmpty { reader.fail("", "no [[upstream]]: an edge agent needs at least one upstream daemon") }
+        }
+        try reader.finish()
+        return c
+    }
+}
+
+extension DaemonConfig {
+    public static func load(path: String) throws -> DaemonConfig {
+        try parse(file: path, text: try ConfigFile.read(path))
+    }
+
+    public static func parse(file: String, text: String) throws -> DaemonConfig {
+        let reader = ConfigReader(file: file, text: text)
+        var c = DaemonConfig()
+        if let doc = reader.document {
+            doc.rejectUnknownKeys(["node", "api", "heartbeat", "reconnect", "register", "listen", "peer"])
+            c.node = reader.nodeConfig(doc, defaultsFor: "daemon")
+            for l in doc.tables("listen") {
+                l.rejectUnknownKeys(["url"])
+                if let e = reader.endpoint(l, "url") {
+                    if c.listen.contains(e) { reader.fail(l.key("url"), "\(e) is listed twice") }
+                    c.listen.append(e)
+                }
+            }
+            var names = Set<String>(), keys = Set<String>()
+            for p in doc.tables("peer") {
+                p.rejectUnknownKeys(["name", "key", "read", "write"])
+                let name = p.string("name", required: true) ?? ""
+                if !name.isEmpty && !names.insert(name).inserted { reader.fail(p.key("name"), "peer \"\(name)\" is defined twice") }
+                let key = reader.hexKey(p, "key")
+                if let key, !keys.insert(key.hex).inserted { reader.fail(p.key("key"), "this key is already given to another peer") }
+                func patterns(_ k: String) -> [QDomainPattern] {
+                    (p.strings(k) ?? []).enumerated().compactMap { i, s in
+                        do { return try QDomainPattern(s) } catch let e as CoreError {
+                            reader.fail(p.key(k), "\(k)[\(i)]: \(e.message)")
+                        } catch {}
+                        return nil
+                    }
+                }
+                let grant = Authorisation.Grant(read: patterns("read"), write: patterns("write"))
+                if let key { c.peers.append(Peer(name: name, key: key, grant: grant)) }
+            }
+            if c.listen.isEmpty && doc.tables("listen").isEmpty { reader.fail("", "no [[listen]]: spookd needs at least one address to accept links on") }
+        }
+        try reader.finish()
+        return c
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import SpookCore
+import SpookNode
+import Testing
+
+@Suite struct ConfigTests {
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    @Test func theShippedExamplesAreValid() throws {
+        let edge = try EdgeConfig.load(path: Self.repo.appendingPathComponent("configs/edge.toml").path)
+        #expect(edge.node.name == "gw-17" && edge.node.sync == .full && edge.node.historyLength == 32)
+        #expect(edge.upstreams.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400)])
+        #expect(edge.upstreams.first?.domains.map(\.description) == ["site1.*"])
+        #expect(edge.node.schema.spec(for: try QRegisterName("site1.l3/pump7/speed")) == RegisterSpec(type: .int, policy: .device))
+        let daemon = try DaemonConfig.load(path: Self.repo.appendingPathComponent("configs/spookd.toml").path)
+        #expect(daemon.listen == [.tcp(host: "127.0.0.1", port: 7400), .unix(path: "/run/spook/spookd.link")])
+        #expect(daemon.peers.first?.grant.mayWrite(try QDomain("site1.l3")) == true)
+        #expect(daemon.peers.first?.grant.mayWrite(try QDomain("site2")) == false)
+    }
+
+    @Test func everyProblemIsReportedWithFileLineAndColumn() throws {
+        let text = """
+            [node]
+            name = "gw"
+            key = "/k"
+            data = "/d"
+            sync = "sometimes"
+            history = 0
+            colour = "blue"
+
+            [api]
+            socket = 7
+
+            [[register]]
+            domain = "Site1.*"
+            type = "integer"
+
+            [[upstream]]
+            name = "a"
+            url = "tcp://host:70000"
+            key = "abc"
+
+            [[upstream]]
+            name = "a"
+            url = "http://x"
+            key = "0000000000000000000000000000000000000000000000000000000000000000"
+            domains = ["site1.*.x"]
+            """
+        let error = #expect(throws: ConfigError.self) { try EdgeConfig.parse(file: "edge.toml", text: text) }
+        let lines = error?.diagnostics.map(\.description) ?? []
+        let expected = [
+            "edge.toml:5:1: \"sync\" = \"sometimes\" is not one of \"off\", \"normal\", \"full\", \"extra\"",
+            "edge.toml:6:1: \"history\" = 0 is out of range 1…4096",
+            "edge.toml:7:1: unknown key \"colour\" in [node]; known keys: name, key, data, sync, history",
+            "edge.toml:10:1: \"socket\" must be a string, not integer",
+            "edge.toml:13:1: pattern \"Site1.*\": label \"Site1\" has \"S\" at offset 0; labels use only a-z, 0-9 and \"-\"",
+            "edge.toml:14:1: \"type\" = \"integer\" is not one of \"bool\", \"int\", \"float\", \"string\", \"bytes\"",
+            "edge.toml:18:1: \"tcp://host:70000\": port 70000 is out of range 1…65535",
+            "edge.toml:19:1: \"key\" must be a public key of 64 hex digits (spookctl keygen prints it), got 3 characters",
+            "edge.toml:22:1: upstream \"a\" is defined twice",
+            "edge.toml:23:1: \"http://x\": unknown scheme; use unix:///path or tcp://host:port",
+            "edge.toml:25:1: domains[0]: pattern \"site1.*.x\": \"*\" may only stand alone or as the last label (\"site1.*\")",
+        ]
+        #expect(lines == expected, "got:\n\(lines.joined(separator: "\n"))")
+    }
+
+    @Test func aSyntaxErrorNamesItsPosition() {
+        let error = #expect(throws: ConfigError.self) { try DaemonConfig.parse(file: "d.toml", text: "[node]\nname = \"x\nkey = 1\n") }
+        let d = error?.diagnostics.first
+        #expect(d?.line == 2 && d?.file == "d.toml")
+        #expect(d?.message.hasPrefix("TOML syntax:") == true)
+    }
+
+    @Test func missingTablesAndDuplicatesAreRefused() {
+        let error = #expect(throws: ConfigError.self) {
+            try DaemonConfig.parse(file: "d.toml", text: """
+                [[peer]]
+                name = "a"
+                key = "0000000000000000000000000000000000000000000000000000000000000001"
+                [[peer]]
+                name = "b"
+                key = "0000000000000000000000000000000000000000000000000000000000000001"
+                """)
+        }
+        let text = error?.description ?? ""
+        #expect(text.contains("d.toml:1:1: the [node] table is missing"))
+        #expect(text.contains("the [api] table is missing"))
+        #expect(text.contains("no [[listen]]"))
+        #expect(text.contains("d.toml:6:1: this key is already given to another peer"))
+    }
+
+    @Test func endpointsParse() throws {
+        #expect(try Endpoint.parse("tcp://[::1]:7400") == .tcp(host: "::1", port: 7400))
+        #expect(try Endpoint.parse("unix:///run/x.sock") == .unix(path: "/run/x.sock"))
+        #expect(throws: (any Error).self) { try Endpoint.parse("unix://relative") }
+        #expect(throws: (any Error).self) { try Endpoint.parse("tls://h:1") }
+    }
+}
