@@ -13,6 +13,9 @@ let package = Package(
         .library(name: "SpookWire", targets: ["SpookWire"]),
         .library(name: "SpookStore", targets: ["SpookStore"]),
         .library(name: "SpookLink", targets: ["SpookLink"]),
+        .executable(name: "spookd", targets: ["spookd"]),
+        .executable(name: "spook-edge", targets: ["spook-edge"]),
+        .executable(name: "spookctl", targets: ["spookctl"]),
         .executable(name: "spook-sim", targets: ["spook-sim"]),
         .executable(name: "spook-bench", targets: ["spook-bench"]),
     ],
@@ -21,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
     ],
     targets: [
         // System libraries, found through pkg-config (scripts/install-deps installs them).
@@ -49,11 +53,20 @@ let package = Package(
         // One node: config, and (next) the runtime both daemons share.
         .target(
             name: "SpookNode",
-            dependencies: ["SpookCore", "SpookStore", "SpookLink", "SpookWire", .product(name: "TOMLKit", package: "TOMLKit")]
+            dependencies: [
+                "SpookCore", "SpookStore", "SpookLink", "SpookWire",
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // Deterministic simulation of replicas over faulty links (tests and `spook-sim`).
         .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore", "SpookWire", "SpookLink"]),
 
+        .executableTarget(name: "spookd", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "spook-edge", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "spookctl", dependencies: ["SpookNode", "SpookLink", "SpookCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "spook-sim",
             dependencies: [
@@ -82,6 +95,10 @@ let package = Package(
         .testTarget(name: "SpookCoreTests", dependencies: ["SpookCore"]),
         .testTarget(name: "SpookWireTests", dependencies: ["SpookWire", "SpookCore"]),
         .testTarget(name: "SpookNodeTests", dependencies: ["SpookNode", "SpookCore", "SpookLink"]),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["SpookNode", "SpookLink", "SpookWire", "SpookCore", "SpookTestSupport", "spookd", "spook-edge", "spookctl"]
+        ),
         .testTarget(name: "SpookLinkTests", dependencies: ["SpookLink", "SpookWire", "SpookCore", "SpookTestSupport"]),
         .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "SpookTestSupport", "spook-crash-writer"]),
         .testTarget(

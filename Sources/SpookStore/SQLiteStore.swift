@@ -35,6 +35,10 @@ public final class SQLiteStore: Store {
     public private(set) var state: CollapseState
     public private(set) var hlcHigh = HLCTimestamp.zero
 
+    /// Called after every successful commit or snapshot with the registers
+    /// whose state changed (for watchers); runs on the caller's thread.
+    public var onChange: (([QRegisterName]) -> Void)?
+
     private let db: SQLiteConnection
     private let logger: Logger
     private var peerVectors: [String: QStateVector] = [:]
@@ -260,6 +264,7 @@ public final class SQLiteStore: Store {
         hlcHigh = nextHigh
         result.block = blockID
         try trimHistoryIfDue()
+        if !result.changed.isEmpty { onChange?(result.changed) }
         return result
     }
 
@@ -429,6 +434,7 @@ public final class SQLiteStore: Store {
         vector = nextVector
         horizon = nextHorizon
         try trimHistoryIfDue()
+        if !changed.isEmpty { onChange?(changed) }
         return changed
     }
 

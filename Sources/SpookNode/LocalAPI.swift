@@ -1,0 +1,236 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOCore
+import NIOPosix
+import SpookCore
+import SpookStore
+
+/// The local API (docs/api.md): a Unix socket (mode 0660), one JSON object
+/// per line each way. Requests are handled on the node loop; writes that
+/// arrive together are committed together (group commit) and answered only
+/// once durable.
+final class LocalAPI: @unchecked Sendable {
+    static let lineMax = 1 << 20
+
+    /// Confined to the node loop, like everything the API owns.
+    final class Client: @unchecked Sendable {
+        let channel: Channel
+        /// Register-name prefix this client watches, if it asked to.
+        var watching: String?
+        init(channel: Channel) { self.channel = channel }
+    }
+
+    unowned let node: Node
+    var server: Channel?
+    var path = ""
+    var clients: [ObjectIdentifier: Client] = [:]
+    var pending: [(write: LocalWrite, reply: (Result<Delta, CoreError>) -> Void)] = []
+    var flushScheduled = false
+
+    init(node: Node) { self.node = node }
+
+    func listen(path: String, group: EventLoopGroup) throws {
+        self.path = path
+        unlink(path)
+        server = try ServerBootstrap(group: group)
+            .childChannelInitializer { channel in channel.pipeline.addHandler(APIHandler(api: self)) }
+            .bind(unixDomainSocketPath: path)
+            .wait()
+        chmod(path, 0o660)
+    }
+
+    func close() {
+        try? server?.close().wait()
+        unlink(path)
+    }
+
+    func reply(_ client: Client, _ value: JSONValue) {
+        let bytes = value.serialized + [UInt8(ascii: "\n")]
+        client.channel.writeAndFlush(client.channel.allocator.buffer(bytes: bytes), promise: nil)
+    }
+
+    func fail(_ client: Client, _ id: JSONValue?, _ message: String) {
+        var o: [String: JSONValue] = ["ok": .bool(false), "error": .string(message)]
+        if let id { o["id"] = id }
+        reply(client, .object(o))
+    }
+
+    func ok(_ client: Client, _ id: JSONValue?, _ fields: [String: JSONValue] = [:]) {
+        var o = fields
+        o["ok"] = .bool(true)
+        if let id { o["id"] = id }
+        reply(client, .object(o))
+    }
+
+    /// One request line (on the node loop).
+    func handle(_ line: [UInt8], from client: Client) {
+        let request: JSONValue
+        do { request = try JSONValue.parse(line) } catch {
+            fail(client, nil, "not a JSON object: \(String(decoding: line.prefix(80), as: UTF8.self))")
+            return
+        }
+        let id = request["id"]
+        guard case .object = request, let op = request["op"]?.string else {
+            fail(client, id, "a request is a JSON object with \"op\": get, set, list, watch or status")
+            return
+        }
+        do {
+            switch op {
+            case "get":
+                let name = try QRegisterName(try field(request, "register"))
+                guard let state = node.store.state.registers[name] else { throw APIError("no register \(name)") }
+                ok(client, id, ["register": state.json(name)])
+            case "set":
+                try set(request, id: id, client: client)
+            case "list":
+                let prefix = request["prefix"]?.string ?? ""
+                let all = node.store.state.registers.filter { $0.key.text.hasPrefix(prefix) }
+                ok(client, id, ["registers": .array(all.keys.sorted().map { all[$0]!.json($0) })])
+            case "watch":
+                client.watching = request["prefix"]?.string ?? ""
+                ok(client, id, ["watching": .string(client.watching!)])
+            case "status":
+                ok(client, id, status())
+            default:
+                throw APIError("unknown op \"\(op)\": use get, set, list, watch or status")
+            }
+        } catch let e as CoreError {
+            fail(client, id, e.message)
+        } catch {
+            fail(client, id, "\(error)")
+        }
+    }
+
+    func field(_ request: JSONValue, _ key: String) throws -> String {
+        guard let s = request[key]?.string else { throw APIError("\"\(key)\" is missing or not a string") }
+        return s
+    }
+
+    /// `{"op":"set","register":"d/g/r","value":V}` or `{"op":"set","group":"d/g","values":{"r":V,…}}`:
+    /// one delta, all its writes visible together.
+    func set(_ request: JSONValue, id: JSONValue?, client: Client) throws {
+        let group: QGroupName
+        var values: [(String, JSONValue)] = []
+        if let r = request["register"]?.string {
+            let name = try QRegisterName(r)
+            group = name.group
+            guard let v = request["value"] else { throw APIError("\"value\" is missing") }
+            values = [(name.name, v)]
+        } else {
+            group = try QGroupName(try field(request, "group"))
+            guard case .object(let o)? = request["values"], !o.isEmpty else { throw APIError("\"values\" must be an object of register: value") }
+            values = o.keys.sorted().map { ($0, o[$0]!) }
+        }
+        var writes: [Write] = []
+        for (register, json) in values {
+            let name = try QRegisterName(group: group, name: register)
+            guard !name.isSystem else { throw APIError("\(name): registers starting with $ belong to the substrate") }
+            let spec = node.config.schema.spec(for: name)
+            let value = try Value(json: json).coerced(to: spec.type)
+            try value.validate("\(name)")
+            writes.append(Write(register, spec.policy == .device ? .desire : .set, value))
+        }
+        let write = LocalWrite(group: group, writes: writes)
+        pending.append((write, { [self] result in
+            switch result {
+            case .success(let d): ok(client, id, ["origin": .string(d.origin.description), "seq": .int(Int64(d.seq))])
+            case .failure(let e): fail(client, id, e.message)
+            }
+        }))
+        if !flushScheduled {
+            flushScheduled = true
+            node.loop.execute { self.flush() }
+        }
+    }
+
+    /// Commits every write queued since the last flush in one StateBlock.
+    func flush() {
+        flushScheduled = false
+        let batch = pending
+        pending = []
+        guard !batch.isEmpty else { return }
+        do {
+            let results = try node.store.commitLocal(batch.map(\.write), origin: node.origin, physicalMs: node.clock.nowMs())
+            for (entry, result) in zip(batch, results) { entry.reply(result) }
+            node.afterStoreChange(except: nil)
+        } catch {
+            node.logger.error("local commit failed", metadata: ["error": "\(error)"])
+            for entry in batch { entry.reply(.failure(CoreError(.invalidValue, "the store refused the commit: \(error)"))) }
+        }
+    }
+
+    /// Called by the store after every commit (on the node loop).
+    func changed(_ names: [QRegisterName]) {
+        guard clients.values.contains(where: { $0.watching != nil }) else { return }
+        for client in clients.values {
+            guard let prefix = client.watching else { continue }
+            for name in names where name.text.hasPrefix(prefix) {
+                guard let state = node.store.state.registers[name] else { continue }
+                reply(client, .object(["event": .string("change"), "register": state.json(name)]))
+            }
+        }
+    }
+
+    func status() -> [String: JSONValue] {
+        var vector: [String: JSONValue] = [:]
+        for o in node.store.vector.origins { vector[o.description] = .int(Int64(clamping: node.store.vector[o])) }
+        let links: [JSONValue] = node.linkStatus().map { l in
+            .object(["name": .string(l.name), "state": .string(l.state), "online": .bool(l.online), "peer": .string(l.peer), "lag": .int(Int64(clamping: l.lag))])
+        }
+        let role: String
+        switch node.role {
+        case .edge: role = "edge"
+        case .daemon: role = "daemon"
+        }
+        return [
+            "node": .string(node.config.name), "role": .string(role), "origin": .string(node.origin.description),
+            "public_key": .string(node.identity.publicKey.hex), "vector": .object(vector),
+            "registers": .int(Int64(node.store.state.registers.count)), "links": .array(links),
+        ]
+    }
+}
+
+/// Splits a client's bytes into lines (on the I/O loop).
+final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let api: LocalAPI
+    var buffer: [UInt8] = []
+    var client: LocalAPI.Client?
+
+    init(api: LocalAPI) { self.api = api }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let client = LocalAPI.Client(channel: context.channel)
+        self.client = client
+        let api = self.api
+        api.node.loop.execute { api.clients[ObjectIdentifier(client)] = client }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let client {
+            let api = self.api
+            api.node.loop.execute { api.clients[ObjectIdentifier(client)] = nil }
+        }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        buffer += bytes.readBytes(length: bytes.readableBytes) ?? []
+        while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+            let line = Array(buffer[..<newline])
+            buffer.removeSubrange(...newline)
+            guard !line.isEmpty, let client else { continue }
+            let api = self.api
+            api.node.loop.execute { api.handle(line, from: client) }
+        }
+        if buffer.count > LocalAPI.lineMax {
+            let message = JSONValue.object(["ok": .bool(false), "error": .string("request line longer than \(LocalAPI.lineMax) bytes")]).serialized + [10]
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: message)), promise: nil)
+            context.close(promise: nil)
+        }
+    }
+}

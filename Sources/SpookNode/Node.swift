@@ -1,0 +1,486 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOCore
+import NIOPosix
+import SpookCore
+import SpookLink
+import SpookStore
+import SpookWire
+
+/// The wall clock, for HLC readings and heartbeats.
+public struct SystemClock: PhysicalClock {
+    public init() {}
+    public func nowMs() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+}
+
+/// One running node: `spookd` or `spook-edge`. All of its state lives on
+/// one event loop (`loop`), which also does the store's blocking SQLite
+/// calls; sockets live on a separate I/O group and hand frames over, so a
+/// commit waiting for the disk never stalls reads and writes on the wire.
+public final class Node: @unchecked Sendable {
+    public enum Role: Sendable {
+        case edge(EdgeConfig)
+        case daemon(DaemonConfig)
+    }
+
+    /// Confined to the node loop.
+    final class Link: @unchecked Sendable {
+        let id: Int
+        let channel: Channel
+        var handshake: Handshake
+        var session: SyncSession?
+        var peer: Handshake.Peer?
+        var grant: Authorisation.Grant?
+        /// Index into `upstreams` for links this edge opened.
+        let upstream: Int?
+        var lastHeardMs: UInt64
+
+        init(id: Int, channel: Channel, handshake: Handshake, upstream: Int?, nowMs: UInt64) {
+            self.id = id
+            self.channel = channel
+            self.handshake = handshake
+            self.upstream = upstream
+            self.lastHeardMs = nowMs
+        }
+    }
+
+    struct Upstream {
+        let config: EdgeConfig.Upstream
+        var pair: HalfPair
+        var link: Int?
+        var reconnect: Scheduled<Void>?
+        var heartbeat: RepeatedTask?
+        let group: QGroupName
+    }
+
+    public let role: Role
+    public let config: NodeConfig
+    public let identity: Identity
+    let store: SQLiteStore
+    let logger: Logger
+    let clock: any PhysicalClock
+    let ioGroup: MultiThreadedEventLoopGroup
+    let nodeGroup: MultiThreadedEventLoopGroup
+    public var loop: EventLoop { nodeGroup.next() }
+
+    var links: [Int: Link] = [:]
+    var nextID = 1
+    var upstreams: [Upstream] = []
+    var servers: [Channel] = []
+    var nonces = NonceRegistry()
+    var api: LocalAPI!
+    var daemonTimer: RepeatedTask?
+    let authorisation: Authorisation?
+
+    public init(role: Role, logger: Logger, clock: any PhysicalClock = SystemClock()) throws {
+        self.role = role
+        switch role {
+        case .edge(let c): config = c.node
+        case .daemon(let c): config = c.node
+        }
+        self.logger = logger
+        self.clock = clock
+        let (identity, created) = try Identity.loadOrCreate(path: config.keyPath)
+        self.identity = identity
+        if created { logger.notice("created a new key", metadata: ["path": "\(config.keyPath)", "public": "\(identity.publicKey.hex)"]) }
+        store = try SQLiteStore(path: config.dataPath, options: StoreOptions(sync: config.sync, historyLength: config.historyLength, schema: config.schema), logger: logger)
+        ioGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        nodeGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        if case .daemon(let c) = role { authorisation = c.authorisation } else { authorisation = nil }
+    }
+
+    public var origin: Origin { identity.origin }
+
+    // MARK: start and stop
+
+    /// Binds the API socket and listeners, starts the upstream HalfPairs.
+    public func start() throws {
+        api = LocalAPI(node: self)
+        try loop.submit { self.store.onChange = { [unowned self] changed in self.api.changed(changed) } }.wait()
+        try api.listen(path: config.apiSocket, group: ioGroup)
+        switch role {
+        case .daemon(let c):
+            for endpoint in c.listen {
+                let channel = try ServerBootstrap(group: ioGroup)
+                    .serverChannelOption(.backlog, value: 64)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .childChannelInitializer { channel in
+                        self.loop.submit { self.accepted(channel) }.flatMap { id in
+                            channel.pipeline.addHandler(FrameHandler(node: self, link: id))
+                        }
+                    }
+                    .bind(to: endpoint)
+                    .wait()
+                servers.append(channel)
+                logger.info("listening", metadata: ["endpoint": "\(endpoint)"])
+            }
+            let interval = TimeAmount.milliseconds(Int64(config.heartbeatIntervalMs))
+            daemonTimer = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in self.daemonHeartbeat() }
+        case .edge(let c):
+            try loop.submit {
+                for (i, u) in c.upstreams.sorted(by: { ($0.priority, $1.name) > ($1.priority, $0.name) }).enumerated() {
+                    let pair = HalfPair(origin: self.origin, backoff: ReconnectBackoff(baseMs: self.config.reconnectBaseMs, capMs: self.config.reconnectCapMs),
+                                        heartbeatsMissedMax: self.config.heartbeatsMissedMax)
+                    let group = try QGroupName(domain: QDomain("spook.\(self.config.name)"), name: u.name)
+                    self.upstreams.append(Upstream(config: u, pair: pair, group: group))
+                    self.drive(i, .connect)
+                }
+            }.wait()
+        }
+    }
+
+    /// Sends CLOSE on every link, closes sockets and the store.
+    public func shutdown() {
+        try? loop.submit {
+            self.daemonTimer?.cancel()
+            for i in self.upstreams.indices {
+                self.upstreams[i].reconnect?.cancel()
+                self.upstreams[i].heartbeat?.cancel()
+            }
+            for link in self.links.values { self.send(.close(message: "shutting down"), on: link) }
+        }.wait()
+        for s in servers { try? s.close().wait() }
+        api?.close()
+        for link in (try? loop.submit { Array(self.links.values) }.wait()) ?? [] { try? link.channel.close().wait() }
+        try? loop.submit { self.store.close() }.wait()
+        try? ioGroup.syncShutdownGracefully()
+        try? nodeGroup.syncShutdownGracefully()
+    }
+
+    // MARK: links
+
+    func accepted(_ channel: Channel) -> Int {
+        let id = nextID
+        nextID += 1
+        let auth = authorisation
+        let handshake = Handshake(side: .responder, identity: identity, role: .daemon, nonce: Node.nonce(), subscriptions: [try! QDomainPattern("*")],
+                                  node: config.name, isAuthorised: { auth?.grant(for: $0) != nil })
+        let link = Link(id: id, channel: channel, handshake: handshake, upstream: nil, nowMs: clock.nowMs())
+        links[id] = link
+        send(link.handshake.start(), on: link)
+        logger.debug("link accepted", metadata: ["link": "\(id)", "remote": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+        return id
+    }
+
+    static func nonce() -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        return (0..<Hello.nonceLength).map { _ in UInt8.random(in: 0...255, using: &g) }
+    }
+
+    func send(_ message: Message, on link: Link) {
+        let bytes = message.frame.encoded
+        link.channel.writeAndFlush(link.channel.allocator.buffer(bytes: bytes), promise: nil)
+    }
+
+    /// A frame arrived on `id` (on the node loop).
+    func received(_ message: Message, on id: Int) {
+        guard let link = links[id] else { return }
+        link.lastHeardMs = clock.nowMs()
+        do {
+            if link.peer == nil {
+                if case .hello(let h) = message, link.upstream == nil, !nonces.admit(h.nonce) {
+                    throw WireError(.replay, "HELLO nonce seen before")
+                }
+                for reply in try link.handshake.receive(message) { send(reply, on: link) }
+                if let peer = link.handshake.peer { try established(link, peer) }
+                return
+            }
+            if let u = link.upstream { drive(u, .peerHeard) }
+            if case .deltas(let deltas) = message, let grant = link.grant, let peer = link.peer {
+                for d in deltas where !store.vector.contains(d.id) {
+                    guard grant.mayWrite(d.group.domain) else {
+                        throw WireError(.forbidden, "\(peer.origin) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)")
+                    }
+                    guard d.origin == peer.origin else {
+                        throw WireError(.forbidden, "\(peer.origin) sent delta \(d.id) of another origin that this daemon does not hold")
+                    }
+                }
+            }
+            guard var session = link.session else { return }
+            let replies = try session.receive(message, store, nowMs: clock.nowMs())
+            link.session = session
+            for reply in replies { send(reply, on: link) }
+            afterStoreChange(except: nil)
+            checkCaughtUp(link)
+        } catch let e as WireError {
+            refuse(link, e)
+        } catch {
+            logger.error("link failed", metadata: ["link": "\(id)", "error": "\(error)"])
+            refuse(link, WireError(.internal, "\(error)"))
+        }
+    }
+
+    func established(_ link: Link, _ peer: Handshake.Peer) throws {
+        link.peer = peer
+        if let auth = authorisation { link.grant = auth.grant(for: peer.publicKey) }
+        logger.info("link entangling", metadata: ["link": "\(link.id)", "peer": "\(peer.origin)", "node": "\(peer.node)"])
+        link.session = SyncSession(peer: peer.origin.description)
+        if let u = link.upstream {
+            upstreams[u].link = link.id
+            drive(u, .linkUp)
+        } else {
+            startSession(link)
+        }
+    }
+
+    func startSession(_ link: Link) {
+        guard var session = link.session else { return }
+        for m in session.start(store, nowMs: clock.nowMs()) { send(m, on: link) }
+        link.session = session
+        do {
+            var s = link.session!
+            for m in try s.poll(store, nowMs: clock.nowMs()) { send(m, on: link) }
+            link.session = s
+        } catch {
+            refuse(link, WireError(.internal, "\(error)"))
+        }
+    }
+
+    func checkCaughtUp(_ link: Link) {
+        guard let u = link.upstream, let session = link.session, session.isCaughtUp(store) else { return }
+        switch upstreams[u].pair.state {
+        case .entangling(linkUp: true), .reentangling(_, linkUp: true): drive(u, .caughtUp)
+        default: break
+        }
+    }
+
+    /// After any commit: let every session send what its peer now lacks.
+    func afterStoreChange(except: Int?) {
+        let now = clock.nowMs()
+        for link in links.values.sorted(by: { $0.id < $1.id }) where link.id != except {
+            guard var session = link.session else { continue }
+            do {
+                for m in try session.poll(store, nowMs: now) { send(m, on: link) }
+                link.session = session
+            } catch {
+                refuse(link, WireError(.internal, "\(error)"))
+            }
+        }
+    }
+
+    func refuse(_ link: Link, _ error: WireError) {
+        logger.warning("link refused", metadata: ["link": "\(link.id)", "code": "\(error.code)", "reason": "\(error.message)"])
+        send(.error(code: error.code, message: error.message), on: link)
+        link.channel.close(promise: nil)
+    }
+
+    /// The socket of `id` closed (on the node loop).
+    func closed(_ id: Int) {
+        guard let link = links.removeValue(forKey: id) else { return }
+        logger.info("link closed", metadata: ["link": "\(id)", "peer": "\(link.peer.map { "\($0.origin)" } ?? "-")"])
+        if let u = link.upstream, upstreams[u].link == id || upstreams[u].link == nil {
+            upstreams[u].link = nil
+            drive(u, .linkDown)
+        }
+    }
+
+    func daemonHeartbeat() {
+        let now = clock.nowMs()
+        let silence = config.heartbeatIntervalMs * UInt64(config.heartbeatsMissedMax)
+        for link in links.values where link.upstream == nil {
+            if now > link.lastHeardMs + silence {
+                refuse(link, WireError(.timeout, "nothing heard for \(now - link.lastHeardMs) ms"))
+            } else if link.peer != nil {
+                send(.heartbeat(sentMs: now), on: link)
+                var s = link.session
+                if let polled = try? s?.poll(store, nowMs: now) { for m in polled { send(m, on: link) } }
+                link.session = s
+            }
+        }
+    }
+
+    // MARK: the edge's HalfPairs
+
+    func drive(_ u: Int, _ event: HalfPair.Event) {
+        let actions: [HalfPair.Action]
+        do { actions = try upstreams[u].pair.handle(event) } catch {
+            logger.error("HalfPair refused an event", metadata: ["upstream": "\(upstreams[u].config.name)", "error": "\(error)"])
+            return
+        }
+        for action in actions { perform(action, u) }
+    }
+
+    func perform(_ action: HalfPair.Action, _ u: Int) {
+        let upstream = upstreams[u]
+        switch action {
+        case .openLink:
+            connect(u)
+        case .closeLink(let reason):
+            if let id = upstream.link, let link = links[id] {
+                if reason == .heartbeatTimeout { send(.error(code: .timeout, message: "heartbeats missed"), on: link) }
+                upstreams[u].link = nil
+                links[id] = nil
+                link.channel.close(promise: nil)
+            }
+        case .startCatchUp:
+            if let id = upstream.link, let link = links[id] { startSession(link) }
+        case .sendHeartbeat:
+            publishLag(u)
+            if let id = upstream.link, let link = links[id] {
+                send(.heartbeat(sentMs: clock.nowMs()), on: link)
+                var s = link.session
+                if let polled = try? s?.poll(store, nowMs: clock.nowMs()) { for m in polled { send(m, on: link) } }
+                link.session = s
+            }
+        case .startHeartbeatTimer:
+            let interval = TimeAmount.milliseconds(Int64(config.heartbeatIntervalMs))
+            upstreams[u].heartbeat = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in self.drive(u, .heartbeatTimerFired) }
+        case .stopHeartbeatTimer:
+            upstreams[u].heartbeat?.cancel()
+            upstreams[u].heartbeat = nil
+        case .scheduleReconnect(let delayMs):
+            logger.info("reconnecting later", metadata: ["upstream": "\(upstream.config.name)", "delay_ms": "\(delayMs)"])
+            upstreams[u].reconnect = loop.scheduleTask(in: .milliseconds(Int64(delayMs))) { self.drive(u, .reconnectTimerFired) }
+        case .cancelReconnect:
+            upstreams[u].reconnect?.cancel()
+        case .publish(let state):
+            logger.info("HalfPair", metadata: ["upstream": "\(upstream.config.name)", "state": "\(state.name)"])
+            publish(u, [Write("$state", .set, .string(state.name)), Write("$online", .set, .bool(state.isOnline))])
+        }
+    }
+
+    func connect(_ u: Int) {
+        let endpoint = upstreams[u].config.endpoint
+        let pinned = upstreams[u].config.key
+        let bootstrap = ClientBootstrap(group: ioGroup).connectTimeout(.seconds(5))
+        let connecting: EventLoopFuture<Channel>
+        switch endpoint {
+        case .unix(let path): connecting = bootstrap.connect(unixDomainSocketPath: path)
+        case .tcp(let host, let port): connecting = bootstrap.connect(host: host, port: port)
+        }
+        connecting.hop(to: loop).whenComplete { result in
+            switch result {
+            case .failure(let error):
+                self.logger.info("connect failed", metadata: ["upstream": "\(self.upstreams[u].config.name)", "error": "\(error)"])
+                self.drive(u, .linkDown)
+            case .success(let channel):
+                let id = self.nextID
+                self.nextID += 1
+                let handshake = Handshake(side: .initiator, identity: self.identity, role: .agent, nonce: Node.nonce(),
+                                          subscriptions: self.upstreams[u].config.domains, node: self.config.name, isAuthorised: { $0 == pinned })
+                let link = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs())
+                self.links[id] = link
+                self.upstreams[u].link = id
+                // Start the handshake before any frame can be read: the
+                // peer's HELLO may be on its way already.
+                let hello = link.handshake.start()
+                channel.pipeline.addHandler(FrameHandler(node: self, link: id)).whenComplete { _ in
+                    self.loop.execute { if let link = self.links[id] { self.send(hello, on: link) } }
+                }
+            }
+        }
+    }
+
+    /// Writes the substrate's own registers for an upstream HalfPair.
+    func publish(_ u: Int, _ writes: [Write]) {
+        _ = try? store.commitLocal([LocalWrite(group: upstreams[u].group, writes: writes)], origin: origin, physicalMs: clock.nowMs())
+    }
+
+    var lastLag: [Int: UInt64] = [:]
+
+    /// Writes `$lag` (deltas the upstream has not acknowledged) when it
+    /// changed, once per heartbeat: measured more often, the write itself
+    /// would be the lag it reports.
+    func publishLag(_ u: Int) {
+        guard let id = upstreams[u].link, let session = links[id]?.session else { return }
+        let lag = session.lag(store)
+        guard lastLag[u] != lag else { return }
+        lastLag[u] = lag
+        publish(u, [Write("$lag", .set, .int(Int64(clamping: lag)))])
+    }
+
+    // MARK: for the local API
+
+    struct LinkStatus {
+        var name: String
+        var state: String
+        var online: Bool
+        var peer: String
+        var lag: UInt64
+    }
+
+    func linkStatus() -> [LinkStatus] {
+        switch role {
+        case .edge:
+            return upstreams.map { u in
+                let session = u.link.flatMap { links[$0]?.session }
+                return LinkStatus(name: u.config.name, state: u.pair.state.name, online: u.pair.state.isOnline,
+                                  peer: u.link.flatMap { links[$0]?.peer.map { "\($0.origin)" } } ?? "-", lag: session?.lag(store) ?? store.vector.lacking(in: store.peerVector("-")).reduce(0) { $0 + $1.count })
+            }
+        case .daemon:
+            return links.values.sorted { $0.id < $1.id }.map { l in
+                LinkStatus(name: l.peer?.node ?? "link \(l.id)", state: l.session == nil ? "entangling" : (l.session!.isCaughtUp(store) ? "coherent" : "entangling"),
+                           online: l.session != nil, peer: l.peer.map { "\($0.origin)" } ?? "-", lag: l.session?.lag(store) ?? 0)
+            }
+        }
+    }
+}
+
+extension ServerBootstrap {
+    func bind(to endpoint: Endpoint) -> EventLoopFuture<Channel> {
+        switch endpoint {
+        case .unix(let path):
+            unlink(path)
+            return bind(unixDomainSocketPath: path).map { c in
+                chmod(path, 0o660)
+                return c
+            }
+        case .tcp(let host, let port):
+            return bind(host: host, port: port)
+        }
+    }
+}
+
+/// Cuts a link's bytes into frames (on the I/O loop) and hands them to the node.
+final class FrameHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    let node: Node
+    let link: Int
+    var decoder = FrameDecoder()
+    var failed = false
+
+    init(node: Node, link: Int) {
+        self.node = node
+        self.link = link
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
+        var buffer = unwrapInboundIn(data)
+        decoder.feed(buffer.readBytes(length: buffer.readableBytes) ?? [])
+        do {
+            while let frame = try decoder.next() {
+                let message = try Message(frame: frame)
+                let (node, link) = (self.node, self.link)
+                node.loop.execute { node.received(message, on: link) }
+            }
+        } catch let e as WireError {
+            failed = true
+            let (node, link) = (self.node, self.link)
+            node.logger.warning("malformed input, closing the link", metadata: ["link": "\(link)", "code": "\(e.code)", "reason": "\(e.message)"])
+            let bytes = Message.error(code: e.code, message: e.message).frame.encoded
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+            context.close(promise: nil)
+        } catch {
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let (node, link) = (self.node, self.link)
+        node.loop.execute { node.closed(link) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    typealias OutboundOut = ByteBuffer
+}

@@ -1,0 +1,159 @@
+import ArgumentParser
+import SpookCore
+import SpookLink
+import SpookNode
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Options: ParsableArguments {
+    @Option(help: "The local API socket (default: $SPOOK_SOCKET, else /run/spook/edge.sock).")
+    var socket: String?
+
+    @Flag(help: "Print the daemon's JSON answers as they are.")
+    var json = false
+
+    var path: String {
+        if let socket { return socket }
+        if let env = getenv("SPOOK_SOCKET") { return String(cString: env) }
+        return "/run/spook/edge.sock"
+    }
+
+    func call(_ request: JSONValue) throws -> JSONValue {
+        let client = try APIClient(socket: path)
+        let answer = try client.call(request)
+        guard case .bool(true)? = answer["ok"] else {
+            FileOutput.error("spookctl: \(answer["error"]?.string ?? "failed")")
+            throw ExitCode(1)
+        }
+        return answer
+    }
+
+    func show(_ value: JSONValue) {
+        print(String(decoding: value.serialized, as: UTF8.self))
+    }
+}
+
+/// A JSON value as a person reads it.
+func text(_ v: JSONValue?) -> String {
+        guard let v else { return "-" }
+        switch v {
+        case .null: return "null"
+        case .bool(let b): return "\(b)"
+        case .int(let i): return "\(i)"
+        case .double(let d): return "\(d)"
+        case .string(let s): return "\"\(s)\""
+        case .object(let o): return o["float"].map { text($0) } ?? o["bytes"].map { "0x" + ($0.string ?? "") } ?? "?"
+        case .array: return "?"
+        }
+}
+
+/// One register as a person reads it.
+func describe(_ r: JSONValue) -> String {
+    let name = r["register"]?.string ?? "?"
+    if r["policy"]?.string == "device" {
+        let pending = r["pending"] == .bool(true) ? " (pending)" : ""
+        return "\(name) = \(text(r["reported"]?["value"])) desired \(text(r["desired"]?["value"]))\(pending)"
+    }
+    return "\(name) = \(text(r["value"])) @\(r["stamp"]?.string ?? "-")"
+}
+
+struct Spookctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "spookctl",
+        abstract: "Read and write registers of a running spook-edge or spookd.",
+        subcommands: [Get.self, Set.self, List.self, Watch.self, Status.self, Keygen.self]
+    )
+
+    struct Get: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print one register.")
+        @OptionGroup var options: Options
+        @Argument(help: "domain/group/register") var register: String
+        func run() throws {
+            let a = try options.call(.object(["op": .string("get"), "register": .string(register)]))
+            if options.json { options.show(a) } else { print(describe(a["register"] ?? .null)) }
+        }
+    }
+
+    struct Set: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a register (a device register's desired side); returns once durable.",
+            discussion: "VALUE is JSON (5, 2.5, true, null, \"text\", {\"bytes\":\"beef\"}); anything that is not JSON is taken as a string."
+        )
+        @OptionGroup var options: Options
+        @Argument(help: "domain/group/register") var register: String
+        @Argument(help: "The value.") var value: String
+        func run() throws {
+            let v = (try? JSONValue.parse(Array(value.utf8))) ?? .string(value)
+            let a = try options.call(.object(["op": .string("set"), "register": .string(register), "value": v]))
+            if options.json { options.show(a) } else { print("\(register): written as \(a["origin"]?.string ?? "?")#\(text(a["seq"]))") }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print every register whose name starts with PREFIX.")
+        @OptionGroup var options: Options
+        @Argument(help: "A name prefix, e.g. site1.line3/") var prefix: String = ""
+        func run() throws {
+            let a = try options.call(.object(["op": .string("list"), "prefix": .string(prefix)]))
+            if options.json { options.show(a); return }
+            if case .array(let rs)? = a["registers"] { for r in rs { print(describe(r)) } }
+        }
+    }
+
+    struct Watch: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stream changes of registers whose name starts with PREFIX, until interrupted.")
+        @OptionGroup var options: Options
+        @Argument(help: "A name prefix.") var prefix: String = ""
+        @Option(help: "Stop after this many changes (default: never).") var count: Int?
+        func run() throws {
+            let client = try APIClient(socket: options.path)
+            let first = try client.call(.object(["op": .string("watch"), "prefix": .string(prefix)]))
+            guard case .bool(true)? = first["ok"] else {
+                FileOutput.error("spookctl: \(first["error"]?.string ?? "failed")")
+                throw ExitCode(1)
+            }
+            // In --json mode the acknowledgement comes first: a script knows the watch is in place.
+            if options.json {
+                options.show(first)
+                fflush(nil)
+            }
+            var seen = 0
+            while let event = try client.next() {
+                if options.json { options.show(event) } else { print(describe(event["register"] ?? .null)) }
+                fflush(nil)
+                seen += 1
+                if let count, seen >= count { return }
+            }
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the node, its vector and its links.")
+        @OptionGroup var options: Options
+        func run() throws {
+            let a = try options.call(.object(["op": .string("status")]))
+            if options.json { options.show(a); return }
+            print("\(a["role"]?.string ?? "?") \(a["node"]?.string ?? "?") origin \(a["origin"]?.string ?? "?"), \(text(a["registers"])) registers")
+            if case .array(let links)? = a["links"] {
+                for l in links {
+                    print("  link \(l["name"]?.string ?? "?"): \(l["state"]?.string ?? "?"), peer \(l["peer"]?.string ?? "-"), lag \(text(l["lag"]))")
+                }
+            }
+        }
+    }
+
+    struct Keygen: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a node key (mode 0600) and print its public key and origin.")
+        @Option(help: "Where to write the key; an existing file is read, never overwritten.") var out: String
+        func run() throws {
+            let (identity, created) = try Identity.loadOrCreate(path: out)
+            print("public_key \(identity.publicKey.hex)")
+            print("origin \(identity.origin)")
+            if !created { FileOutput.error("spookctl: \(out) already existed; printed its public key") }
+        }
+    }
+}
+
+Spookctl.main()

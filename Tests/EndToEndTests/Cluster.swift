@@ -1,0 +1,141 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SpookLink
+import SpookNode
+import SpookTestSupport
+import Testing
+
+/// Real `spookd` and `spook-edge` processes on Unix sockets in a temporary
+/// folder, with configs written for them, stopped when the value goes away.
+final class Cluster {
+    let dir = TemporaryDirectory()
+    var daemon: ChildProcess?
+    var edges: [String: ChildProcess] = [:]
+    let daemonKey: Identity
+    var edgeKeys: [String: Identity] = [:]
+
+    init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], extraDaemonToml: String = "") throws {
+        daemonKey = Identity()
+        try daemonKey.save(path: dir.file("spookd.key"))
+        var peers = ""
+        for name in names {
+            let key = Identity()
+            try key.save(path: dir.file("\(name).key"))
+            edgeKeys[name] = key
+            let write = (grants[name] ?? ["site1.*", "spook.*"]).map { "\"\($0)\"" }.joined(separator: ", ")
+            peers += "[[peer]]\nname = \"\(name)\"\nkey = \"\(key.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\(write)]\n\n"
+        }
+        try write("spookd.toml", """
+            [node]
+            name = "up"
+            key = "\(dir.file("spookd.key"))"
+            data = "\(dir.file("spookd.db"))"
+            sync = "normal"
+            [api]
+            socket = "\(dir.file("spookd.sock"))"
+            [heartbeat]
+            interval_ms = 200
+            [[listen]]
+            url = "unix://\(dir.file("link.sock"))"
+            \(peers)\(extraDaemonToml)
+            """)
+        for name in names { try writeEdgeConfig(name, key: edgeKeys[name]!) }
+    }
+
+    func writeEdgeConfig(_ name: String, key: Identity) throws {
+        try write("\(name).toml", """
+            [node]
+            name = "\(name)"
+            key = "\(dir.file("\(name).key"))"
+            data = "\(dir.file("\(name).db"))"
+            sync = "normal"
+            [api]
+            socket = "\(dir.file("\(name).sock"))"
+            [heartbeat]
+            interval_ms = 200
+            missed_max = 3
+            [reconnect]
+            base_ms = 50
+            cap_ms = 400
+            [[upstream]]
+            name = "primary"
+            url = "unix://\(dir.file("link.sock"))"
+            key = "\(daemonKey.publicKey.hex)"
+            """)
+    }
+
+    func write(_ name: String, _ text: String) throws {
+        let fd = open(dir.file(name), O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw APIClientError("cannot write \(name)") }
+        defer { close(fd) }
+        _ = text.withCString { Glibc.write(fd, $0, strlen($0)) }
+    }
+
+    static func binary(_ name: String) -> String { ChildProcess.builtExecutable(name) }
+
+    /// Starts a process and waits for its "ready" line.
+    func launch(_ binary: String, _ config: String) throws -> ChildProcess {
+        let child = try ChildProcess(Cluster.binary(binary), ["run", "-c", dir.file(config), "--log-level", "warning"])
+        guard let line = try child.readLine(timeoutMs: 20_000), line.contains("ready") else {
+            throw APIClientError("\(binary) did not start")
+        }
+        return child
+    }
+
+    func startDaemon() throws { daemon = try launch("spookd", "spookd.toml") }
+    func startEdge(_ name: String = "gw1") throws { edges[name] = try launch("spook-edge", "\(name).toml") }
+
+    func stopDaemon(signal: Int32 = SIGKILL) {
+        daemon?.signal(signal)
+        daemon?.wait()
+        daemon = nil
+    }
+
+    func socket(_ who: String) -> String { dir.file("\(who).sock") }
+
+    func api(_ who: String) throws -> APIClient { try APIClient(socket: socket(who)) }
+
+    func call(_ who: String, _ request: JSONValue) throws -> JSONValue {
+        let answer = try api(who).call(request)
+        guard case .bool(true)? = answer["ok"] else { throw APIClientError("\(who): \(answer["error"]?.string ?? "failed")") }
+        return answer
+    }
+
+    func set(_ who: String, _ register: String, _ value: JSONValue) throws {
+        _ = try call(who, .object(["op": .string("set"), "register": .string(register), "value": value]))
+    }
+
+    func value(_ who: String, _ register: String) -> JSONValue? {
+        (try? call(who, .object(["op": .string("get"), "register": .string(register)])))?["register"]?["value"]
+    }
+
+    func status(_ who: String) throws -> JSONValue { try call(who, .object(["op": .string("status")])) }
+
+    /// Polls `condition` every 20 ms until it holds or `seconds` pass.
+    func waitFor(_ what: String, seconds: Double = 20, _ condition: () throws -> Bool) throws {
+        let deadline = Cluster.nowMs() + UInt64(seconds * 1000)
+        while Cluster.nowMs() < deadline {
+            if (try? condition()) == true { return }
+            usleep(20_000)
+        }
+        throw APIClientError("timed out after \(seconds) s waiting for \(what)")
+    }
+
+    func coherent(_ edge: String = "gw1") -> Bool {
+        guard case .array(let links)? = (try? status(edge))?["links"] else { return false }
+        return links.contains { $0["state"]?.string == "coherent" }
+    }
+
+    static func nowMs() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    deinit {
+        for e in edges.values { e.signal(SIGTERM); e.wait() }
+        daemon?.signal(SIGTERM)
+        daemon?.wait()
+    }
+}
