@@ -99,6 +99,8 @@ public struct SyncSession: Sendable {
             if store.peerVector(peer) != before { lastProgressMs = nowMs }
             inFlight = max(0, inFlight - 1)
         case .deltas(let deltas):
+            // The peer holds what it sends: never echo it back.
+            for d in deltas { sent[d.origin] = max(sent[d.origin], d.seq) }
             let result = try store.commit(deltas)
             deltasReceived += result.held.count
             out.append(.ack(store.vector))
@@ -108,6 +110,7 @@ public struct SyncSession: Sendable {
                 snapshotChunks = [:]
             }
             snapshotChunks[chunk.index] = chunk.registers
+            sent.merge(chunk.vector)
             if snapshotChunks.count == Int(chunk.count) {
                 var registers: [QRegisterName: RegisterState] = [:]
                 for part in snapshotChunks.values { registers.merge(part) { a, _ in a } }

@@ -176,7 +176,11 @@ final class LocalAPI: @unchecked Sendable {
         var vector: [String: JSONValue] = [:]
         for o in node.store.vector.origins { vector[o.description] = .int(Int64(clamping: node.store.vector[o])) }
         let links: [JSONValue] = node.linkStatus().map { l in
-            .object(["name": .string(l.name), "state": .string(l.state), "online": .bool(l.online), "peer": .string(l.peer), "lag": .int(Int64(clamping: l.lag))])
+            .object([
+                "name": .string(l.name), "state": .string(l.state), "online": .bool(l.online), "peer": .string(l.peer),
+                "lag": .int(Int64(clamping: l.lag)), "bytes_sent": .int(Int64(l.bytesSent)), "deltas_sent": .int(Int64(l.deltasSent)),
+                "deltas_received": .int(Int64(l.deltasReceived)), "snapshots_sent": .int(Int64(l.snapshotsSent)),
+            ])
         }
         let role: String
         switch node.role {

@@ -40,6 +40,8 @@ public final class Node: @unchecked Sendable {
         /// Index into `upstreams` for links this edge opened.
         let upstream: Int?
         var lastHeardMs: UInt64
+        /// Frame bytes sent on this link since it opened (catch-up cost shows here).
+        var bytesSent = 0
 
         init(id: Int, channel: Channel, handshake: Handshake, upstream: Int?, nowMs: UInt64) {
             self.id = id
@@ -175,6 +177,7 @@ public final class Node: @unchecked Sendable {
 
     func send(_ message: Message, on link: Link) {
         let bytes = message.frame.encoded
+        link.bytesSent += bytes.count
         link.channel.writeAndFlush(link.channel.allocator.buffer(bytes: bytes), promise: nil)
     }
 
@@ -345,10 +348,24 @@ public final class Node: @unchecked Sendable {
         }
     }
 
+    /// Opens the link of upstream `u`. The link is registered, and its
+    /// handshake started, while the channel is being set up, so no frame and
+    /// no close can arrive before the node knows the link.
     func connect(_ u: Int) {
         let endpoint = upstreams[u].config.endpoint
         let pinned = upstreams[u].config.key
-        let bootstrap = ClientBootstrap(group: ioGroup).connectTimeout(.seconds(5))
+        let id = nextID
+        nextID += 1
+        upstreams[u].link = id
+        let bootstrap = ClientBootstrap(group: ioGroup)
+            .connectTimeout(.milliseconds(Int64(max(1_000, config.heartbeatIntervalMs * UInt64(config.heartbeatsMissedMax)))))
+            .channelInitializer { channel in
+                self.loop.submit {
+                    let handshake = Handshake(side: .initiator, identity: self.identity, role: .agent, nonce: Node.nonce(),
+                                              subscriptions: self.upstreams[u].config.domains, node: self.config.name, isAuthorised: { $0 == pinned })
+                    self.links[id] = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs())
+                }.flatMap { channel.pipeline.addHandler(FrameHandler(node: self, link: id)) }
+            }
         let connecting: EventLoopFuture<Channel>
         switch endpoint {
         case .unix(let path): connecting = bootstrap.connect(unixDomainSocketPath: path)
@@ -358,20 +375,18 @@ public final class Node: @unchecked Sendable {
             switch result {
             case .failure(let error):
                 self.logger.info("connect failed", metadata: ["upstream": "\(self.upstreams[u].config.name)", "error": "\(error)"])
-                self.drive(u, .linkDown)
-            case .success(let channel):
-                let id = self.nextID
-                self.nextID += 1
-                let handshake = Handshake(side: .initiator, identity: self.identity, role: .agent, nonce: Node.nonce(),
-                                          subscriptions: self.upstreams[u].config.domains, node: self.config.name, isAuthorised: { $0 == pinned })
-                let link = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs())
-                self.links[id] = link
-                self.upstreams[u].link = id
-                // Start the handshake before any frame can be read: the
-                // peer's HELLO may be on its way already.
-                let hello = link.handshake.start()
-                channel.pipeline.addHandler(FrameHandler(node: self, link: id)).whenComplete { _ in
-                    self.loop.execute { if let link = self.links[id] { self.send(hello, on: link) } }
+                self.links[id] = nil
+                if self.upstreams[u].link == id {
+                    self.upstreams[u].link = nil
+                    self.drive(u, .linkDown)
+                }
+            case .success:
+                guard let link = self.links[id] else { return }  // closed already: `closed` drove linkDown
+                self.send(link.handshake.start(), on: link)
+                // A peer that accepts but never completes the handshake must not hold the HalfPair forever.
+                let timeout = TimeAmount.milliseconds(Int64(self.config.heartbeatIntervalMs * UInt64(self.config.heartbeatsMissedMax)))
+                self.loop.scheduleTask(in: timeout) {
+                    if let link = self.links[id], link.peer == nil { self.refuse(link, WireError(.timeout, "no handshake within \(timeout.nanoseconds / 1_000_000) ms")) }
                 }
             }
         }
@@ -403,20 +418,37 @@ public final class Node: @unchecked Sendable {
         var online: Bool
         var peer: String
         var lag: UInt64
+        var bytesSent = 0
+        var deltasSent = 0
+        var deltasReceived = 0
+        var snapshotsSent = 0
+    }
+
+    func counters(_ status: inout LinkStatus, _ link: Link?) {
+        guard let link else { return }
+        status.bytesSent = link.bytesSent
+        status.deltasSent = link.session?.deltasSent ?? 0
+        status.deltasReceived = link.session?.deltasReceived ?? 0
+        status.snapshotsSent = link.session?.snapshotsSent ?? 0
     }
 
     func linkStatus() -> [LinkStatus] {
         switch role {
         case .edge:
             return upstreams.map { u in
-                let session = u.link.flatMap { links[$0]?.session }
-                return LinkStatus(name: u.config.name, state: u.pair.state.name, online: u.pair.state.isOnline,
-                                  peer: u.link.flatMap { links[$0]?.peer.map { "\($0.origin)" } } ?? "-", lag: session?.lag(store) ?? store.vector.lacking(in: store.peerVector("-")).reduce(0) { $0 + $1.count })
+                let link = u.link.flatMap { links[$0] }
+                var status = LinkStatus(name: u.config.name, state: u.pair.state.name, online: u.pair.state.isOnline,
+                                        peer: link?.peer.map { "\($0.origin)" } ?? "-", lag: link?.session?.lag(store) ?? 0)
+                counters(&status, link)
+                return status
             }
         case .daemon:
             return links.values.sorted { $0.id < $1.id }.map { l in
-                LinkStatus(name: l.peer?.node ?? "link \(l.id)", state: l.session == nil ? "entangling" : (l.session!.isCaughtUp(store) ? "coherent" : "entangling"),
-                           online: l.session != nil, peer: l.peer.map { "\($0.origin)" } ?? "-", lag: l.session?.lag(store) ?? 0)
+                let caughtUp = l.session?.isCaughtUp(store) ?? false
+                var status = LinkStatus(name: l.peer?.node ?? "link \(l.id)", state: caughtUp ? "coherent" : "entangling",
+                                        online: caughtUp, peer: l.peer.map { "\($0.origin)" } ?? "-", lag: l.session?.lag(store) ?? 0)
+                counters(&status, l)
+                return status
             }
         }
     }

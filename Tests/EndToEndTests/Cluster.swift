@@ -9,13 +9,22 @@ import Testing
 /// Real `spookd` and `spook-edge` processes on Unix sockets in a temporary
 /// folder, with configs written for them, stopped when the value goes away.
 final class Cluster {
-    let dir = TemporaryDirectory()
+    let dir: TemporaryDirectory
     var daemon: ChildProcess?
     var edges: [String: ChildProcess] = [:]
     let daemonKey: Identity
     var edgeKeys: [String: Identity] = [:]
 
-    init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], extraDaemonToml: String = "") throws {
+    /// The daemon's link address, and the one edges connect to (a proxy's, for partitions).
+    let daemonLink: String
+    let edgeLink: String
+
+    init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], extraDaemonToml: String = "",
+         daemonLink: String? = nil, edgeLink: String? = nil) throws {
+        let dir = TemporaryDirectory()
+        self.dir = dir
+        self.daemonLink = daemonLink ?? "unix://\(dir.file("link.sock"))"
+        self.edgeLink = edgeLink ?? self.daemonLink
         daemonKey = Identity()
         try daemonKey.save(path: dir.file("spookd.key"))
         var peers = ""
@@ -37,7 +46,7 @@ final class Cluster {
             [heartbeat]
             interval_ms = 200
             [[listen]]
-            url = "unix://\(dir.file("link.sock"))"
+            url = "\(self.daemonLink)"
             \(peers)\(extraDaemonToml)
             """)
         for name in names { try writeEdgeConfig(name, key: edgeKeys[name]!) }
@@ -60,7 +69,7 @@ final class Cluster {
             cap_ms = 400
             [[upstream]]
             name = "primary"
-            url = "unix://\(dir.file("link.sock"))"
+            url = "\(edgeLink)"
             key = "\(daemonKey.publicKey.hex)"
             """)
     }

@@ -4,6 +4,7 @@ import Glibc
 import SpookCore
 import SpookLink
 import SpookNode
+import SpookStore
 import SpookTestSupport
 import SpookWire
 import Testing
@@ -178,5 +179,113 @@ enum RawSocket {
             if n <= 0 { return out }
             out += chunk[..<n]
         }
+    }
+}
+
+@Suite(.serialized) struct PartitionAndCrashTests {
+    func link(_ status: JSONValue) -> JSONValue? {
+        if case .array(let links)? = status["links"] { return links.first }
+        return nil
+    }
+
+    func int(_ v: JSONValue?) -> Int { if case .int(let i)? = v { Int(i) } else { -1 } }
+
+    /// Writes `count` values pipelined on one API connection; returns once all are acknowledged.
+    func stream(_ c: Cluster, _ who: String, _ count: Int, prefix: String) throws {
+        let client = try c.api(who)
+        for i in 0..<count {
+            try client.send(.object(["op": .string("set"), "register": .string("\(prefix)/r\(i % 100)"), "value": .int(Int64(i))]))
+        }
+        for _ in 0..<count {
+            guard try client.next(timeoutMs: 60_000)?["ok"] == .bool(true) else { throw APIClientError("a write was not acknowledged") }
+        }
+    }
+
+    @Test func afterAPartitionCatchUpSendsWhatIsMissingNotEverything() throws {
+        let daemonPort = try CuttableProxy.freePort()
+        let proxy = try CuttableProxy(to: daemonPort)
+        let c = try Cluster(daemonLink: "tcp://127.0.0.1:\(daemonPort)", edgeLink: "tcp://127.0.0.1:\(proxy.port)")
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("the edge to be coherent over TCP") { c.coherent() }
+        try stream(c, "gw1", 2_000, prefix: "site1.l1/before")
+        try c.waitFor("the first 2,000 upstream") { c.value("spookd", "site1.l1/before/r99") == .int(1_999) }
+
+        proxy.partition()
+        try c.waitFor("the edge to notice the partition") { !c.coherent() }
+        // Both sides keep writing, 10,000 each.
+        try stream(c, "gw1", 10_000, prefix: "site1.l1/edge")
+        try stream(c, "spookd", 10_000, prefix: "site1.l1/up")
+        proxy.heal()
+
+        try c.waitFor("both sides to converge", seconds: 60) {
+            try (c.status("gw1"))["vector"] == (c.status("spookd"))["vector"] && c.coherent()
+        }
+        let list = JSONValue.object(["op": .string("list"), "prefix": .string("site1.l1/")])
+        #expect(try c.call("gw1", list)["registers"] == (try c.call("spookd", list)["registers"]))
+        // The new link carried what each side lacked: 10,000 one way, 10,000 plus
+        // the edge's own $state/$online/$lag writes the other, not the 2,000 from before.
+        let up = try #require(link(try c.status("spookd"))), edge = try #require(link(try c.status("gw1")))
+        let sentDown = int(up["deltas_sent"]), sentUp = int(edge["deltas_sent"])
+        #expect(sentDown == 10_000, "spookd sent \(sentDown) deltas after the partition")
+        #expect(sentUp >= 10_000 && sentUp < 10_050, "spook-edge sent \(sentUp) deltas after the partition")
+        let bytesDown = int(up["bytes_sent"])
+        // A delta here encodes to about 50 bytes: the catch-up must cost about that per missing delta.
+        #expect(bytesDown < 10_000 * 80, "spookd sent \(bytesDown) bytes to catch up 10,000 deltas")
+        print("partition catch-up: spookd sent \(sentDown) deltas in \(bytesDown) bytes; spook-edge sent \(sentUp) deltas in \(int(edge["bytes_sent"])) bytes")
+    }
+
+    @Test func killNineOfEitherSideTenTimesLosesNoAcknowledgedWrite() throws {
+        let c = try Cluster()
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("the edge to be coherent") { c.coherent() }
+        var random = SplitMix64(seed: 42)
+        var acknowledged: [Int] = []
+        var next = 0
+        for kill in 0..<20 {
+            let burstStart = next
+            // A burst of acknowledged writes, then kill -9 one side at once.
+            let burst = 50 + Int(random.next() % 200)
+            let client = try c.api("gw1")
+            for _ in 0..<burst {
+                try client.send(.object(["op": .string("set"), "register": .string("site1.l1/crash/r\(next % 40)"), "value": .int(Int64(next))]))
+                next += 1
+            }
+            // Kill while those writes are still being committed and shipped.
+            if kill % 2 == 0 {
+                c.stopDaemon(signal: SIGKILL)
+            } else {
+                c.edges["gw1"]?.signal(SIGKILL)
+                c.edges["gw1"]?.wait()
+            }
+            // Count what the edge acknowledged before its answers stopped.
+            // Answers come in request order: the first k answered writes are the acknowledged ones.
+            var k = 0
+            while let answer = try? client.next(timeoutMs: 2_000), answer["ok"] == .bool(true) { k += 1 }
+            acknowledged += Array(burstStart..<(burstStart + k))
+            if kill % 2 == 0 { try c.startDaemon() } else { try c.startEdge() }
+            try c.waitFor("the edge to be coherent again") { c.coherent() }
+        }
+        let origin = c.edgeKeys["gw1"]!.origin.description
+        try c.waitFor("upstream to hold everything the edge holds") {
+            (try c.status("spookd"))["vector"]?[origin] == (try c.status("gw1"))["vector"]?[origin]
+        }
+        let list = JSONValue.object(["op": .string("list"), "prefix": .string("site1.l1/crash/")])
+        #expect(try c.call("gw1", list)["registers"] == (try c.call("spookd", list)["registers"]))
+        #expect(acknowledged.count > 500, "only \(acknowledged.count) writes were acknowledged")
+        // Every acknowledged write of the edge is upstream exactly once and in
+        // order: read the daemon's store itself after stopping it.
+        c.stopDaemon(signal: SIGTERM)
+        let store = try SQLiteStore(path: c.dir.file("spookd.db"), options: StoreOptions(sync: .off))
+        _ = try store.verify()
+        let edgeOrigin = c.edgeKeys["gw1"]!.origin
+        let held = try store.deltas(origin: edgeOrigin, seqs: 1...store.vector[edgeOrigin])
+        #expect(held.map(\.seq) == Array(1...store.vector[edgeOrigin]), "seqs 1…n, each once")
+        let numbers = held.filter { $0.group.name == "crash" }.flatMap { $0.writes.compactMap { w -> Int? in if case .int(let i) = w.value { Int(i) } else { nil } } }
+        #expect(numbers == numbers.sorted(), "per-origin order is kept")
+        #expect(Set(numbers).count == numbers.count, "no write twice")
+        let missing = Set(acknowledged).subtracting(numbers)
+        #expect(missing.isEmpty, "\(missing.count) acknowledged writes are not upstream, e.g. \(missing.sorted().prefix(5))")
     }
 }
