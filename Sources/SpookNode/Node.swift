@@ -194,6 +194,18 @@ public final class Node: @unchecked Sendable {
                 if let peer = link.handshake.peer { try established(link, peer) }
                 return
             }
+            switch message {
+            case .error(let code, let text):
+                logger.warning("peer refused the link", metadata: ["link": "\(id)", "code": "\(code)", "reason": "\(text)"])
+                link.channel.close(promise: nil)
+                return
+            case .close(let text):
+                logger.info("peer closed the link", metadata: ["link": "\(id)", "reason": "\(text)"])
+                link.channel.close(promise: nil)
+                return
+            default:
+                break
+            }
             if let u = link.upstream { drive(u, .peerHeard) }
             if case .deltas(let deltas) = message, let grant = link.grant, let peer = link.peer {
                 for d in deltas where !store.vector.contains(d.id) {
