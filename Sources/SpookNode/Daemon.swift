@@ -28,10 +28,14 @@ public enum DaemonMain {
         let logger = Logger(label: name)
         let node = try Node(role: role, logger: logger)
         try node.start()
+        let watchdog = SystemdNotify.startWatchdog(on: node.loop)
+        SystemdNotify.send("READY=1\nSTATUS=origin \(node.origin), api \(node.config.apiSocket)")
         say("\(name): ready origin=\(node.origin) public_key=\(node.identity.publicKey.hex) api=\(node.config.apiSocket)")
         var caught: Int32 = 0
         sigwait(&signals, &caught)
         logger.notice("stopping", metadata: ["signal": "\(caught)"])
+        SystemdNotify.send("STOPPING=1")
+        watchdog?.cancel()
         node.shutdown()
         say("\(name): stopped")
     }

@@ -84,15 +84,15 @@ final class Cluster {
     static func binary(_ name: String) -> String { ChildProcess.builtExecutable(name) }
 
     /// Starts a process and waits for its "ready" line.
-    func launch(_ binary: String, _ config: String) throws -> ChildProcess {
-        let child = try ChildProcess(Cluster.binary(binary), ["run", "-c", dir.file(config), "--log-level", "warning"])
+    func launch(_ binary: String, _ config: String, environment: [String: String] = [:]) throws -> ChildProcess {
+        let child = try ChildProcess(Cluster.binary(binary), ["run", "-c", dir.file(config), "--log-level", "warning"], environment: environment)
         guard let line = try child.readLine(timeoutMs: 20_000), line.contains("ready") else {
             throw APIClientError("\(binary) did not start")
         }
         return child
     }
 
-    func startDaemon() throws { daemon = try launch("spookd", "spookd.toml") }
+    func startDaemon(environment: [String: String] = [:]) throws { daemon = try launch("spookd", "spookd.toml", environment: environment) }
     func startEdge(_ name: String = "gw1") throws { edges[name] = try launch("spook-edge", "\(name).toml") }
 
     func stopDaemon(signal: Int32 = SIGKILL) {

@@ -289,3 +289,57 @@ enum RawSocket {
         #expect(missing.isEmpty, "\(missing.count) acknowledged writes are not upstream, e.g. \(missing.sorted().prefix(5))")
     }
 }
+
+@Suite struct ServiceTests {
+    /// A datagram socket standing in for systemd's NOTIFY_SOCKET.
+    final class NotifySocket {
+        let fd: Int32
+        let path: String
+        init(path: String) throws {
+            self.path = path
+            fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+            let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            guard rc == 0 else { throw APIClientError("bind \(path): \(errno)") }
+        }
+        deinit { close(fd) }
+
+        /// The next datagram, waiting at most `timeoutMs`.
+        func next(timeoutMs: Int32 = 20_000) -> String? {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, timeoutMs) > 0 else { return nil }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = recv(fd, &buffer, buffer.count, 0)
+            return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : nil
+        }
+    }
+
+    @Test func spookdTalksToSystemdAndStopsCleanlyOnSIGTERM() throws {
+        let c = try Cluster()
+        let notify = try NotifySocket(path: c.dir.file("notify.sock"))
+        try c.startDaemon(environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"])
+        let ready = notify.next()
+        #expect(ready?.hasPrefix("READY=1\nSTATUS=origin \(c.daemonKey.origin)") == true, "\(ready ?? "nothing")")
+        #expect(notify.next() == "WATCHDOG=1", "the watchdog is pinged at half its period")
+        c.daemon?.signal(SIGTERM)
+        #expect(notify.next() == "STOPPING=1")
+        #expect(try c.daemon?.readLine() == "spookd: stopped")
+        #expect(c.daemon?.wait() == 0, "SIGTERM is a clean exit")
+        c.daemon = nil
+    }
+
+    @Test func checkConfigExitsSeventyEightOnABadConfig() throws {
+        let c = try Cluster()
+        try c.write("bad.toml", "[node]\nname = 5\n")
+        let check = try ChildProcess(Cluster.binary("spookd"), ["check-config", c.dir.file("bad.toml")])
+        let status = check.wait()
+        #expect(status >> 8 & 0xff == 78, "exit status \(status >> 8 & 0xff)")
+        let run = try ChildProcess(Cluster.binary("spook-edge"), ["run", "-c", c.dir.file("bad.toml")])
+        #expect(run.wait() >> 8 & 0xff == 78, "a daemon never starts on a config it would reject")
+        let good = try ChildProcess(Cluster.binary("spookd"), ["check-config", c.dir.file("spookd.toml")])
+        #expect(try good.readLine() == "\(c.dir.file("spookd.toml")): ok")
+        #expect(good.wait() == 0)
+    }
+}
