@@ -115,7 +115,7 @@ enum ConfigFile {
 }
 
 extension ConfigReader {
-    func nodeConfig(_ doc: Table, defaultsFor role: String) -> NodeConfig {
+    func nodeConfig(_ doc: Table) -> NodeConfig {
         var c = NodeConfig()
         if let node = doc.table("node") {
             node.rejectUnknownKeys(["name", "key", "data", "sync", "history"])
@@ -188,12 +188,19 @@ extension EdgeConfig {
         var c = EdgeConfig()
         if let doc = reader.document {
             doc.rejectUnknownKeys(["node", "api", "heartbeat", "reconnect", "register", "upstream"])
-            c.node = reader.nodeConfig(doc, defaultsFor: "edge")
+            c.node = reader.nodeConfig(doc)
+            // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
+            if (try? QDomain("spook.\(c.node.name)")) == nil {
+                reader.fail("node.name", "an agent's \"name\" must be a domain label (a-z, 0-9, \"-\"): its registers live in spook.<name>")
+            }
             var names = Set<String>()
             for u in doc.tables("upstream") {
                 u.rejectUnknownKeys(["name", "url", "key", "priority", "domains"])
                 let name = u.string("name", required: true) ?? ""
                 if !name.isEmpty && !names.insert(name).inserted { reader.fail(u.key("name"), "upstream \"\(name)\" is defined twice") }
+                if !name.isEmpty, (try? QGroupName("spook/\(name)")) == nil {
+                    reader.fail(u.key("name"), "upstream \"\(name)\" must be a group name (a-z, 0-9, \"-\", \"_\"): it names the group of the link's own registers")
+                }
                 let endpoint = reader.endpoint(u, "url")
                 let key = reader.hexKey(u, "key")
                 let priority = u.int("priority", in: 0...1_000_000) ?? 0
@@ -224,7 +231,7 @@ extension DaemonConfig {
         var c = DaemonConfig()
         if let doc = reader.document {
             doc.rejectUnknownKeys(["node", "api", "heartbeat", "reconnect", "register", "listen", "peer"])
-            c.node = reader.nodeConfig(doc, defaultsFor: "daemon")
+            c.node = reader.nodeConfig(doc)
             for l in doc.tables("listen") {
                 l.rejectUnknownKeys(["url"])
                 if let e = reader.endpoint(l, "url") {

@@ -21,7 +21,7 @@ import Testing
     @Test func everyProblemIsReportedWithFileLineAndColumn() throws {
         let text = """
             [node]
-            name = "gw"
+            name = "GW"
             key = "/k"
             data = "/d"
             sync = "sometimes"
@@ -49,6 +49,7 @@ import Testing
         let error = #expect(throws: ConfigError.self) { try EdgeConfig.parse(file: "edge.toml", text: text) }
         let lines = error?.diagnostics.map(\.description) ?? []
         let expected = [
+            "edge.toml:2:1: an agent's \"name\" must be a domain label (a-z, 0-9, \"-\"): its registers live in spook.<name>",
             "edge.toml:5:1: \"sync\" = \"sometimes\" is not one of \"off\", \"normal\", \"full\", \"extra\"",
             "edge.toml:6:1: \"history\" = 0 is out of range 1…4096",
             "edge.toml:7:1: unknown key \"colour\" in [node]; known keys: name, key, data, sync, history",
