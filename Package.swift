@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "spook-bench",
             dependencies: [
-                "SpookCore", "SpookStore", "CSQLite",
+                "SpookCore", "SpookStore", "SpookLink", "SpookNode", "CSQLite",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "bench/Sources/spook-bench"

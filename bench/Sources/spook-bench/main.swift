@@ -13,7 +13,7 @@ import SpookStore
 
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
-/// `--only core` or `--only store` runs one part (for profiling).
+/// `--only core`, `--only store` or `--only link` runs one part.
 let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
     i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
 }
@@ -152,6 +152,20 @@ for (sync, batch, count) in [(SyncLevel.full, 1, 2_000), (.full, 100, 50_000), (
     store.close()
     let raw = rawSQLite(deltas.map(\.encoded), batch: batch, sync: sync, path: "\(dir)/raw-\(run).db")
     rows.append(Row(name: "store commit, sync=\(sync), \(batch)/block", value: committed, unit: "deltas/s durable", baseline: "raw SQLite insert", baselineValue: raw))
+}
+
+// MARK: link (real processes)
+
+if runs("link") {
+    // The release binaries sit next to this one; SPOOK_EDGE may name another
+    // spook-edge (e.g. a --static-swift-stdlib build) for the footprint rows.
+    var me = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &me, me.count - 1)
+    let binaries = String(decoding: me[..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: "/").dropLast().joined(separator: "/")
+    let edgeBinary = getenv("SPOOK_EDGE").map { String(cString: $0) } ?? "/\(binaries)/spook-edge"
+    let linkDir = "\(dir)/link"
+    mkdir(linkDir, 0o700)
+    rows += try LinkBench.run(dir: linkDir, binaries: "/\(binaries)", edgeBinary: edgeBinary, count: 100_000 / scale)
 }
 
 // MARK: the table
