@@ -45,9 +45,29 @@ final class LocalAPI: @unchecked Sendable {
         unlink(path)
     }
 
+    /// Queues an answer; `flushAll` sends what was queued, one flush per client.
     func reply(_ client: Client, _ value: JSONValue) {
         let bytes = value.serialized + [UInt8(ascii: "\n")]
-        client.channel.writeAndFlush(client.channel.allocator.buffer(bytes: bytes), promise: nil)
+        client.channel.write(client.channel.allocator.buffer(bytes: bytes), promise: nil)
+        unflushed[ObjectIdentifier(client)] = client
+    }
+
+    var unflushed: [ObjectIdentifier: Client] = [:]
+
+    func flushAll() {
+        for client in unflushed.values { client.channel.flush() }
+        unflushed = [:]
+    }
+
+    /// The requests of one socket read (parsed on the I/O loop), handled together.
+    func handle(_ requests: [Result<JSONValue, any Error>], from client: Client) {
+        for r in requests {
+            switch r {
+            case .success(let request): handle(request, from: client)
+            case .failure(let error): fail(client, nil, "not a JSON object: \(error)")
+            }
+        }
+        flushAll()
     }
 
     func fail(_ client: Client, _ id: JSONValue?, _ message: String) {
@@ -63,13 +83,8 @@ final class LocalAPI: @unchecked Sendable {
         reply(client, .object(o))
     }
 
-    /// One request line (on the node loop).
-    func handle(_ line: [UInt8], from client: Client) {
-        let request: JSONValue
-        do { request = try JSONValue.parse(line) } catch {
-            fail(client, nil, "not a JSON object: \(String(decoding: line.prefix(80), as: UTF8.self))")
-            return
-        }
+    /// One request (on the node loop).
+    func handle(_ request: JSONValue, from client: Client) {
         let id = request["id"]
         guard case .object = request, let op = request["op"]?.string else {
             fail(client, id, "a request is a JSON object with \"op\": get, set, list, watch or status")
@@ -153,10 +168,12 @@ final class LocalAPI: @unchecked Sendable {
         do {
             let results = try node.store.commitLocal(batch.map(\.write), origin: node.origin, physicalMs: node.clock.nowMs())
             for (entry, result) in zip(batch, results) { entry.reply(result) }
+            flushAll()
             node.afterStoreChange(except: nil)
         } catch {
             node.logger.error("local commit failed", metadata: ["error": "\(error)"])
             for entry in batch { entry.reply(.failure(CoreError(.invalidValue, "the store refused the commit: \(error)"))) }
+            flushAll()
         }
     }
 
@@ -170,6 +187,7 @@ final class LocalAPI: @unchecked Sendable {
                 reply(client, .object(["event": .string("change"), "register": state.json(name)]))
             }
         }
+        flushAll()
     }
 
     func status() -> [String: JSONValue] {
@@ -224,12 +242,19 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         buffer += bytes.readBytes(length: bytes.readableBytes) ?? []
-        while let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-            let line = Array(buffer[..<newline])
-            buffer.removeSubrange(...newline)
-            guard !line.isEmpty, let client else { continue }
-            let api = self.api
-            api.node.loop.execute { api.handle(line, from: client) }
+        // Parse here, on the I/O loop, and hand the node loop one batch per read.
+        var requests: [Result<JSONValue, any Error>] = []
+        var start = 0
+        while let newline = buffer[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            let line = Array(buffer[start..<newline])
+            start = newline + 1
+            guard !line.isEmpty else { continue }
+            requests.append(Result { try JSONValue.parse(line) })
+        }
+        buffer.removeFirst(start)
+        if !requests.isEmpty, let client {
+            let (api, batch) = (self.api, requests)
+            api.node.loop.execute { api.handle(batch, from: client) }
         }
         if buffer.count > LocalAPI.lineMax {
             let message = JSONValue.object(["ok": .bool(false), "error": .string("request line longer than \(LocalAPI.lineMax) bytes")]).serialized + [10]
