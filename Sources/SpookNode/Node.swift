@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import SpookCore
 import SpookLink
 import SpookStore
@@ -108,12 +109,21 @@ public final class Node: @unchecked Sendable {
         try api.listen(path: config.apiSocket, group: ioGroup)
         switch role {
         case .daemon(let c):
-            for endpoint in c.listen {
+            for listener in c.listen {
+                let endpoint = listener.endpoint
+                let tls = try listener.certPath.map { certPath in try Node.serverTLS(cert: certPath, key: listener.keyPath ?? "") }
                 let channel = try ServerBootstrap(group: ioGroup)
                     .serverChannelOption(.backlog, value: 64)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelInitializer { channel in
-                        self.loop.submit { self.accepted(channel) }.flatMap { id in
+                        // TLS first, so the HELLO `accepted` writes goes out encrypted.
+                        let secured: EventLoopFuture<Void>
+                        if let tls {
+                            secured = channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+                        } else {
+                            secured = channel.eventLoop.makeSucceededVoidFuture()
+                        }
+                        return secured.flatMap { self.loop.submit { self.accepted(channel) } }.flatMap { id in
                             channel.pipeline.addHandler(FrameHandler(node: self, link: id))
                         }
                     }
@@ -135,6 +145,23 @@ public final class Node: @unchecked Sendable {
                 }
             }.wait()
         }
+    }
+
+    static func serverTLS(cert: String, key: String) throws -> NIOSSLContext {
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(cert).map { NIOSSLCertificateSource.certificate($0) }
+            let privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
+            return try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(privateKey)))
+        } catch {
+            throw APIError("TLS listener: cannot use certificate \(cert) with key \(key): \(error)")
+        }
+    }
+
+    static func clientTLS(ca: String) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.trustRoots = .file(ca)
+        configuration.certificateVerification = .fullVerification
+        return try NIOSSLContext(configuration: configuration)
     }
 
     /// Sends CLOSE on every link, closes sockets and the store.
@@ -369,19 +396,40 @@ public final class Node: @unchecked Sendable {
         let id = nextID
         nextID += 1
         upstreams[u].link = id
+        let tls: (NIOSSLContext, String)?
+        if case .tls(let host, _) = endpoint {
+            do {
+                tls = (try Node.clientTLS(ca: upstreams[u].config.caPath ?? ""), upstreams[u].config.serverName ?? host)
+            } catch {
+                logger.error("TLS setup failed", metadata: ["upstream": "\(upstreams[u].config.name)", "error": "\(error)"])
+                upstreams[u].link = nil
+                loop.execute { self.drive(u, .linkDown) }
+                return
+            }
+        } else {
+            tls = nil
+        }
         let bootstrap = ClientBootstrap(group: ioGroup)
             .connectTimeout(.milliseconds(Int64(max(1_000, config.heartbeatIntervalMs * UInt64(config.heartbeatsMissedMax)))))
             .channelInitializer { channel in
-                self.loop.submit {
+                let secured: EventLoopFuture<Void>
+                if let (context, name) = tls {
+                    secured = channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: name))
+                    }
+                } else {
+                    secured = channel.eventLoop.makeSucceededVoidFuture()
+                }
+                return secured.flatMap { self.loop.submit {
                     let handshake = Handshake(side: .initiator, identity: self.identity, role: .agent, nonce: Node.nonce(),
                                               subscriptions: self.upstreams[u].config.domains, node: self.config.name, isAuthorised: { $0 == pinned })
                     self.links[id] = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs())
-                }.flatMap { channel.pipeline.addHandler(FrameHandler(node: self, link: id)) }
+                } }.flatMap { channel.pipeline.addHandler(FrameHandler(node: self, link: id)) }
             }
         let connecting: EventLoopFuture<Channel>
         switch endpoint {
         case .unix(let path): connecting = bootstrap.connect(unixDomainSocketPath: path)
-        case .tcp(let host, let port): connecting = bootstrap.connect(host: host, port: port)
+        case .tcp(let host, let port), .tls(let host, let port): connecting = bootstrap.connect(host: host, port: port)
         }
         connecting.hop(to: loop).whenComplete { result in
             switch result {
@@ -475,7 +523,7 @@ extension ServerBootstrap {
                 chmod(path, 0o660)
                 return c
             }
-        case .tcp(let host, let port):
+        case .tcp(let host, let port), .tls(let host, let port):
             return bind(host: host, port: port)
         }
     }
@@ -523,6 +571,8 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // Transport errors: TLS verification, resets. The close tells the node.
+        node.logger.warning("link transport error", metadata: ["link": "\(link)", "error": "\(error)"])
         context.close(promise: nil)
     }
 

@@ -9,6 +9,8 @@ import SpookStore
 public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     case unix(path: String)
     case tcp(host: String, port: Int)
+    /// TCP with TLS; certificates come from the listener's or upstream's config.
+    case tls(host: String, port: Int)
 
     /// Parses `unix:///run/spook/spookd.link` or `tcp://127.0.0.1:7400`.
     public static func parse(_ text: String) throws -> Endpoint {
@@ -18,27 +20,28 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
             guard path.utf8.count < 108 else { throw EndpointError("\"\(text)\": a unix socket path is limited to 107 bytes") }
             return .unix(path: path)
         }
-        if text.hasPrefix("tcp://") {
+        for scheme in ["tcp://", "tls://"] where text.hasPrefix(scheme) {
             let rest = text.dropFirst(6)
             guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]) else {
-                throw EndpointError("\"\(text)\": expected tcp://HOST:PORT")
+                throw EndpointError("\"\(text)\": expected \(scheme)HOST:PORT")
             }
             var host = String(rest[..<colon])
             if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
             guard !host.isEmpty else { throw EndpointError("\"\(text)\": the host is empty") }
             guard (1...65535).contains(port) else { throw EndpointError("\"\(text)\": port \(port) is out of range 1…65535") }
-            return .tcp(host: host, port: port)
+            return scheme == "tls://" ? .tls(host: host, port: port) : .tcp(host: host, port: port)
         }
-        for scheme in ["tls://", "wss://", "ws://"] where text.hasPrefix(scheme) {
-            throw EndpointError("\"\(text)\": the \(scheme) transport is not in this build yet (use tcp:// or unix://)")
+        for scheme in ["wss://", "ws://"] where text.hasPrefix(scheme) {
+            throw EndpointError("\"\(text)\": the \(scheme) transport is not in this build yet (use unix://, tcp:// or tls://)")
         }
-        throw EndpointError("\"\(text)\": unknown scheme; use unix:///path or tcp://host:port")
+        throw EndpointError("\"\(text)\": unknown scheme; use unix:///path, tcp://host:port or tls://host:port")
     }
 
     public var description: String {
         switch self {
         case .unix(let path): "unix://\(path)"
         case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
+        case .tls(let host, let port): host.contains(":") ? "tls://[\(host)]:\(port)" : "tls://\(host):\(port)"
         }
     }
 }
@@ -72,6 +75,10 @@ public struct EdgeConfig: Sendable {
         public var key: [UInt8]
         public var priority: Int
         public var domains: [QDomainPattern]
+        /// For tls://: the CA certificate (PEM) the daemon's certificate must chain to.
+        public var caPath: String? = nil
+        /// For tls://: the name to verify (default: the URL's host).
+        public var serverName: String? = nil
     }
 
     public var node = NodeConfig()
@@ -86,8 +93,15 @@ public struct DaemonConfig: Sendable {
         public var grant: Authorisation.Grant
     }
 
+    /// Where the daemon accepts links; a tls:// listener has a certificate chain and key (PEM).
+    public struct Listener: Sendable, Hashable {
+        public var endpoint: Endpoint
+        public var certPath: String? = nil
+        public var keyPath: String? = nil
+    }
+
     public var node = NodeConfig()
-    public var listen: [Endpoint] = []
+    public var listen: [Listener] = []
     public var peers: [Peer] = []
 
     public var authorisation: Authorisation {
@@ -195,7 +209,7 @@ extension EdgeConfig {
             }
             var names = Set<String>()
             for u in doc.tables("upstream") {
-                u.rejectUnknownKeys(["name", "url", "key", "priority", "domains"])
+                u.rejectUnknownKeys(["name", "url", "key", "priority", "domains", "ca", "server_name"])
                 let name = u.string("name", required: true) ?? ""
                 if !name.isEmpty && !names.insert(name).inserted { reader.fail(u.key("name"), "upstream \"\(name)\" is defined twice") }
                 if !name.isEmpty, (try? QGroupName("spook/\(name)")) == nil {
@@ -210,8 +224,15 @@ extension EdgeConfig {
                         reader.fail(u.key("domains"), "domains[\(i)]: \(e.message)")
                     } catch {}
                 }
+                var ca: String?, serverName: String?
+                if case .tls? = endpoint {
+                    ca = u.string("ca", required: true)
+                    serverName = u.string("server_name")
+                } else if u.has("ca") || u.has("server_name") {
+                    reader.fail(u.key(u.has("ca") ? "ca" : "server_name"), "\"ca\" and \"server_name\" belong to tls:// upstreams only")
+                }
                 if let endpoint, let key {
-                    c.upstreams.append(Upstream(name: name, endpoint: endpoint, key: key, priority: priority, domains: domains))
+                    c.upstreams.append(Upstream(name: name, endpoint: endpoint, key: key, priority: priority, domains: domains, caPath: ca, serverName: serverName))
                 }
             }
             if doc.tables("upstream").isEmpty { reader.fail("", "no [[upstream]]: an edge agent needs at least one upstream daemon") }
@@ -233,10 +254,17 @@ extension DaemonConfig {
             doc.rejectUnknownKeys(["node", "api", "heartbeat", "reconnect", "register", "listen", "peer"])
             c.node = reader.nodeConfig(doc)
             for l in doc.tables("listen") {
-                l.rejectUnknownKeys(["url"])
+                l.rejectUnknownKeys(["url", "cert", "key"])
                 if let e = reader.endpoint(l, "url") {
-                    if c.listen.contains(e) { reader.fail(l.key("url"), "\(e) is listed twice") }
-                    c.listen.append(e)
+                    if c.listen.contains(where: { $0.endpoint == e }) { reader.fail(l.key("url"), "\(e) is listed twice") }
+                    var listener = Listener(endpoint: e)
+                    if case .tls = e {
+                        listener.certPath = l.string("cert", required: true)
+                        listener.keyPath = l.string("key", required: true)
+                    } else if l.has("cert") || l.has("key") {
+                        reader.fail(l.key(l.has("cert") ? "cert" : "key"), "\"cert\" and \"key\" belong to tls:// listeners only")
+                    }
+                    c.listen.append(listener)
                 }
             }
             var names = Set<String>(), keys = Set<String>()

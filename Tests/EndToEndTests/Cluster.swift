@@ -19,9 +19,16 @@ final class Cluster {
     let daemonLink: String
     let edgeLink: String
 
+    /// Extra keys for the daemon's [[listen]] and the edges' [[upstream]] (TLS files).
+    let listenExtra: String
+    let upstreamExtra: String
+
     init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], extraDaemonToml: String = "",
-         daemonLink: String? = nil, edgeLink: String? = nil) throws {
-        let dir = TemporaryDirectory()
+         daemonLink: String? = nil, edgeLink: String? = nil, listenExtra: String = "", upstreamExtra: String = "",
+         directory: TemporaryDirectory? = nil) throws {
+        self.listenExtra = listenExtra
+        self.upstreamExtra = upstreamExtra
+        let dir = directory ?? TemporaryDirectory()
         self.dir = dir
         self.daemonLink = daemonLink ?? "unix://\(dir.file("link.sock"))"
         self.edgeLink = edgeLink ?? self.daemonLink
@@ -47,6 +54,7 @@ final class Cluster {
             interval_ms = 200
             [[listen]]
             url = "\(self.daemonLink)"
+            \(listenExtra)
             \(peers)\(extraDaemonToml)
             """)
         for name in names { try writeEdgeConfig(name, key: edgeKeys[name]!) }
@@ -71,6 +79,7 @@ final class Cluster {
             name = "primary"
             url = "\(edgeLink)"
             key = "\(daemonKey.publicKey.hex)"
+            \(upstreamExtra)
             """)
     }
 

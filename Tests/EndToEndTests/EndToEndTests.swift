@@ -343,3 +343,73 @@ enum RawSocket {
         #expect(good.wait() == 0)
     }
 }
+
+/// The same sync scenario over every transport.
+@Suite(.serialized) struct TransportTests {
+    enum Transport: String, CaseIterable, Sendable { case unix, tcp, tls }
+
+    /// A throwaway CA and a certificate for "localhost" signed by it, made with openssl.
+    static func certificates(in dir: TemporaryDirectory, caName: String = "ca") throws {
+        func openssl(_ arguments: [String]) throws {
+            let p = try ChildProcess("/usr/bin/openssl", arguments)
+            guard p.wait() == 0 else { throw APIClientError("openssl \(arguments.first ?? "") failed") }
+        }
+        let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        try openssl(["req", "-x509"] + curve + ["-keyout", dir.file("\(caName).key"), "-out", dir.file("\(caName).pem"), "-days", "2", "-subj", "/CN=spook test \(caName)"])
+        if caName != "ca" { return }
+        try openssl(["req"] + curve + ["-keyout", dir.file("server.key"), "-out", dir.file("server.csr"), "-subj", "/CN=localhost"])
+        let ext = dir.file("ext.cnf")
+        let fd = open(ext, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = "subjectAltName=DNS:localhost\n".withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        try openssl(["x509", "-req", "-in", dir.file("server.csr"), "-CA", dir.file("ca.pem"), "-CAkey", dir.file("ca.key"), "-CAcreateserial",
+                     "-out", dir.file("server.pem"), "-days", "2", "-extfile", ext])
+    }
+
+    static func cluster(_ transport: Transport, trust ca: String = "ca") throws -> Cluster {
+        let dir = TemporaryDirectory()
+        switch transport {
+        case .unix:
+            return try Cluster(directory: dir)
+        case .tcp:
+            let port = try CuttableProxy.freePort()
+            return try Cluster(daemonLink: "tcp://127.0.0.1:\(port)", directory: dir)
+        case .tls:
+            try certificates(in: dir)
+            if ca != "ca" { try certificates(in: dir, caName: ca) }
+            let port = try CuttableProxy.freePort()
+            return try Cluster(daemonLink: "tls://127.0.0.1:\(port)",
+                               listenExtra: "cert = \"\(dir.file("server.pem"))\"\nkey = \"\(dir.file("server.key"))\"",
+                               upstreamExtra: "ca = \"\(dir.file("\(ca).pem"))\"\nserver_name = \"localhost\"", directory: dir)
+        }
+    }
+
+    @Test(arguments: Transport.allCases)
+    func theSameScenarioOverEveryTransport(_ transport: Transport) throws {
+        let c = try Self.cluster(transport)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("the edge to be coherent over \(transport)") { c.coherent() }
+        for i in 0..<200 { try c.set("gw1", "site1.l1/\(transport)/r\(i % 20)", .int(Int64(i))) }
+        try c.set("spookd", "site1.l1/\(transport)/from-up", .string("hello"))
+        try c.waitFor("writes both ways") {
+            c.value("spookd", "site1.l1/\(transport)/r19") == .int(199) && c.value("gw1", "site1.l1/\(transport)/from-up") == .string("hello")
+        }
+        let origin = c.edgeKeys["gw1"]!.origin.description
+        try c.waitFor("equal vectors") { (try c.status("spookd"))["vector"]?[origin] == (try c.status("gw1"))["vector"]?[origin] }
+    }
+
+    @Test func aTLSUpstreamWithAnotherCAIsNeverTrusted() throws {
+        let c = try Self.cluster(.tls, trust: "otherca")
+        try c.startDaemon()
+        try c.startEdge()
+        try c.set("gw1", "site1.l1/tls/secret", .int(1))
+        // The edge keeps retrying with backoff; give it time for several attempts.
+        let deadline = Cluster.nowMs() + 1_500
+        while Cluster.nowMs() < deadline {
+            #expect(!c.coherent(), "a daemon whose certificate does not chain to the configured CA must not be trusted")
+            #expect(c.value("spookd", "site1.l1/tls/secret") == nil)
+            usleep(100_000)
+        }
+    }
+}

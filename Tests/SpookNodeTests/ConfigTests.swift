@@ -13,7 +13,7 @@ import Testing
         #expect(edge.upstreams.first?.domains.map(\.description) == ["site1.*"])
         #expect(edge.node.schema.spec(for: try QRegisterName("site1.l3/pump7/speed")) == RegisterSpec(type: .int, policy: .device))
         let daemon = try DaemonConfig.load(path: Self.repo.appendingPathComponent("configs/spookd.toml").path)
-        #expect(daemon.listen == [.tcp(host: "127.0.0.1", port: 7400), .unix(path: "/run/spook/spookd.link")])
+        #expect(daemon.listen.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400), .unix(path: "/run/spook/spookd.link")])
         #expect(daemon.peers.first?.grant.mayWrite(try QDomain("site1.l3")) == true)
         #expect(daemon.peers.first?.grant.mayWrite(try QDomain("site2")) == false)
     }
@@ -59,7 +59,7 @@ import Testing
             "edge.toml:18:1: \"tcp://host:70000\": port 70000 is out of range 1…65535",
             "edge.toml:19:1: \"key\" must be a public key of 64 hex digits (spookctl keygen prints it), got 3 characters",
             "edge.toml:22:1: upstream \"a\" is defined twice",
-            "edge.toml:23:1: \"http://x\": unknown scheme; use unix:///path or tcp://host:port",
+            "edge.toml:23:1: \"http://x\": unknown scheme; use unix:///path, tcp://host:port or tls://host:port",
             "edge.toml:25:1: domains[0]: pattern \"site1.*.x\": \"*\" may only stand alone or as the last label (\"site1.*\")",
         ]
         #expect(lines == expected, "got:\n\(lines.joined(separator: "\n"))")
@@ -94,6 +94,7 @@ import Testing
         #expect(try Endpoint.parse("tcp://[::1]:7400") == .tcp(host: "::1", port: 7400))
         #expect(try Endpoint.parse("unix:///run/x.sock") == .unix(path: "/run/x.sock"))
         #expect(throws: (any Error).self) { try Endpoint.parse("unix://relative") }
-        #expect(throws: (any Error).self) { try Endpoint.parse("tls://h:1") }
+        #expect(try Endpoint.parse("tls://h:1") == .tls(host: "h", port: 1))
+        #expect(throws: (any Error).self) { try Endpoint.parse("wss://h:1/x") }
     }
 }
