@@ -166,7 +166,9 @@ final class LocalAPI: @unchecked Sendable {
         pending = []
         guard !batch.isEmpty else { return }
         do {
+            let started = ContinuousClock.now
             let results = try node.store.commitLocal(batch.map(\.write), origin: node.origin, physicalMs: node.clock.nowMs())
+            node.metrics.commitSeconds.record(ContinuousClock.now - started)
             for (entry, result) in zip(batch, results) { entry.reply(result) }
             flushAll()
             node.afterStoreChange(except: nil)

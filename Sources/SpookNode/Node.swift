@@ -80,6 +80,7 @@ public final class Node: @unchecked Sendable {
     var api: LocalAPI!
     var daemonTimer: RepeatedTask?
     let authorisation: Authorisation?
+    let metrics = NodeMetrics()
 
     public init(role: Role, logger: Logger, clock: any PhysicalClock = SystemClock()) throws {
         self.role = role
@@ -107,6 +108,10 @@ public final class Node: @unchecked Sendable {
         api = LocalAPI(node: self)
         try loop.submit { self.store.onChange = { [unowned self] changed in self.api.changed(changed) } }.wait()
         try api.listen(path: config.apiSocket, group: ioGroup)
+        if let m = config.metricsListen {
+            try metrics.listen(host: m.host, port: m.port, group: ioGroup, node: self)
+            logger.info("metrics", metadata: ["listen": "http://\(m.host):\(m.port)/metrics"])
+        }
         switch role {
         case .daemon(let c):
             for listener in c.listen {
@@ -175,6 +180,7 @@ public final class Node: @unchecked Sendable {
             for link in self.links.values { self.send(.close(message: "shutting down"), on: link) }
         }.wait()
         for s in servers { try? s.close().wait() }
+        try? metrics.server?.close().wait()
         api?.close()
         for link in (try? loop.submit { Array(self.links.values) }.wait()) ?? [] { try? link.channel.close().wait() }
         try? loop.submit { self.store.close() }.wait()
@@ -245,7 +251,9 @@ public final class Node: @unchecked Sendable {
                 }
             }
             guard var session = link.session else { return }
+            let started = ContinuousClock.now
             let replies = try session.receive(message, store, nowMs: clock.nowMs())
+            if case .deltas = message { metrics.commitSeconds.record(ContinuousClock.now - started) }
             link.session = session
             for reply in replies { send(reply, on: link) }
             afterStoreChange(except: nil)
@@ -307,6 +315,7 @@ public final class Node: @unchecked Sendable {
     }
 
     func refuse(_ link: Link, _ error: WireError) {
+        metrics.refused(error.code.name)
         logger.warning("link refused", metadata: ["link": "\(link.id)", "code": "\(error.code)", "reason": "\(error.message)"])
         send(.error(code: error.code, message: error.message), on: link)
         link.channel.close(promise: nil)
@@ -377,6 +386,7 @@ public final class Node: @unchecked Sendable {
             upstreams[u].heartbeat?.cancel()
             upstreams[u].heartbeat = nil
         case .scheduleReconnect(let delayMs):
+            metrics.reconnects.increment()
             logger.info("reconnecting later", metadata: ["upstream": "\(upstream.config.name)", "delay_ms": "\(delayMs)"])
             upstreams[u].reconnect = loop.scheduleTask(in: .milliseconds(Int64(delayMs))) { self.drive(u, .reconnectTimerFired) }
         case .cancelReconnect:

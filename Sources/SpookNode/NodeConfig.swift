@@ -63,6 +63,8 @@ public struct NodeConfig: Sendable {
     public var heartbeatsMissedMax: UInt32 = 3
     public var reconnectBaseMs: UInt64 = 500
     public var reconnectCapMs: UInt64 = 30_000
+    /// Where to serve Prometheus metrics (`GET /metrics`); nil: not served.
+    public var metricsListen: (host: String, port: Int)?
     public var schema = Schema()
 }
 
@@ -148,6 +150,16 @@ extension ConfigReader {
         } else {
             fail("", "the [api] table is missing (it names the local API socket)")
         }
+        if let m = doc.table("metrics") {
+            m.rejectUnknownKeys(["listen"])
+            if let text = m.string("listen", required: true) {
+                if case .tcp(let host, let port)? = try? Endpoint.parse("tcp://\(text)") {
+                    c.metricsListen = (host, port)
+                } else {
+                    fail("metrics.listen", "\"listen\" = \"\(text)\" must be HOST:PORT, e.g. 127.0.0.1:9464")
+                }
+            }
+        }
         if let hb = doc.table("heartbeat") {
             hb.rejectUnknownKeys(["interval_ms", "missed_max"])
             c.heartbeatIntervalMs = UInt64(hb.int("interval_ms", in: 50...600_000) ?? Int(c.heartbeatIntervalMs))
@@ -201,7 +213,7 @@ extension EdgeConfig {
         let reader = ConfigReader(file: file, text: text)
         var c = EdgeConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "heartbeat", "reconnect", "register", "upstream"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "reconnect", "register", "upstream"])
             c.node = reader.nodeConfig(doc)
             // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
             if (try? QDomain("spook.\(c.node.name)")) == nil {
@@ -251,7 +263,7 @@ extension DaemonConfig {
         let reader = ConfigReader(file: file, text: text)
         var c = DaemonConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "heartbeat", "reconnect", "register", "listen", "peer"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "reconnect", "register", "listen", "peer"])
             c.node = reader.nodeConfig(doc)
             for l in doc.tables("listen") {
                 l.rejectUnknownKeys(["url", "cert", "key"])

@@ -413,3 +413,43 @@ enum RawSocket {
         }
     }
 }
+
+@Suite struct MetricsTests {
+    /// GET `path` from 127.0.0.1:`port`; the whole response.
+    static func get(_ port: Int, _ path: String) throws -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { throw APIClientError("connect :\(port): \(errno)") }
+        let request = "GET \(path) HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        _ = request.withCString { write(fd, $0, strlen($0)) }
+        return String(decoding: RawSocket.readAll(fd), as: UTF8.self)
+    }
+
+    @Test func prometheusMetricsDescribeTheLinksAndCommits() throws {
+        let port = try CuttableProxy.freePort()
+        let c = try Cluster(extraDaemonToml: "[metrics]\nlisten = \"127.0.0.1:\(port)\"\n")
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("the edge to be coherent") { c.coherent() }
+        try c.set("gw1", "site1.l1/m/r", .int(1))
+        try c.waitFor("the write upstream") { c.value("spookd", "site1.l1/m/r") == .int(1) }
+        var text = ""
+        try c.waitFor("the link to show as online") {
+            text = try Self.get(port, "/metrics")
+            return text.contains("spook_link_online{link=\"gw1\"} 1")
+        }
+        #expect(text.hasPrefix("HTTP/1.1 200 OK"))
+        #expect(text.contains("\nspook_links 1"))
+        #expect(text.contains("# TYPE spook_commit_seconds histogram"))
+        let held = text.split(separator: "\n").first { $0.hasPrefix("spook_deltas_held_total ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        #expect((held ?? 0) >= 1, "deltas held: \(held.map { "\($0)" } ?? "missing")")
+        let commits = text.split(separator: "\n").first { $0.hasPrefix("spook_commit_seconds_count") }.flatMap { Double($0.split(separator: " ")[1]) }
+        #expect((commits ?? 0) >= 1, "received DELTAS commits are timed")
+        #expect(try Self.get(port, "/other").hasPrefix("HTTP/1.1 404"))
+    }
+}

@@ -1,0 +1,99 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+
+/// The node's Prometheus metrics (swift-prometheus), served as text on
+/// `GET /metrics` when `[metrics] listen` is set. Counters are bumped where
+/// things happen; gauges are read from the node when scraped.
+final class NodeMetrics: @unchecked Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let commitSeconds: DurationHistogram
+    let reconnects: Counter
+    let deltasHeld: Counter
+    let links: Gauge
+    var lastHeld: UInt64 = 0
+    var server: Channel?
+
+    /// `spook_<metric>_<unit>`.
+    static func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "spook", metricName: metric, unitName: unit, helpText: help)
+    }
+
+    static var refusedName: MetricNameDescriptor { name("links_refused", "total", "Links closed with an ERROR frame, by code") }
+    static var lagName: MetricNameDescriptor { name("link_lag", "deltas", "Deltas the peer has not acknowledged") }
+    static var onlineName: MetricNameDescriptor { name("link", "online", "1 while the link is coherent") }
+    static var bytesName: MetricNameDescriptor { name("link_sent", "bytes", "Frame bytes sent on the current connection") }
+
+    init() {
+        commitSeconds = registry.makeDurationHistogram(
+            descriptor: NodeMetrics.name("commit", "seconds", "Time to make a StateBlock durable (local writes and received DELTAS)"),
+            buckets: [.microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(250)])
+        reconnects = registry.makeCounter(descriptor: NodeMetrics.name("reconnects", "total", "Reconnect attempts scheduled by upstream HalfPairs"))
+        deltasHeld = registry.makeCounter(descriptor: NodeMetrics.name("deltas_held", "total", "Deltas held by this node's store (rate() is deltas/s)"))
+        links = registry.makeGauge(descriptor: NodeMetrics.name("links", "", "Links past the handshake"))
+    }
+
+    func refused(_ code: String) {
+        registry.makeCounter(descriptor: NodeMetrics.refusedName, labels: [("code", code)]).increment()
+    }
+
+    /// Reads the node's gauges (on the node loop), then renders everything.
+    func scrape(_ node: Node) -> [UInt8] {
+        let held = node.store.vector.total
+        if held > lastHeld { deltasHeld.increment(by: Int64(held - lastHeld)) }
+        lastHeld = held
+        let status = node.linkStatus()
+        links.set(to: Double(status.filter { $0.peer != "-" }.count))
+        for l in status {
+            registry.makeGauge(descriptor: NodeMetrics.lagName, labels: [("link", l.name)]).set(to: Double(l.lag))
+            registry.makeGauge(descriptor: NodeMetrics.onlineName, labels: [("link", l.name)]).set(to: l.online ? 1.0 : 0.0)
+            registry.makeGauge(descriptor: NodeMetrics.bytesName, labels: [("link", l.name)]).set(to: Double(l.bytesSent))
+        }
+        return registry.emitToBuffer()
+    }
+
+    func listen(host: String, port: Int, group: EventLoopGroup, node: Node) throws {
+        server = try ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.pipeline.configureHTTPServerPipeline().flatMap {
+                    channel.pipeline.addHandler(MetricsHTTPHandler(node: node))
+                }
+            }
+            .bind(host: host, port: port)
+            .wait()
+    }
+}
+
+/// `GET /metrics` → the text exposition format; anything else → 404.
+final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let node: Node
+    var path = ""
+
+    init(node: Node) { self.node = node }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            path = head.uri
+        case .body:
+            break
+        case .end:
+            let channel = context.channel
+            let found = path == "/metrics"
+            let node = self.node
+            node.loop.submit { found ? node.metrics.scrape(node) : Array("not found; try /metrics\n".utf8) }.whenSuccess { body in
+                var headers = HTTPHeaders()
+                headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4" : "text/plain")
+                headers.add(name: "Content-Length", value: "\(body.count)")
+                headers.add(name: "Connection", value: "close")
+                channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers)), promise: nil)
+                channel.write(HTTPServerResponsePart.body(.byteBuffer(channel.allocator.buffer(bytes: body))), promise: nil)
+                channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+            }
+        }
+    }
+}
