@@ -8,12 +8,16 @@ public struct Authorisation: Sendable {
     public struct Grant: Sendable, Hashable {
         public var read: [QDomainPattern]
         public var write: [QDomainPattern]
-        public init(read: [QDomainPattern], write: [QDomainPattern]) {
+        /// Domains whose devices this peer hosts: only it may write `reported` there.
+        public var owns: [QDomainPattern]
+        public init(read: [QDomainPattern], write: [QDomainPattern], owns: [QDomainPattern] = []) {
             self.read = read
             self.write = write
+            self.owns = owns
         }
         public func mayRead(_ domain: QDomain) -> Bool { read.contains { $0.matches(domain) } }
         public func mayWrite(_ domain: QDomain) -> Bool { write.contains { $0.matches(domain) } }
+        public func owns(_ domain: QDomain) -> Bool { owns.contains { $0.matches(domain) } }
     }
 
     /// Public key (32 bytes, hex) → grant.

@@ -248,6 +248,10 @@ public final class Node: @unchecked Sendable {
                     guard d.origin == peer.origin else {
                         throw WireError(.forbidden, "\(peer.origin) sent delta \(d.id) of another origin that this daemon does not hold")
                     }
+                    // The device policy: only the agent that hosts a device reports its state.
+                    if d.writes.contains(where: { $0.kind == .report }), !grant.owns(d.group.domain) {
+                        throw WireError(.forbidden, "\(peer.origin) may not write reported values in \(d.group) (domain \(d.group.domain) is not in its \"owns\")")
+                    }
                 }
             }
             guard var session = link.session else { return }

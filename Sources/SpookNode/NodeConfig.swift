@@ -281,7 +281,7 @@ extension DaemonConfig {
             }
             var names = Set<String>(), keys = Set<String>()
             for p in doc.tables("peer") {
-                p.rejectUnknownKeys(["name", "key", "read", "write"])
+                p.rejectUnknownKeys(["name", "key", "read", "write", "owns"])
                 let name = p.string("name", required: true) ?? ""
                 if !name.isEmpty && !names.insert(name).inserted { reader.fail(p.key("name"), "peer \"\(name)\" is defined twice") }
                 let key = reader.hexKey(p, "key")
@@ -294,7 +294,7 @@ extension DaemonConfig {
                         return nil
                     }
                 }
-                let grant = Authorisation.Grant(read: patterns("read"), write: patterns("write"))
+                let grant = Authorisation.Grant(read: patterns("read"), write: patterns("write"), owns: patterns("owns"))
                 if let key { c.peers.append(Peer(name: name, key: key, grant: grant)) }
             }
             if c.listen.isEmpty && doc.tables("listen").isEmpty { reader.fail("", "no [[listen]]: spookd needs at least one address to accept links on") }

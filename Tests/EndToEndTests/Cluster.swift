@@ -23,7 +23,7 @@ final class Cluster {
     let listenExtra: String
     let upstreamExtra: String
 
-    init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], extraDaemonToml: String = "",
+    init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], owns: [String: [String]] = [:], extraDaemonToml: String = "",
          daemonLink: String? = nil, edgeLink: String? = nil, listenExtra: String = "", upstreamExtra: String = "",
          directory: TemporaryDirectory? = nil) throws {
         self.listenExtra = listenExtra
@@ -40,7 +40,8 @@ final class Cluster {
             try key.save(path: dir.file("\(name).key"))
             edgeKeys[name] = key
             let write = (grants[name] ?? ["site1.*", "spook.*"]).map { "\"\($0)\"" }.joined(separator: ", ")
-            peers += "[[peer]]\nname = \"\(name)\"\nkey = \"\(key.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\(write)]\n\n"
+            let owned = (owns[name] ?? []).map { "\"\($0)\"" }.joined(separator: ", ")
+            peers += "[[peer]]\nname = \"\(name)\"\nkey = \"\(key.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\(write)]\nowns = [\(owned)]\n\n"
         }
         try write("spookd.toml", """
             [node]

@@ -453,3 +453,79 @@ enum RawSocket {
         #expect(try Self.get(port, "/other").hasPrefix("HTTP/1.1 404"))
     }
 }
+
+/// A hand-driven ETCP peer: the real handshake and frames over a socket, so a
+/// test can send spookd exactly the deltas it wants (a device report, say).
+final class RawPeer {
+    let fd: Int32
+    var decoder = FrameDecoder()
+    let identity: Identity
+
+    init(socket path: String, identity: Identity, daemonKey: [UInt8]) throws {
+        self.identity = identity
+        fd = try RawSocket.connect(path)
+        var handshake = Handshake(side: .initiator, identity: identity, role: .agent, nonce: (0..<32).map { _ in UInt8.random(in: 0...255) },
+                                  subscriptions: [], node: "raw", isAuthorised: { $0 == daemonKey })
+        try send(handshake.start())
+        while handshake.peer == nil {
+            for reply in try handshake.receive(try next()) { try send(reply) }
+        }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ m: Message) throws {
+        let bytes = m.frame.encoded
+        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count else { throw APIClientError("short write") }
+    }
+
+    /// The next frame, or an error after 20 s or at end of stream.
+    func next() throws -> Message {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let f = try decoder.next() { return try Message(frame: f) }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, 20_000) > 0 else { throw APIClientError("no frame within 20 s") }
+            let n = read(fd, &chunk, chunk.count)
+            guard n > 0 else { throw APIClientError("the daemon closed the link") }
+            decoder.feed(chunk[..<n])
+        }
+    }
+
+    /// Sends one delta and returns the first ACK or ERROR that answers it.
+    func deliver(_ delta: Delta) throws -> Message {
+        try send(.vector(QStateVector()))
+        try send(.deltas([delta]))
+        while true {
+            let m = try next()
+            switch m {
+            case .ack(let v) where v.contains(delta.id): return m
+            case .error: return m
+            default: continue
+            }
+        }
+    }
+}
+
+@Suite struct DevicePolicyTests {
+    @Test func onlyTheOwningAgentMayReportADevice() throws {
+        let c = try Cluster(edges: ["owner", "other"], owns: ["owner": ["site1.*"]],
+                            extraDaemonToml: "[[register]]\ndomain = \"site1.*\"\ngroup = \"pump\"\nname = \"rpm\"\ntype = \"int\"\npolicy = \"device\"\n")
+        try c.startDaemon()
+        let group = try QGroupName("site1.l1/pump")
+        let other = try RawPeer(socket: c.dir.file("link.sock"), identity: c.edgeKeys["other"]!, daemonKey: c.daemonKey.publicKey)
+        let forged = try Delta(origin: c.edgeKeys["other"]!.origin, seq: 1, hlc: HLCTimestamp(ms: 1_000, counter: 0), group: group, writes: [Write("rpm", .report, .int(666))])
+        guard case .error(let code, let text) = try other.deliver(forged) else { Issue.record("a report from a non-owner was accepted"); return }
+        #expect(code == .forbidden && text.contains("may not write reported values in site1.l1/pump"), "\(text)")
+
+        let owner = try RawPeer(socket: c.dir.file("link.sock"), identity: c.edgeKeys["owner"]!, daemonKey: c.daemonKey.publicKey)
+        let report = try Delta(origin: c.edgeKeys["owner"]!.origin, seq: 1, hlc: HLCTimestamp(ms: 2_000, counter: 0), group: group, writes: [Write("rpm", .report, .int(1450))])
+        guard case .ack = try owner.deliver(report) else { Issue.record("the owner's report was refused"); return }
+        let rpm = try c.call("spookd", .object(["op": .string("get"), "register": .string("site1.l1/pump/rpm")]))["register"]
+        #expect(rpm?["reported"]?["value"] == .int(1450))
+        // Anyone with write rights may desire.
+        let desire = try Delta(origin: c.edgeKeys["other"]!.origin, seq: 1, hlc: HLCTimestamp(ms: 3_000, counter: 0), group: group, writes: [Write("rpm", .desire, .int(1500))])
+        let again = try RawPeer(socket: c.dir.file("link.sock"), identity: c.edgeKeys["other"]!, daemonKey: c.daemonKey.publicKey)
+        guard case .ack = try again.deliver(desire) else { Issue.record("a desire was refused"); return }
+    }
+}
