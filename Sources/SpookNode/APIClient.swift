@@ -37,7 +37,8 @@ public final class APIClient {
         let bytes = request.serialized + [UInt8(ascii: "\n")]
         var sent = 0
         while sent < bytes.count {
-            let n = bytes[sent...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            // MSG_NOSIGNAL: a daemon that went away is an error here, not a SIGPIPE that kills the caller.
+            let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             guard n > 0 else { throw APIClientError("write: \(String(cString: strerror(errno)))") }
             sent += n
         }

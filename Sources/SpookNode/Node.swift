@@ -43,6 +43,8 @@ public final class Node: @unchecked Sendable {
         var lastHeardMs: UInt64
         /// Frame bytes sent on this link since it opened (catch-up cost shows here).
         var bytesSent = 0
+        /// Our HELLO, until the stream can carry it (after a WebSocket upgrade).
+        var pendingHello: Message?
 
         init(id: Int, channel: Channel, handshake: Handshake, upstream: Int?, nowMs: UInt64) {
             self.id = id
@@ -128,9 +130,16 @@ public final class Node: @unchecked Sendable {
                         } else {
                             secured = channel.eventLoop.makeSucceededVoidFuture()
                         }
-                        return secured.flatMap { self.loop.submit { self.accepted(channel) } }.flatMap { id in
-                            channel.pipeline.addHandler(FrameHandler(node: self, link: id))
+                        // The link starts (HELLO goes out) once the stream can carry frames.
+                        let start: @Sendable (Channel) -> EventLoopFuture<Void> = { channel in
+                            self.loop.submit { self.accepted(channel) }.flatMap { id in
+                                channel.pipeline.addHandler(FrameHandler(node: self, link: id))
+                            }
                         }
+                        if case .websocket(_, _, let path, _) = endpoint {
+                            return secured.flatMap { WebSocketLink.configureServer(channel, path: path, ready: start) }
+                        }
+                        return secured.flatMap { start(channel) }
                     }
                     .bind(to: endpoint)
                     .wait()
@@ -411,7 +420,13 @@ public final class Node: @unchecked Sendable {
         nextID += 1
         upstreams[u].link = id
         let tls: (NIOSSLContext, String)?
-        if case .tls(let host, _) = endpoint {
+        let tlsHost: String? = {
+            switch endpoint {
+            case .tls(let host, _), .websocket(let host, _, _, true): host
+            default: nil
+            }
+        }()
+        if let host = tlsHost {
             do {
                 tls = (try Node.clientTLS(ca: upstreams[u].config.caPath ?? ""), upstreams[u].config.serverName ?? host)
             } catch {
@@ -434,16 +449,32 @@ public final class Node: @unchecked Sendable {
                 } else {
                     secured = channel.eventLoop.makeSucceededVoidFuture()
                 }
-                return secured.flatMap { self.loop.submit {
+                let register = secured.flatMap { self.loop.submit {
                     let handshake = Handshake(side: .initiator, identity: self.identity, role: .agent, nonce: Node.nonce(),
                                               subscriptions: self.upstreams[u].config.domains, node: self.config.name, isAuthorised: { $0 == pinned })
-                    self.links[id] = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs())
-                } }.flatMap { channel.pipeline.addHandler(FrameHandler(node: self, link: id)) }
+                    let link = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs())
+                    link.pendingHello = link.handshake.start()
+                    self.links[id] = link
+                } }
+                // A close at any stage, before or after an upgrade, reaches the node.
+                channel.closeFuture.whenComplete { _ in self.loop.execute { self.closed(id) } }
+                if case .websocket(let host, _, let path, _) = endpoint {
+                    // Frames flow, and HELLO goes out, only once the upgrade succeeded.
+                    return register.flatMap {
+                        WebSocketLink.configureClient(channel, host: host, path: path) { channel in
+                            channel.pipeline.addHandler(FrameHandler(node: self, link: id)).flatMap {
+                                self.loop.submit { if let link = self.links[id] { self.sendPendingHello(link) } }
+                            }
+                        }
+                    }
+                }
+                return register.flatMap { channel.pipeline.addHandler(FrameHandler(node: self, link: id)) }
             }
         let connecting: EventLoopFuture<Channel>
         switch endpoint {
         case .unix(let path): connecting = bootstrap.connect(unixDomainSocketPath: path)
-        case .tcp(let host, let port), .tls(let host, let port): connecting = bootstrap.connect(host: host, port: port)
+        case .tcp(let host, let port), .tls(let host, let port), .websocket(let host, let port, _, _):
+            connecting = bootstrap.connect(host: host, port: port)
         }
         connecting.hop(to: loop).whenComplete { result in
             switch result {
@@ -456,7 +487,7 @@ public final class Node: @unchecked Sendable {
                 }
             case .success:
                 guard let link = self.links[id] else { return }  // closed already: `closed` drove linkDown
-                self.send(link.handshake.start(), on: link)
+                if case .websocket = endpoint {} else { self.sendPendingHello(link) }
                 // A peer that accepts but never completes the handshake must not hold the HalfPair forever.
                 let timeout = TimeAmount.milliseconds(Int64(self.config.heartbeatIntervalMs * UInt64(self.config.heartbeatsMissedMax)))
                 self.loop.scheduleTask(in: timeout) {
@@ -464,6 +495,12 @@ public final class Node: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    func sendPendingHello(_ link: Link) {
+        guard let hello = link.pendingHello else { return }
+        link.pendingHello = nil
+        send(hello, on: link)
     }
 
     /// Writes the substrate's own registers for an upstream HalfPair.
@@ -537,7 +574,7 @@ extension ServerBootstrap {
                 chmod(path, 0o660)
                 return c
             }
-        case .tcp(let host, let port), .tls(let host, let port):
+        case .tcp(let host, let port), .tls(let host, let port), .websocket(let host, let port, _, _):
             return bind(host: host, port: port)
         }
     }

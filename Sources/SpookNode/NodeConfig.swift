@@ -11,6 +11,15 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     case tcp(host: String, port: Int)
     /// TCP with TLS; certificates come from the listener's or upstream's config.
     case tls(host: String, port: Int)
+    /// WebSocket binary messages at `path`, over TLS (wss://) or not (ws://).
+    case websocket(host: String, port: Int, path: String, tls: Bool)
+
+    public var isTLS: Bool {
+        switch self {
+        case .tls, .websocket(_, _, _, true): true
+        default: false
+        }
+    }
 
     /// Parses `unix:///run/spook/spookd.link` or `tcp://127.0.0.1:7400`.
     public static func parse(_ text: String) throws -> Endpoint {
@@ -32,9 +41,20 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
             return scheme == "tls://" ? .tls(host: host, port: port) : .tcp(host: host, port: port)
         }
         for scheme in ["wss://", "ws://"] where text.hasPrefix(scheme) {
-            throw EndpointError("\"\(text)\": the \(scheme) transport is not in this build yet (use unix://, tcp:// or tls://)")
+            let rest = text.dropFirst(scheme.count)
+            let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+            let authority = rest[..<slash]
+            let path = slash == rest.endIndex ? "/" : String(rest[slash...])
+            guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]) else {
+                throw EndpointError("\"\(text)\": expected \(scheme)HOST:PORT/PATH")
+            }
+            var host = String(authority[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            guard !host.isEmpty else { throw EndpointError("\"\(text)\": the host is empty") }
+            guard (1...65535).contains(port) else { throw EndpointError("\"\(text)\": port \(port) is out of range 1…65535") }
+            return .websocket(host: host, port: port, path: path, tls: scheme == "wss://")
         }
-        throw EndpointError("\"\(text)\": unknown scheme; use unix:///path, tcp://host:port or tls://host:port")
+        throw EndpointError("\"\(text)\": unknown scheme; use unix:///path, tcp://host:port, tls://host:port, ws://host:port/path or wss://host:port/path")
     }
 
     public var description: String {
@@ -42,6 +62,8 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
         case .unix(let path): "unix://\(path)"
         case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
         case .tls(let host, let port): host.contains(":") ? "tls://[\(host)]:\(port)" : "tls://\(host):\(port)"
+        case .websocket(let host, let port, let path, let tls):
+            "\(tls ? "wss" : "ws")://\(host.contains(":") ? "[\(host)]" : host):\(port)\(path)"
         }
     }
 }
@@ -237,11 +259,11 @@ extension EdgeConfig {
                     } catch {}
                 }
                 var ca: String?, serverName: String?
-                if case .tls? = endpoint {
+                if endpoint?.isTLS == true {
                     ca = u.string("ca", required: true)
                     serverName = u.string("server_name")
                 } else if u.has("ca") || u.has("server_name") {
-                    reader.fail(u.key(u.has("ca") ? "ca" : "server_name"), "\"ca\" and \"server_name\" belong to tls:// upstreams only")
+                    reader.fail(u.key(u.has("ca") ? "ca" : "server_name"), "\"ca\" and \"server_name\" belong to tls:// and wss:// upstreams only")
                 }
                 if let endpoint, let key {
                     c.upstreams.append(Upstream(name: name, endpoint: endpoint, key: key, priority: priority, domains: domains, caPath: ca, serverName: serverName))
@@ -270,11 +292,11 @@ extension DaemonConfig {
                 if let e = reader.endpoint(l, "url") {
                     if c.listen.contains(where: { $0.endpoint == e }) { reader.fail(l.key("url"), "\(e) is listed twice") }
                     var listener = Listener(endpoint: e)
-                    if case .tls = e {
+                    if e.isTLS {
                         listener.certPath = l.string("cert", required: true)
                         listener.keyPath = l.string("key", required: true)
                     } else if l.has("cert") || l.has("key") {
-                        reader.fail(l.key(l.has("cert") ? "cert" : "key"), "\"cert\" and \"key\" belong to tls:// listeners only")
+                        reader.fail(l.key(l.has("cert") ? "cert" : "key"), "\"cert\" and \"key\" belong to tls:// and wss:// listeners only")
                     }
                     c.listen.append(listener)
                 }

@@ -140,7 +140,7 @@ import Testing
         let fd = try RawSocket.connect(c.dir.file("link.sock"))
         defer { close(fd) }
         let garbage = Array("GET / HTTP/1.1\r\n\r\n".utf8)
-        _ = garbage.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        _ = garbage.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         let answer = RawSocket.readAll(fd)
         var decoder = FrameDecoder()
         decoder.feed(answer)
@@ -346,7 +346,7 @@ enum RawSocket {
 
 /// The same sync scenario over every transport.
 @Suite(.serialized) struct TransportTests {
-    enum Transport: String, CaseIterable, Sendable { case unix, tcp, tls }
+    enum Transport: String, CaseIterable, Sendable { case unix, tcp, tls, ws, wss }
 
     /// A throwaway CA and a certificate for "localhost" signed by it, made with openssl.
     static func certificates(in dir: TemporaryDirectory, caName: String = "ca") throws {
@@ -374,11 +374,15 @@ enum RawSocket {
         case .tcp:
             let port = try CuttableProxy.freePort()
             return try Cluster(daemonLink: "tcp://127.0.0.1:\(port)", directory: dir)
-        case .tls:
+        case .ws:
+            let port = try CuttableProxy.freePort()
+            return try Cluster(daemonLink: "ws://127.0.0.1:\(port)/spook", directory: dir)
+        case .tls, .wss:
             try certificates(in: dir)
             if ca != "ca" { try certificates(in: dir, caName: ca) }
             let port = try CuttableProxy.freePort()
-            return try Cluster(daemonLink: "tls://127.0.0.1:\(port)",
+            let url = transport == .tls ? "tls://127.0.0.1:\(port)" : "wss://127.0.0.1:\(port)/spook"
+            return try Cluster(daemonLink: url,
                                listenExtra: "cert = \"\(dir.file("server.pem"))\"\nkey = \"\(dir.file("server.key"))\"",
                                upstreamExtra: "ca = \"\(dir.file("\(ca).pem"))\"\nserver_name = \"localhost\"", directory: dir)
         }
@@ -392,8 +396,12 @@ enum RawSocket {
         try c.waitFor("the edge to be coherent over \(transport)") { c.coherent() }
         for i in 0..<200 { try c.set("gw1", "site1.l1/\(transport)/r\(i % 20)", .int(Int64(i))) }
         try c.set("spookd", "site1.l1/\(transport)/from-up", .string("hello"))
+        // Near the value size bound: a frame far bigger than one socket read or WebSocket default.
+        let big = String(repeating: "x", count: 60_000)
+        try c.set("gw1", "site1.l1/\(transport)/big", .string(big))
         try c.waitFor("writes both ways") {
             c.value("spookd", "site1.l1/\(transport)/r19") == .int(199) && c.value("gw1", "site1.l1/\(transport)/from-up") == .string("hello")
+                && c.value("spookd", "site1.l1/\(transport)/big") == .string(big)
         }
         let origin = c.edgeKeys["gw1"]!.origin.description
         try c.waitFor("equal vectors") { (try c.status("spookd"))["vector"]?[origin] == (try c.status("gw1"))["vector"]?[origin] }
@@ -426,7 +434,7 @@ enum RawSocket {
         let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard rc == 0 else { throw APIClientError("connect :\(port): \(errno)") }
         let request = "GET \(path) HTTP/1.1\r\nHost: localhost\r\n\r\n"
-        _ = request.withCString { write(fd, $0, strlen($0)) }
+        _ = request.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
         return String(decoding: RawSocket.readAll(fd), as: UTF8.self)
     }
 
@@ -476,7 +484,7 @@ final class RawPeer {
 
     func send(_ m: Message) throws {
         let bytes = m.frame.encoded
-        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == bytes.count else { throw APIClientError("short write") }
+        guard bytes.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == bytes.count else { throw APIClientError("short write") }
     }
 
     /// The next frame, or an error after 20 s or at end of stream.

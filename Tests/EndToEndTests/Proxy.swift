@@ -105,7 +105,7 @@ final class CuttableProxy: @unchecked Sendable {
                 if n <= 0 { break loop }
                 var sent = 0
                 while sent < n {
-                    let m = buffer[sent..<n].withUnsafeBytes { write(to, $0.baseAddress, $0.count) }
+                    let m = buffer[sent..<n].withUnsafeBytes { send(to, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                     if m <= 0 { break loop }
                     sent += m
                 }

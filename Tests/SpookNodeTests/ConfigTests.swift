@@ -59,7 +59,7 @@ import Testing
             "edge.toml:18:1: \"tcp://host:70000\": port 70000 is out of range 1…65535",
             "edge.toml:19:1: \"key\" must be a public key of 64 hex digits (spookctl keygen prints it), got 3 characters",
             "edge.toml:22:1: upstream \"a\" is defined twice",
-            "edge.toml:23:1: \"http://x\": unknown scheme; use unix:///path, tcp://host:port or tls://host:port",
+            "edge.toml:23:1: \"http://x\": unknown scheme; use unix:///path, tcp://host:port, tls://host:port, ws://host:port/path or wss://host:port/path",
             "edge.toml:25:1: domains[0]: pattern \"site1.*.x\": \"*\" may only stand alone or as the last label (\"site1.*\")",
         ]
         #expect(lines == expected, "got:\n\(lines.joined(separator: "\n"))")
@@ -95,6 +95,7 @@ import Testing
         #expect(try Endpoint.parse("unix:///run/x.sock") == .unix(path: "/run/x.sock"))
         #expect(throws: (any Error).self) { try Endpoint.parse("unix://relative") }
         #expect(try Endpoint.parse("tls://h:1") == .tls(host: "h", port: 1))
-        #expect(throws: (any Error).self) { try Endpoint.parse("wss://h:1/x") }
+        #expect(try Endpoint.parse("wss://h:1/spook") == .websocket(host: "h", port: 1, path: "/spook", tls: true))
+        #expect(try Endpoint.parse("ws://h:2") == .websocket(host: "h", port: 2, path: "/", tls: false))
     }
 }
