@@ -70,8 +70,8 @@ let package = Package(
         // Deterministic simulation of replicas over faulty links (tests and `spook-sim`).
         .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore", "SpookWire", "SpookLink"]),
 
-        .executableTarget(name: "spookd", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")]),
-        .executableTarget(name: "spook-edge", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "spookd", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "spook-edge", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "spookctl", dependencies: ["SpookNode", "SpookLink", "SpookCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "spook-sim",

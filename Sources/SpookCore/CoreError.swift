@@ -25,16 +25,6 @@ public struct CoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let truncated = Code("truncated")
         public static let malformed = Code("malformed")
         public static let illegalTransition = Code("illegal-transition")
-
-        /// Recovers a code from its `rawValue` (e.g. read from a conformance vector).
-        public static func named(_ rawValue: String) -> Code? {
-            let all: [Code] = [
-                .invalidName, .invalidPattern, .valueTooLarge, .invalidValue, .typeMismatch,
-                .kindNotAllowed, .notOwner, .emptyDelta, .tooManyWrites, .duplicateRegister,
-                .invalidSeq, .clockOverflow, .clockDrift, .truncated, .malformed, .illegalTransition,
-            ]
-            return all.first { $0.rawValue == rawValue }
-        }
     }
 
     public let code: Code

@@ -19,8 +19,5 @@ public struct SplitMix64: RandomNumberGenerator, Sendable {
         return z ^ (z >> 31)
     }
 
-    /// A child generator, independent of this one's future draws.
-    public mutating func fork() -> SplitMix64 { SplitMix64(seed: next()) }
-
     public mutating func chance(_ p: Double) -> Bool { Double(next() >> 11) / Double(1 << 53) < p }
 }

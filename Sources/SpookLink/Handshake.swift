@@ -15,7 +15,6 @@ public struct Authorisation: Sendable {
             self.write = write
             self.owns = owns
         }
-        public func mayRead(_ domain: QDomain) -> Bool { read.contains { $0.matches(domain) } }
         public func mayWrite(_ domain: QDomain) -> Bool { write.contains { $0.matches(domain) } }
         public func owns(_ domain: QDomain) -> Bool { owns.contains { $0.matches(domain) } }
     }

@@ -157,15 +157,6 @@ public final class ConfigReader {
             return i
         }
 
-        public func bool(_ k: String) -> Bool? {
-            guard let v = table[k] else { return nil }
-            guard let b = v.bool else {
-                reader.fail(key(k), "\"\(k)\" must be true or false, not \(v.type)")
-                return nil
-            }
-            return b
-        }
-
         public func strings(_ k: String) -> [String]? {
             guard let v = table[k] else { return nil }
             guard let array = v.array else {

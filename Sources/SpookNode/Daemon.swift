@@ -40,6 +40,27 @@ public enum DaemonMain {
         say("\(name): stopped")
     }
 
+    /// `check-config FILE`: every problem on stderr and exit 78, or "FILE: ok".
+    public static func checkConfig<C>(_ file: String, _ load: (String) throws -> C) throws -> Int32 {
+        do { _ = try load(file) } catch let e as ConfigError {
+            FileOutput.error(e.description)
+            return ConfigError.exitCode
+        }
+        say("\(file): ok")
+        return 0
+    }
+
+    /// `run --config FILE`: refuses (exit 78) a config `check-config` would reject, then runs.
+    public static func run<C>(config path: String, logLevel: String, name: String, _ load: (String) throws -> C, role: (C) -> Node.Role) throws -> Int32 {
+        let config: C
+        do { config = try load(path) } catch let e as ConfigError {
+            FileOutput.error(e.description)
+            return ConfigError.exitCode
+        }
+        try run(role(config), name: name, logLevel: Logger.Level(rawValue: logLevel) ?? .info)
+        return 0
+    }
+
     public static func say(_ line: String) {
         let text = line + "\n"
         _ = text.withCString { write(1, $0, strlen($0)) }

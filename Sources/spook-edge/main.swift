@@ -1,5 +1,4 @@
 import ArgumentParser
-import Logging
 import SpookNode
 
 struct SpookEdge: ParsableCommand {
@@ -15,12 +14,8 @@ struct SpookEdge: ParsableCommand {
         @Option(help: "trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
 
         func run() throws {
-            let config: EdgeConfig
-            do { config = try EdgeConfig.load(path: self.config) } catch let e as ConfigError {
-                FileOutput.error(e.description)
-                throw ExitCode(ConfigError.exitCode)
-            }
-            try DaemonMain.run(.edge(config), name: "spook-edge", logLevel: Logger.Level(rawValue: logLevel) ?? .info)
+            let status = try DaemonMain.run(config: config, logLevel: logLevel, name: "spook-edge", EdgeConfig.load, role: { .edge($0) })
+            if status != 0 { throw ExitCode(status) }
         }
     }
 
@@ -29,11 +24,8 @@ struct SpookEdge: ParsableCommand {
         @Argument(help: "The config file (TOML).") var file: String
 
         func run() throws {
-            do { _ = try EdgeConfig.load(path: file) } catch let e as ConfigError {
-                FileOutput.error(e.description)
-                throw ExitCode(ConfigError.exitCode)
-            }
-            print("\(file): ok")
+            let status = try DaemonMain.checkConfig(file, EdgeConfig.load)
+            if status != 0 { throw ExitCode(status) }
         }
     }
 }

@@ -1,10 +1,5 @@
 import ArgumentParser
-import Logging
 import SpookNode
-
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Spookd: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,12 +14,8 @@ struct Spookd: ParsableCommand {
         @Option(help: "trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
 
         func run() throws {
-            let config: DaemonConfig
-            do { config = try DaemonConfig.load(path: self.config) } catch let e as ConfigError {
-                FileOutput.error(e.description)
-                throw ExitCode(ConfigError.exitCode)
-            }
-            try DaemonMain.run(.daemon(config), name: "spookd", logLevel: Logger.Level(rawValue: logLevel) ?? .info)
+            let status = try DaemonMain.run(config: config, logLevel: logLevel, name: "spookd", DaemonConfig.load, role: { .daemon($0) })
+            if status != 0 { throw ExitCode(status) }
         }
     }
 
@@ -33,11 +24,8 @@ struct Spookd: ParsableCommand {
         @Argument(help: "The config file (TOML).") var file: String
 
         func run() throws {
-            do { _ = try DaemonConfig.load(path: file) } catch let e as ConfigError {
-                FileOutput.error(e.description)
-                throw ExitCode(ConfigError.exitCode)
-            }
-            print("\(file): ok")
+            let status = try DaemonMain.checkConfig(file, DaemonConfig.load)
+            if status != 0 { throw ExitCode(status) }
         }
     }
 }
