@@ -44,6 +44,10 @@ public struct SyncSession: Sendable {
     private var snapshotVector: QStateVector?
     private var snapshotChunks: [UInt32: [QRegisterName: RegisterState]] = [:]
 
+    /// A paused session still answers (ACK, VECTOR) and receives, but sends
+    /// no deltas: a standby link in a QRoute, ready to take over.
+    public var paused = false
+
     /// Counters for `$lag`, metrics and tests.
     public private(set) var deltasSent = 0
     public private(set) var deltasReceived = 0
@@ -143,7 +147,7 @@ public struct SyncSession: Sendable {
                 inFlight = 0
             }
         }
-        guard knowsPeer else { return out }
+        guard knowsPeer, !paused else { return out }
         sent.merge(acked)
         while inFlight < options.inFlightMax {
             let lacking = store.vector.lacking(in: sent)

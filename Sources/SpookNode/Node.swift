@@ -286,6 +286,7 @@ public final class Node: @unchecked Sendable {
         link.session = SyncSession(peer: peer.origin.description)
         if let u = link.upstream {
             upstreams[u].link = link.id
+            route()
             drive(u, .linkUp)
         } else {
             startSession(link)
@@ -305,8 +306,37 @@ public final class Node: @unchecked Sendable {
         }
     }
 
+    /// QRoute: the upstream that carries this agent's deltas is the linked
+    /// one (handshake done) of highest priority, ties by name: `upstreams` is
+    /// kept in that order. The others are standby: they receive, answer and
+    /// stay ready, but are sent nothing until they are selected.
+    var selectedUpstream: Int? {
+        upstreams.indices.first { u in upstreams[u].link.flatMap { links[$0]?.peer } != nil }
+    }
+
+    /// Pauses every standby session and resumes the selected one, which then
+    /// sends what its daemon lacks: failover and failback are a catch-up.
+    func route() {
+        guard case .edge = role else { return }
+        let selected = selectedUpstream
+        for u in upstreams.indices {
+            guard let id = upstreams[u].link, let link = links[id], var session = link.session else { continue }
+            let pause = u != selected
+            if session.paused != pause {
+                session.paused = pause
+                logger.info(pause ? "standby" : "carrying this agent's deltas", metadata: ["upstream": "\(upstreams[u].config.name)"])
+            }
+            link.session = session
+        }
+    }
+
     func checkCaughtUp(_ link: Link) {
-        guard let u = link.upstream, let session = link.session, session.isCaughtUp(store) else { return }
+        guard let u = link.upstream, let session = link.session else { return }
+        // A standby link is caught up once it holds what its daemon held: we send it nothing yet.
+        let caughtUp = session.paused
+            ? store.vector.merged(store.peerVector(session.peer)) == store.vector
+            : session.isCaughtUp(store)
+        guard caughtUp else { return }
         switch upstreams[u].pair.state {
         case .entangling(linkUp: true), .reentangling(_, linkUp: true): drive(u, .caughtUp)
         default: break
@@ -341,6 +371,8 @@ public final class Node: @unchecked Sendable {
         if let u = link.upstream, upstreams[u].link == id || upstreams[u].link == nil {
             upstreams[u].link = nil
             drive(u, .linkDown)
+            route()
+            afterStoreChange(except: nil)
         }
     }
 

@@ -537,3 +537,90 @@ final class RawPeer {
         guard case .ack = try again.deliver(desire) else { Issue.record("a desire was refused"); return }
     }
 }
+
+@Suite struct QRouteTests {
+    /// Two daemons; the agent's deltas go to the linked one of highest
+    /// priority, fail over to the other when it dies, and come back to it.
+    @Test func deltasFollowTheHighestPriorityLinkedUpstreamAndFailBack() throws {
+        let c = try Cluster(edges: ["gw1"])
+        // A second daemon, "backup", with its own key, store and link socket.
+        let backupKey = Identity()
+        try backupKey.save(path: c.dir.file("backup.key"))
+        try c.write("backup.toml", """
+            [node]
+            name = "backup"
+            key = "\(c.dir.file("backup.key"))"
+            data = "\(c.dir.file("backup.db"))"
+            sync = "normal"
+            [api]
+            socket = "\(c.dir.file("backup.sock"))"
+            [heartbeat]
+            interval_ms = 200
+            [[listen]]
+            url = "unix://\(c.dir.file("backup-link.sock"))"
+            [[peer]]
+            name = "gw1"
+            key = "\(c.edgeKeys["gw1"]!.publicKey.hex)"
+            read = ["*"]
+            write = ["*"]
+            """)
+        try c.write("gw1.toml", """
+            [node]
+            name = "gw1"
+            key = "\(c.dir.file("gw1.key"))"
+            data = "\(c.dir.file("gw1.db"))"
+            sync = "normal"
+            [api]
+            socket = "\(c.dir.file("gw1.sock"))"
+            [heartbeat]
+            interval_ms = 200
+            [reconnect]
+            base_ms = 50
+            cap_ms = 400
+            [[upstream]]
+            name = "primary"
+            url = "unix://\(c.dir.file("link.sock"))"
+            key = "\(c.daemonKey.publicKey.hex)"
+            priority = 10
+            [[upstream]]
+            name = "backup"
+            url = "unix://\(c.dir.file("backup-link.sock"))"
+            key = "\(backupKey.publicKey.hex)"
+            priority = 5
+            """)
+        try c.startDaemon()
+        let backup = try c.launch("spookd", "backup.toml")
+        defer { backup.signal(SIGTERM); backup.wait() }
+        try c.startEdge()
+        let origin = c.edgeKeys["gw1"]!.origin.description
+        func held(_ who: String) -> Int64 {
+            if case .int(let n)? = (try? c.status(who))?["vector"]?[origin] { return n }
+            return 0
+        }
+        func links() -> [String: String] {
+            guard case .array(let ls)? = (try? c.status("gw1"))?["links"] else { return [:] }
+            return Dictionary(ls.compactMap { l in l["name"]?.string.map { ($0, l["state"]?.string ?? "?") } }, uniquingKeysWith: { a, _ in a })
+        }
+        try c.waitFor("both links coherent") { links() == ["primary": "coherent", "backup": "coherent"] }
+
+        for i in 0..<100 { try c.set("gw1", "site1.l1/route/r\(i % 10)", .int(Int64(i))) }
+        try c.waitFor("the primary to hold the agent's writes") { held("spookd") == held("gw1") }
+        #expect(held("backup") < held("gw1"), "a standby upstream is sent nothing while the primary is linked")
+
+        // Failover: the primary dies; the backup is sent everything it lacks.
+        c.stopDaemon(signal: SIGKILL)
+        for i in 100..<200 { try c.set("gw1", "site1.l1/route/r\(i % 10)", .int(Int64(i))) }
+        try c.waitFor("the backup to take over") { held("backup") == held("gw1") }
+        #expect(c.value("backup", "site1.l1/route/r9") == .int(199))
+
+        // Failback: the primary returns, is selected again, and catches up.
+        try c.startDaemon()
+        try c.set("gw1", "site1.l1/route/after", .bool(true))
+        try c.waitFor("the primary to catch up") { held("spookd") == held("gw1") }
+        #expect(c.value("spookd", "site1.l1/route/r9") == .int(199))
+        for i in 0..<20 { try c.set("gw1", "site1.l1/route/late\(i)", .int(Int64(i))) }
+        try c.waitFor("the primary to carry again") { held("spookd") == held("gw1") }
+        let lagging = held("gw1") - held("backup")
+        #expect(lagging > 0, "after failback the backup is standby again")
+    }
+}
