@@ -19,15 +19,17 @@ final class Cluster {
     let daemonLink: String
     let edgeLink: String
 
-    /// Extra keys for the daemon's [[listen]] and the edges' [[upstream]] (TLS files).
+    /// Extra keys for the daemon's [[listen]] and the edges' [[upstream]] (TLS files), and extra edge tables.
     let listenExtra: String
     let upstreamExtra: String
+    let edgeExtra: String
 
     init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], owns: [String: [String]] = [:], extraDaemonToml: String = "",
          daemonLink: String? = nil, edgeLink: String? = nil, listenExtra: String = "", upstreamExtra: String = "",
-         directory: TemporaryDirectory? = nil) throws {
+         edgeExtra: String = "", directory: TemporaryDirectory? = nil) throws {
         self.listenExtra = listenExtra
         self.upstreamExtra = upstreamExtra
+        self.edgeExtra = edgeExtra
         let dir = directory ?? TemporaryDirectory()
         self.dir = dir
         self.daemonLink = daemonLink ?? "unix://\(dir.file("link.sock"))"
@@ -43,45 +45,43 @@ final class Cluster {
             let owned = (owns[name] ?? []).map { "\"\($0)\"" }.joined(separator: ", ")
             peers += "[[peer]]\nname = \"\(name)\"\nkey = \"\(key.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\(write)]\nowns = [\(owned)]\n\n"
         }
-        try write("spookd.toml", """
-            [node]
-            name = "up"
-            key = "\(dir.file("spookd.key"))"
-            data = "\(dir.file("spookd.db"))"
-            sync = "normal"
-            [api]
-            socket = "\(dir.file("spookd.sock"))"
-            [heartbeat]
-            interval_ms = 200
-            [[listen]]
-            url = "\(self.daemonLink)"
-            \(listenExtra)
-            \(peers)\(extraDaemonToml)
-            """)
+        try write("spookd.toml", daemonToml("up", file: "spookd", listen: self.daemonLink, listenExtra: listenExtra, tail: peers + extraDaemonToml))
         for name in names { try writeEdgeConfig(name, key: edgeKeys[name]!) }
     }
 
+    /// The [node], [api] and [heartbeat] tables of a test node whose files are `<file>.key/.db/.sock`.
+    func nodeToml(_ name: String, file: String) -> String {
+        """
+        [node]
+        name = "\(name)"
+        key = "\(dir.file("\(file).key"))"
+        data = "\(dir.file("\(file).db"))"
+        sync = "normal"
+        [api]
+        socket = "\(dir.file("\(file).sock"))"
+        [heartbeat]
+        interval_ms = 200
+        missed_max = 3
+
+        """
+    }
+
+    /// A daemon listening on `listen`; `tail` carries its [[peer]] tables and anything else.
+    func daemonToml(_ name: String, file: String, listen: String, listenExtra: String = "", tail: String) -> String {
+        nodeToml(name, file: file) + "[[listen]]\nurl = \"\(listen)\"\n\(listenExtra)\n\n" + tail
+    }
+
+    /// An edge with fast reconnects and the given upstreams (name, url, daemon key, priority, extra keys).
+    func edgeToml(_ name: String, upstreams: [(name: String, url: String, key: Identity, priority: Int, extra: String)], extra: String = "") -> String {
+        var text = nodeToml(name, file: name) + "[reconnect]\nbase_ms = 50\ncap_ms = 400\n\(extra)\n"
+        for u in upstreams {
+            text += "[[upstream]]\nname = \"\(u.name)\"\nurl = \"\(u.url)\"\nkey = \"\(u.key.publicKey.hex)\"\npriority = \(u.priority)\n\(u.extra)\n"
+        }
+        return text
+    }
+
     func writeEdgeConfig(_ name: String, key: Identity) throws {
-        try write("\(name).toml", """
-            [node]
-            name = "\(name)"
-            key = "\(dir.file("\(name).key"))"
-            data = "\(dir.file("\(name).db"))"
-            sync = "normal"
-            [api]
-            socket = "\(dir.file("\(name).sock"))"
-            [heartbeat]
-            interval_ms = 200
-            missed_max = 3
-            [reconnect]
-            base_ms = 50
-            cap_ms = 400
-            [[upstream]]
-            name = "primary"
-            url = "\(edgeLink)"
-            key = "\(daemonKey.publicKey.hex)"
-            \(upstreamExtra)
-            """)
+        try write("\(name).toml", edgeToml(name, upstreams: [("primary", edgeLink, daemonKey, 0, upstreamExtra)], extra: edgeExtra))
     }
 
     func write(_ name: String, _ text: String) throws {
