@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "SpookNode",
             dependencies: [
-                "SpookCore", "SpookStore", "SpookLink", "SpookWire",
+                "SpookCore", "SpookStore", "SpookLink", "SpookWire", "SpookDevices",
                 .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -67,6 +67,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Devices: the firmware bridge host, Modbus (libmodbus), serial ports, USB (libusb), attach matching.
+        .target(name: "SpookDevices", dependencies: ["SpookCore", "CModbus", "CSerialPort", "CUSB"]),
         // Deterministic simulation of replicas over faulty links (tests and `spook-sim`).
         .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore", "SpookWire", "SpookLink"]),
 
@@ -115,6 +117,9 @@ let package = Package(
             resources: [.copy("vectors")]
         ),
         .testTarget(name: "SimulationTests", dependencies: ["SpookSimulation", "SpookCore", "SpookStore", "SpookTestSupport"]),
+        // The firmware bridge's C library, linked into tests only: the Swift host runs against the real device code.
+        .target(name: "CFirmwareBridge", path: "firmware-bridge", sources: ["src/sfb.c"], publicHeadersPath: "include"),
+        .testTarget(name: "SpookDevicesTests", dependencies: ["SpookDevices", "SpookCore", "CFirmwareBridge", "SpookTestSupport"]),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CModbus", "CSerialPort", "CUSB", "CSQLite"]),
     ],
     swiftLanguageModes: [.v6]

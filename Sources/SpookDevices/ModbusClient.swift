@@ -1,0 +1,120 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CModbus
+
+/// A libmodbus connection. Every call blocks (libmodbus has no async API), so
+/// it is used only from the device's own thread, never an event loop.
+public final class ModbusClient: @unchecked Sendable {
+    let ctx: OpaquePointer
+    public let endpoint: String
+    public private(set) var connected = false
+
+    public init(host: String, port: Int, unit: Int, timeoutMs: Int) throws {
+        guard let ctx = modbus_new_tcp_pi(host, String(port)) else {
+            throw DeviceError("modbus tcp://\(host):\(port): \(ModbusClient.lastError())")
+        }
+        self.ctx = ctx
+        endpoint = "tcp://\(host):\(port)"
+        try setup(unit: unit, timeoutMs: timeoutMs)
+    }
+
+    public init(rtu s: SerialSettings, unit: Int, timeoutMs: Int) throws {
+        let parity: CChar = switch s.parity {
+        case .none: CChar(UInt8(ascii: "N"))
+        case .even: CChar(UInt8(ascii: "E"))
+        case .odd: CChar(UInt8(ascii: "O"))
+        }
+        guard let ctx = modbus_new_rtu(s.port, Int32(s.baud), parity, Int32(s.dataBits), Int32(s.stopBits)) else {
+            throw DeviceError("modbus rtu \(s.port): \(ModbusClient.lastError())")
+        }
+        self.ctx = ctx
+        endpoint = "rtu://\(s.port)"
+        try setup(unit: unit, timeoutMs: timeoutMs)
+    }
+
+    func setup(unit: Int, timeoutMs: Int) throws {
+        guard modbus_set_slave(ctx, Int32(unit)) == 0 else { throw DeviceError("\(endpoint): unit \(unit): \(ModbusClient.lastError())") }
+        modbus_set_response_timeout(ctx, UInt32(timeoutMs / 1000), UInt32(timeoutMs % 1000) * 1000)
+        // Reconnecting is ours to schedule (with backoff), not libmodbus's.
+        modbus_set_error_recovery(ctx, modbus_error_recovery_mode(rawValue: MODBUS_ERROR_RECOVERY_PROTOCOL.rawValue))
+    }
+
+    deinit {
+        modbus_close(ctx)
+        modbus_free(ctx)
+    }
+
+    public func connect() throws {
+        guard !connected else { return }
+        guard modbus_connect(ctx) == 0 else { throw DeviceError("\(endpoint): connect: \(ModbusClient.lastError())") }
+        connected = true
+    }
+
+    public func close() {
+        modbus_close(ctx)
+        connected = false
+    }
+
+    /// Reads one coalesced span. Bits come back as words of 0 or 1.
+    public func read(_ r: ModbusRead) throws -> [UInt16] {
+        switch r.table {
+        case .holding, .input:
+            var words = [UInt16](repeating: 0, count: r.count)
+            let n = r.table == .holding
+                ? modbus_read_registers(ctx, Int32(r.address), Int32(r.count), &words)
+                : modbus_read_input_registers(ctx, Int32(r.address), Int32(r.count), &words)
+            try check(n, r.count, "read \(r.table) \(r.address)…\(r.address + r.count - 1)")
+            return words
+        case .coil, .discrete:
+            var bits = [UInt8](repeating: 0, count: r.count)
+            let n = r.table == .coil
+                ? modbus_read_bits(ctx, Int32(r.address), Int32(r.count), &bits)
+                : modbus_read_input_bits(ctx, Int32(r.address), Int32(r.count), &bits)
+            try check(n, r.count, "read \(r.table) \(r.address)…\(r.address + r.count - 1)")
+            return bits.map { UInt16($0) }
+        }
+    }
+
+    /// Writes a point: one register or coil with the single-write functions
+    /// (5, 6), two registers with write-multiple (16).
+    public func write(_ p: ModbusPoint, _ words: [UInt16]) throws {
+        let n: Int32
+        switch (p.table, words.count) {
+        case (.coil, _): n = modbus_write_bit(ctx, Int32(p.address), Int32(words[0] != 0 ? 1 : 0))
+        case (.holding, 1): n = modbus_write_register(ctx, Int32(p.address), words[0])
+        case (.holding, _):
+            var w = words
+            n = modbus_write_registers(ctx, Int32(p.address), Int32(w.count), &w)
+        default: throw DeviceError("\(endpoint): \(p.name) is in the \(p.table) table, which is read-only")
+        }
+        try check(n, p.table == .holding && words.count > 1 ? words.count : 1, "write \(p.name) at \(p.table) \(p.address)")
+    }
+
+    func check(_ n: Int32, _ expected: Int, _ what: String) throws {
+        guard n == expected else {
+            let code = errno
+            let message = ModbusClient.lastError()
+            // Lost connections, timeouts and garbled responses mean: reconnect.
+            if !ModbusClient.isException(code) { close() }
+            throw ModbusError(what: "\(endpoint): \(what)", message: message, exception: ModbusClient.isException(code))
+        }
+    }
+
+    /// A Modbus exception response (illegal address, device failure…), as
+    /// opposed to a transport failure.
+    static func isException(_ code: Int32) -> Bool {
+        let base = Int32(MODBUS_ENOBASE)
+        return code > base && code < base + 12
+    }
+
+    static func lastError() -> String { String(cString: modbus_strerror(errno)) }
+}
+
+public struct ModbusError: Error, CustomStringConvertible, Sendable {
+    public let what: String
+    public let message: String
+    /// The device answered with an exception: the connection is fine.
+    public let exception: Bool
+    public var description: String { "\(what): \(message)" }
+}
