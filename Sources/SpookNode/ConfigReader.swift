@@ -157,6 +157,15 @@ public final class ConfigReader {
             return i
         }
 
+        /// A number written as an integer or a float.
+        public func double(_ k: String) -> Double? {
+            guard let v = table[k] else { return nil }
+            if let d = v.double { return d }
+            if let i = v.int { return Double(i) }
+            reader.fail(key(k), "\"\(k)\" must be a number, not \(v.type)")
+            return nil
+        }
+
         public func strings(_ k: String) -> [String]? {
             guard let v = table[k] else { return nil }
             guard let array = v.array else {

@@ -4,6 +4,7 @@ import Glibc
 import NIOCore
 import NIOPosix
 import SpookCore
+import SpookDevices
 import SpookStore
 
 /// The local API (docs/api.md): a Unix socket (mode 0660), one JSON object
@@ -98,6 +99,14 @@ final class LocalAPI: @unchecked Sendable {
                 ok(client, id, ["register": state.json(name)])
             case "set":
                 try set(request, id: id, client: client)
+            case "history":
+                // Newest first, as many as [node] history keeps.
+                let name = try QRegisterName(try field(request, "register"))
+                let entries = try node.store.history(name)
+                let sides = ["value", "reported", "desired"]
+                ok(client, id, ["register": .string(name.text), "history": .array(entries.map { e in
+                    .object(["side": .string(sides[Int(e.side.rawValue)]), "value": e.versioned.value.json, "stamp": .string(e.versioned.stamp.description)])
+                })])
             case "list":
                 let prefix = request["prefix"]?.string ?? ""
                 let all = node.store.state.registers.filter { $0.key.text.hasPrefix(prefix) }
@@ -107,8 +116,20 @@ final class LocalAPI: @unchecked Sendable {
                 ok(client, id, ["watching": .string(client.watching!)])
             case "status":
                 ok(client, id, status())
+            case "attach", "detach":
+                // A udev rule's environment: DEVNAME, SUBSYSTEM, ID_VENDOR_ID, ID_MODEL_ID, ID_SERIAL_SHORT…
+                guard case .object(let o)? = request["device"] else { throw APIError("\"device\" must be an object of udev variables (DEVNAME, ID_VENDOR_ID, …)") }
+                var env: [String: String] = [:]
+                for (k, v) in o { if let s = v.string { env[k] = s } }
+                let device = try AttachedDevice(udev: env)
+                guard let host = node.devices else {
+                    node.logger.info("\(op) ignored: this node hosts no devices", metadata: ["device": "\(device)"])
+                    ok(client, id, ["result": .string("ignored: this node has no [[device]] in its config")])
+                    return
+                }
+                ok(client, id, ["result": .string(op == "attach" ? host.attach(device) : host.detach(path: device.path))])
             default:
-                throw APIError("unknown op \"\(op)\": use get, set, list, watch or status")
+                throw APIError("unknown op \"\(op)\": use get, set, list, history, watch, status, attach or detach")
             }
         } catch let e as CoreError {
             fail(client, id, e.message)
@@ -211,6 +232,7 @@ final class LocalAPI: @unchecked Sendable {
             "node": .string(node.config.name), "role": .string(role), "origin": .string(node.origin.description),
             "public_key": .string(node.identity.publicKey.hex), "vector": .object(vector),
             "registers": .int(Int64(node.store.state.registers.count)), "links": .array(links),
+            "devices": .array(node.devices?.status() ?? []),
         ]
     }
 }

@@ -80,6 +80,8 @@ public final class Node: @unchecked Sendable {
     var servers: [Channel] = []
     var nonces = NonceRegistry()
     var api: LocalAPI!
+    /// The agent's device HalfPairs (edge only).
+    var devices: DeviceHost?
     var daemonTimer: RepeatedTask?
     let authorisation: Authorisation?
     let metrics = NodeMetrics()
@@ -108,7 +110,13 @@ public final class Node: @unchecked Sendable {
     /// Binds the API socket and listeners, starts the upstream HalfPairs.
     public func start() throws {
         api = LocalAPI(node: self)
-        try loop.submit { self.store.onChange = { [unowned self] changed in self.api.changed(changed) } }.wait()
+        if case .edge(let c) = role, !c.devices.isEmpty { devices = DeviceHost(node: self, specs: c.devices) }
+        try loop.submit {
+            self.store.onChange = { [unowned self] changed in
+                self.api.changed(changed)
+                self.devices?.changed(changed)
+            }
+        }.wait()
         try api.listen(path: config.apiSocket, group: ioGroup)
         if let m = config.metricsListen {
             try metrics.listen(host: m.host, port: m.port, group: ioGroup, node: self)
@@ -157,6 +165,7 @@ public final class Node: @unchecked Sendable {
                     self.upstreams.append(Upstream(config: u, pair: pair, group: group))
                     self.drive(i, .connect)
                 }
+                self.devices?.start()
             }.wait()
         }
     }
@@ -187,6 +196,7 @@ public final class Node: @unchecked Sendable {
                 self.upstreams[i].heartbeat?.cancel()
             }
             for link in self.links.values { self.send(.close(message: "shutting down"), on: link) }
+            self.devices?.shutdown()
         }.wait()
         for s in servers { try? s.close().wait() }
         try? metrics.server?.close().wait()

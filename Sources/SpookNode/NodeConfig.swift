@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import SpookCore
+import SpookDevices
 import SpookLink
 import SpookStore
 
@@ -107,6 +108,8 @@ public struct EdgeConfig: Sendable {
 
     public var node = NodeConfig()
     public var upstreams: [Upstream] = []
+    /// Attached devices, each hosted by its own HalfPair.
+    public var devices: [DeviceSpec] = []
 }
 
 /// `spookd`: where it listens and which keys may connect, with what rights.
@@ -235,7 +238,7 @@ extension EdgeConfig {
         let reader = ConfigReader(file: file, text: text)
         var c = EdgeConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "reconnect", "register", "upstream"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "reconnect", "register", "upstream", "device"])
             c.node = reader.nodeConfig(doc)
             // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
             if (try? QDomain("spook.\(c.node.name)")) == nil {
@@ -270,6 +273,7 @@ extension EdgeConfig {
                 }
             }
             if doc.tables("upstream").isEmpty { reader.fail("", "no [[upstream]]: an edge agent needs at least one upstream daemon") }
+            c.devices = reader.devices(doc, schema: c.node.schema)
         }
         try reader.finish()
         return c

@@ -63,7 +63,7 @@ struct Spookctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spookctl",
         abstract: "Read and write registers of a running spook-edge or spookd.",
-        subcommands: [Get.self, Set.self, List.self, Watch.self, Status.self, Keygen.self]
+        subcommands: [Get.self, Set.self, List.self, History.self, Watch.self, Status.self, Attach.self, Detach.self, Keygen.self]
     )
 
     struct Get: ParsableCommand {
@@ -99,6 +99,19 @@ struct Spookctl: ParsableCommand {
             let a = try options.call(.object(["op": .string("list"), "prefix": .string(prefix)]))
             if options.json { options.show(a); return }
             if case .array(let rs)? = a["registers"] { for r in rs { print(describe(r)) } }
+        }
+    }
+
+    struct History: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a register's past values, newest first (as many as [node] history keeps).")
+        @OptionGroup var options: Options
+        @Argument(help: "domain/group/register") var register: String
+        func run() throws {
+            let a = try options.call(.object(["op": .string("history"), "register": .string(register)]))
+            if options.json { options.show(a); return }
+            if case .array(let entries)? = a["history"] {
+                for e in entries { print("\(e["side"]?.string ?? "?") \(text(e["value"])) @\(e["stamp"]?.string ?? "-")") }
+            }
         }
     }
 
@@ -141,7 +154,45 @@ struct Spookctl: ParsableCommand {
                     print("  link \(l["name"]?.string ?? "?"): \(l["state"]?.string ?? "?"), peer \(l["peer"]?.string ?? "-"), lag \(text(l["lag"]))")
                 }
             }
+            if case .array(let devices)? = a["devices"] {
+                for d in devices {
+                    let error = d["error"]?.string ?? ""
+                    print("  device \(d["name"]?.string ?? "?") (\(d["kind"]?.string ?? "?") \(d["path"]?.string ?? "-")): \(d["state"]?.string ?? "?"), group \(d["group"]?.string ?? "?")\(error.isEmpty ? "" : ", error: \(error)")")
+                }
+            }
         }
+    }
+
+    /// The udev variables a rule's RUN+= program sees.
+    static let udevVariables = ["ACTION", "DEVNAME", "SUBSYSTEM", "ID_VENDOR_ID", "ID_MODEL_ID", "ID_SERIAL_SHORT", "ID_MODEL", "ID_VENDOR", "DEVPATH"]
+
+    /// Sends attach/detach with the udev environment and returns at once
+    /// (udev kills slow RUN+= programs). DEVNAME may be given as an argument.
+    static func udevCall(_ op: String, _ options: Options, _ devname: String?) throws {
+        var env: [String: JSONValue] = [:]
+        for k in udevVariables { if let v = getenv(k) { env[k] = .string(String(cString: v)) } }
+        if let devname { env["DEVNAME"] = .string(devname) }
+        guard env["DEVNAME"] != nil else {
+            FileOutput.error("spookctl \(op): DEVNAME is not set; run from a udev rule, or give the device path")
+            throw ExitCode(64)
+        }
+        let a = try options.call(.object(["op": .string(op), "device": .object(env)]))
+        if options.json { options.show(a) } else { print(a["result"]?.string ?? "?") }
+    }
+
+    struct Attach: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Tell the agent a device appeared (from a udev rule: reads DEVNAME, ID_VENDOR_ID, ID_MODEL_ID, ID_SERIAL_SHORT…).")
+        @OptionGroup var options: Options
+        @Argument(help: "The device path (default: $DEVNAME).") var devname: String?
+        func run() throws { try Spookctl.udevCall("attach", options, devname) }
+    }
+
+    struct Detach: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Tell the agent a device went away (from a udev rule: reads DEVNAME).")
+        @OptionGroup var options: Options
+        @Argument(help: "The device path (default: $DEVNAME).") var devname: String?
+        func run() throws { try Spookctl.udevCall("detach", options, devname) }
     }
 
     struct Keygen: ParsableCommand {

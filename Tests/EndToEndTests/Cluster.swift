@@ -23,10 +23,13 @@ final class Cluster {
     let listenExtra: String
     let upstreamExtra: String
     let edgeExtra: String
+    /// Values kept per register history ([node] history).
+    let history: Int
 
     init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], owns: [String: [String]] = [:], extraDaemonToml: String = "",
          daemonLink: String? = nil, edgeLink: String? = nil, listenExtra: String = "", upstreamExtra: String = "",
-         edgeExtra: String = "", directory: TemporaryDirectory? = nil) throws {
+         edgeExtra: String = "", directory: TemporaryDirectory? = nil, history: Int = 32) throws {
+        self.history = history
         self.listenExtra = listenExtra
         self.upstreamExtra = upstreamExtra
         self.edgeExtra = edgeExtra
@@ -57,6 +60,7 @@ final class Cluster {
         key = "\(dir.file("\(file).key"))"
         data = "\(dir.file("\(file).db"))"
         sync = "normal"
+        history = \(history)
         [api]
         socket = "\(dir.file("\(file).sock"))"
         [heartbeat]

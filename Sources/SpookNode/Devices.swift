@@ -1,0 +1,657 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import SpookCore
+import SpookDevices
+import SpookStore
+
+/// The agent's device HalfPairs (SUBSTRATE.md §7): one per attached device.
+/// A device's state lives in its group: the registers it reports, plus
+/// `$state`, `$online` and `$error`. Confined to the node loop; blocking
+/// device calls (libmodbus, libusb) run on each device's own thread and hand
+/// their results to the loop.
+final class DeviceHost: @unchecked Sendable {
+    unowned let node: Node
+    let specs: [DeviceSpec]
+    var devices: [Device] = []
+    var nextID = 1
+
+    init(node: Node, specs: [DeviceSpec]) {
+        self.node = node
+        self.specs = specs
+    }
+
+    var logger: Logger { node.logger }
+
+    /// Opens devices with a fixed port; attaches matched ones already plugged in.
+    func start() {
+        for spec in specs where spec.match == nil {
+            do {
+                start(try Device(id: take(), spec: spec, group: try GroupTemplate.expand(spec.groupTemplate, name: spec.name, device: nil), attached: nil, host: self))
+            } catch {
+                logger.error("device not started", metadata: ["device": "\(spec.name)", "error": "\(error)"])
+            }
+        }
+        for found in SerialPort.list() { _ = attach(found) }
+    }
+
+    func take() -> Int {
+        defer { nextID += 1 }
+        return nextID
+    }
+
+    func start(_ device: Device) {
+        devices.append(device)
+        logger.info("device HalfPair", metadata: ["device": "\(device.spec.name)", "group": "\(device.group)", "kind": "\(device.spec.kind.name)"])
+        device.drive(.connect)
+    }
+
+    /// udev add: the first matching `[[device]]` gets a HalfPair for it.
+    func attach(_ found: AttachedDevice) -> String {
+        if let existing = devices.first(where: { $0.attached?.path == found.path }) {
+            return "\(found.path) is already attached as device \(existing.spec.name) (\(existing.group))"
+        }
+        let fits: (DeviceSpec) -> Bool = { spec in
+            switch spec.kind {
+            case .serial, .modbusRTU: found.subsystem == "tty"
+            case .usb: found.subsystem == "usb"
+            case .modbusTCP: false
+            }
+        }
+        guard let spec = specs.first(where: { $0.match?.matches(found) == true && fits($0) }) else {
+            logger.info("attach ignored: no [[device]] matches", metadata: ["device": "\(found)"])
+            return "ignored: no [[device]] matches \(found)"
+        }
+        do {
+            let group = try GroupTemplate.expand(spec.groupTemplate, name: spec.name, device: found)
+            if let clash = devices.first(where: { $0.group == group }) {
+                logger.warning("attach refused: group taken", metadata: ["device": "\(found)", "group": "\(group)", "by": "\(clash.attached?.path ?? clash.spec.name)"])
+                return "refused: group \(group) is already device \(clash.attached?.path ?? clash.spec.name)"
+            }
+            start(try Device(id: take(), spec: spec, group: group, attached: found, host: self))
+            return "attached \(found.path) as device \(spec.name) in \(group)"
+        } catch {
+            logger.error("attach failed", metadata: ["device": "\(found)", "error": "\(error)"])
+            return "refused: \(error)"
+        }
+    }
+
+    /// udev remove: dissolves the HalfPair; the group keeps its last values
+    /// with `$online = false`.
+    func detach(path: String) -> String {
+        guard let i = devices.firstIndex(where: { $0.attached?.path == path }) else {
+            logger.info("detach ignored: not attached", metadata: ["path": "\(path)"])
+            return "ignored: \(path) is not attached"
+        }
+        let device = devices.remove(at: i)
+        device.drive(.dissolve)
+        return "detached \(path) (device \(device.spec.name), \(device.group))"
+    }
+
+    /// After every commit: drive devices towards newer `desired` values.
+    func changed(_ names: [QRegisterName]) {
+        guard !devices.isEmpty else { return }
+        for device in devices where names.contains(where: { $0.group == device.group }) {
+            device.pushDesired(names.filter { $0.group == device.group })
+        }
+    }
+
+    func shutdown() {
+        for d in devices { d.close() }
+    }
+
+    func status() -> [JSONValue] {
+        devices.map { d in
+            .object([
+                "name": .string(d.spec.name), "kind": .string(d.spec.kind.name), "group": .string(d.group.text),
+                "state": .string(d.pair.state.name), "online": .bool(d.pair.state.isOnline),
+                "path": .string(d.attached?.path ?? d.portPath ?? "-"), "error": .string(d.lastError ?? ""),
+                "transactions": .int(Int64(d.transactions)),
+            ])
+        }
+    }
+}
+
+/// One device HalfPair and its connection.
+final class Device: @unchecked Sendable {
+    let id: Int
+    let spec: DeviceSpec
+    let group: QGroupName
+    let attached: AttachedDevice?
+    unowned let host: DeviceHost
+    var pair: HalfPair
+    var reconnect: Scheduled<Void>?
+    var lastError: String?
+    /// Values last written as `reported`: a poll that repeats them makes no delta.
+    var reported: [String: Value] = [:]
+    /// The `desired` stamp last sent to the device, per register.
+    var sentDesired: [String: Stamp] = [:]
+    var transactions = 0
+    /// A connection counts only while it is this one (stale callbacks are dropped).
+    var generation = 0
+
+    // Firmware bridge (serial and USB).
+    var firmware = FirmwareHost()
+    var channel: Channel?
+    var usb: USBWorker?
+    var tick: RepeatedTask?
+    // Modbus.
+    var modbus: ModbusWorker?
+
+    init(id: Int, spec: DeviceSpec, group: QGroupName, attached: AttachedDevice?, host: DeviceHost) throws {
+        self.id = id
+        self.spec = spec
+        self.group = group
+        self.attached = attached
+        self.host = host
+        let c = host.node.config
+        pair = HalfPair(origin: host.node.origin, backoff: ReconnectBackoff(baseMs: c.reconnectBaseMs, capMs: c.reconnectCapMs))
+    }
+
+    var node: Node { host.node }
+    var logger: Logger { host.node.logger }
+
+    var portPath: String? {
+        switch spec.kind {
+        case .serial(let s), .modbusRTU(let s, _): attached?.path ?? s.port
+        case .modbusTCP(let h, let p, _): "tcp://\(h):\(p)"
+        case .usb: attached?.path
+        }
+    }
+
+    func drive(_ event: HalfPair.Event) {
+        let actions: [HalfPair.Action]
+        do { actions = try pair.handle(event) } catch {
+            logger.debug("device HalfPair ignored an event", metadata: ["device": "\(spec.name)", "event": "\(event)", "state": "\(pair.state)"])
+            return
+        }
+        for action in actions {
+            switch action {
+            case .openLink: open()
+            case .closeLink: close()
+            case .scheduleReconnect(let delayMs):
+                node.metrics.reconnects.increment()
+                reconnect = node.loop.scheduleTask(in: .milliseconds(Int64(delayMs))) { [weak self] in self?.drive(.reconnectTimerFired) }
+            case .cancelReconnect: reconnect?.cancel()
+            case .publish(let state):
+                logger.info("device", metadata: ["device": "\(spec.name)", "group": "\(group)", "state": "\(state.name)"])
+                var writes = [Write("$state", .set, .string(state.name)), Write("$online", .set, .bool(state.isOnline))]
+                if state.isOnline && lastError != nil && lastError != "" {
+                    // Connected again: an earlier connection error no longer holds.
+                    lastError = ""
+                    writes.append(Write("$error", .set, .string("")))
+                }
+                commit(writes)
+            case .startCatchUp, .sendHeartbeat, .startHeartbeatTimer, .stopHeartbeatTimer:
+                break // devices have their own liveness: bridge heartbeats, Modbus polls
+            }
+        }
+    }
+
+    // MARK: connection
+
+    func open() {
+        generation += 1
+        let gen = generation
+        firmware = FirmwareHost()
+        sentDesired = [:]
+        switch spec.kind {
+        case .serial(var settings):
+            if let attached { settings.port = attached.path }
+            let port = settings.port
+            let fd: Int32
+            do { fd = try SerialPort.open(settings) } catch {
+                failed("\(error)")
+                return
+            }
+            NIOPipeBootstrap(group: node.ioGroup)
+                .channelInitializer { [ref = WeakDevice(self), nodeLoop = node.loop] channel in
+                    channel.pipeline.addHandler(DeviceBytesHandler(
+                        onBytes: { bytes in nodeLoop.execute { ref.device?.received(bytes, gen) } },
+                        onClose: { reason in nodeLoop.execute { ref.device?.lost(reason, gen) } }))
+                }
+                .takingOwnershipOfDescriptor(inputOutput: fd)
+                .hop(to: node.loop)
+                .whenComplete { [weak self] result in
+                    guard let self, gen == self.generation else { return }
+                    switch result {
+                    case .success(let channel):
+                        self.channel = channel
+                        self.linkOpened(gen)
+                    case .failure(let error):
+                        self.failed("\(port): \(error)")
+                    }
+                }
+        case .usb(let settings):
+            guard let match = spec.match else { return failed("a usb device needs a match block") }
+            let worker = USBWorker(match: match, settings: settings, loop: node.loop,
+                                   onBytes: { [weak self] bytes in self?.received(bytes, gen) },
+                                   onClose: { [weak self] reason in self?.lost(reason, gen) })
+            usb = worker
+            worker.start { [weak self] error in
+                guard let self, gen == self.generation else { return }
+                if let error { self.failed(error) } else { self.linkOpened(gen) }
+            }
+        case .modbusTCP(_, _, let settings), .modbusRTU(_, let settings):
+            let worker: ModbusWorker
+            do { worker = try ModbusWorker(kind: spec.kind, attachedPath: attached?.path, settings: settings, device: self, generation: gen) } catch {
+                failed("\(error)")
+                return
+            }
+            modbus = worker
+            worker.start()
+        }
+    }
+
+    /// A bridge link is open: ask the device to describe itself.
+    func linkOpened(_ gen: Int) {
+        guard gen == generation else { return }
+        drive(.linkUp)
+        let now = node.clock.nowMs()
+        send(firmware.open(nowMs: now))
+        let interval = TimeAmount.milliseconds(Int64(firmware.options.retransmitMs / 2))
+        tick = node.loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in self?.pollFirmware(gen) }
+    }
+
+    func send(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        if let channel {
+            var buffer = channel.allocator.buffer(capacity: bytes.count)
+            buffer.writeBytes(bytes)
+            channel.writeAndFlush(buffer, promise: nil)
+        } else {
+            usb?.send(bytes)
+        }
+    }
+
+    func failed(_ message: String) {
+        setError(message)
+        logger.warning("device link failed", metadata: ["device": "\(spec.name)", "error": "\(message)"])
+        close()
+        drive(.linkDown)
+    }
+
+    func lost(_ reason: String, _ gen: Int) {
+        guard gen == generation else { return }
+        failed(reason)
+    }
+
+    /// Closes the connection (the HalfPair decides what comes next).
+    func close() {
+        generation += 1
+        tick?.cancel()
+        tick = nil
+        channel?.close(promise: nil)
+        channel = nil
+        usb?.stop()
+        usb = nil
+        modbus?.stop()
+        modbus = nil
+    }
+
+    // MARK: firmware bridge
+
+    func received(_ bytes: [UInt8], _ gen: Int) {
+        guard gen == generation else { return }
+        let now = node.clock.nowMs()
+        let (events, out) = firmware.receive(bytes, nowMs: now)
+        send(out)
+        handle(events)
+    }
+
+    func pollFirmware(_ gen: Int) {
+        guard gen == generation else { return }
+        let (events, out) = firmware.poll(nowMs: node.clock.nowMs())
+        send(out)
+        handle(events)
+    }
+
+    func handle(_ events: [FirmwareHost.Event]) {
+        let now = node.clock.nowMs()
+        for event in events {
+            switch event {
+            case .described(let d):
+                let bad = d.registers.filter { (try? QRegisterName(group: group, name: $0.name)) == nil || $0.name.hasPrefix("$") }
+                if let first = bad.first {
+                    setError("the device describes register \"\(first.name)\", which is not a register name (a-z, 0-9, \"-\", \"_\")")
+                    firmware.refuse()
+                    continue
+                }
+                logger.info("device described itself", metadata: ["device": "\(spec.name)", "name": "\(d.name)", "serial": "\(d.serial)",
+                                                                  "registers": "\(d.registers.map { "\($0.name):\($0.type)\($0.writable ? ":rw" : "")" })"])
+                send(firmware.welcome(nowMs: now))
+                drive(.caughtUp)
+                pushDesired(nil)
+            case .reported(let values):
+                transactions += 1
+                if report(values.map { ($0.0.name, $0.1) }) {
+                    send(firmware.acknowledge(nowMs: node.clock.nowMs()))
+                } else {
+                    firmware.forgetReport()
+                }
+            case .rejected(let register, let id, let reason):
+                let why = [1: "unknown register", 2: "read-only", 3: "out of range", 4: "refused by the device"][Int(reason)] ?? "reason \(reason)"
+                setError("\(register?.name ?? "register #\(id)"): the device refused the write (\(why))")
+            case .lost(let reason):
+                failed(reason)
+            case .protocolError(let message):
+                logger.debug("device protocol", metadata: ["device": "\(spec.name)", "message": "\(message)"])
+            }
+        }
+    }
+
+    // MARK: state
+
+    /// Commits the values that changed as `reported`; false if the store refused.
+    @discardableResult
+    func report(_ values: [(String, Value)]) -> Bool {
+        var writes: [Write] = []
+        var next = reported
+        for (name, value) in values where next[name] != value {
+            next[name] = value
+            guard let register = try? QRegisterName(group: group, name: name) else { continue }
+            writes.append(Write(name, node.config.schema.spec(for: register).policy == .device ? .report : .set, value))
+        }
+        guard !writes.isEmpty else { return true }
+        guard commit(writes) else { return false }
+        reported = next
+        return true
+    }
+
+    func setError(_ message: String) {
+        guard lastError != message else { return }
+        lastError = message
+        commit([Write("$error", .set, .string(message))])
+    }
+
+    @discardableResult
+    func commit(_ writes: [Write]) -> Bool {
+        do {
+            let results = try node.store.commitLocal([LocalWrite(group: group, writes: writes)], origin: node.origin, physicalMs: node.clock.nowMs())
+            if case .failure(let e)? = results.first {
+                logger.error("device write refused", metadata: ["device": "\(spec.name)", "error": "\(e.message)"])
+                return false
+            }
+            node.afterStoreChange(except: nil)
+            return true
+        } catch {
+            logger.error("device commit failed", metadata: ["device": "\(spec.name)", "error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Sends the device every `desired` value newer than what it reported
+    /// and not sent yet (`names` nil: all of the group's registers).
+    func pushDesired(_ names: [QRegisterName]?) {
+        guard pair.state.isOnline else { return }
+        let candidates = names ?? node.store.state.registers.keys.filter { $0.group == group }
+        for name in candidates where !name.isSystem {
+            guard let desired = node.store.state.registers[name]?.pendingDesired, sentDesired[name.name] != desired.stamp else { continue }
+            sentDesired[name.name] = desired.stamp
+            switch spec.kind {
+            case .serial, .usb:
+                guard let r = firmware.descriptor?.register(named: name.name) else {
+                    setError("\(name.name): the device has no such register"); continue
+                }
+                guard r.writable else { setError("\(name.name): the device's register is read-only"); continue }
+                guard let raw = r.type.raw(desired.value) else { setError("\(name.name): desired \(desired.value) does not fit \(r.type)"); continue }
+                firmware.write(id: r.id, raw: raw)
+                pollFirmware(generation)
+            case .modbusTCP(_, _, let m), .modbusRTU(_, let m):
+                guard let p = m.points.first(where: { $0.name == name.name }) else { setError("\(name.name): not in the device's register map"); continue }
+                guard p.writable else { setError("\(name.name): mapped with access \"r\""); continue }
+                guard let words = p.encode(desired.value) else { setError("\(name.name): desired \(desired.value) does not fit \(p.type) (scale \(p.scale))"); continue }
+                modbus?.enqueue(p, words)
+            }
+        }
+    }
+}
+
+/// Lets I/O-loop callbacks reach a device that may be gone.
+final class WeakDevice: @unchecked Sendable {
+    weak var device: Device?
+    init(_ device: Device) { self.device = device }
+}
+
+/// Bytes in from a serial port (on the I/O loop); closing reported once.
+final class DeviceBytesHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    let onBytes: ([UInt8]) -> Void
+    let onClose: (String) -> Void
+    var closed = false
+
+    init(onBytes: @escaping ([UInt8]) -> Void, onClose: @escaping (String) -> Void) {
+        self.onBytes = onBytes
+        self.onClose = onClose
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        onBytes(buffer.readBytes(length: buffer.readableBytes) ?? [])
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        report("the port closed (device unplugged?)")
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        report("port error: \(error)")
+        context.close(promise: nil)
+    }
+
+    func report(_ reason: String) {
+        guard !closed else { return }
+        closed = true
+        onClose(reason)
+    }
+}
+
+/// A Modbus device's polling thread: connects, reads the coalesced spans every
+/// `poll_ms`, performs queued writes, and hands results to the node loop.
+final class ModbusWorker: @unchecked Sendable {
+    let client: ModbusClient
+    let reads: [ModbusRead]
+    let settings: ModbusSettings
+    let pool = NIOThreadPool(numberOfThreads: 1)
+    let wake = ConditionLock(value: false)
+    var writes: [(ModbusPoint, [UInt16])] = [] // guarded by `wake`
+    var stopping = false // guarded by `wake`
+    weak var device: Device?
+    let loop: EventLoop
+    let generation: Int
+
+    init(kind: DeviceSpec.Kind, attachedPath: String?, settings: ModbusSettings, device: Device, generation: Int) throws {
+        switch kind {
+        case .modbusTCP(let host, let port, _):
+            client = try ModbusClient(host: host, port: port, unit: settings.unit, timeoutMs: settings.timeoutMs)
+        case .modbusRTU(var serial, _):
+            if let attachedPath { serial.port = attachedPath }
+            client = try ModbusClient(rtu: serial, unit: settings.unit, timeoutMs: settings.timeoutMs)
+        default:
+            throw DeviceError("not a Modbus device")
+        }
+        self.settings = settings
+        reads = ModbusPlan.reads(settings.points)
+        self.device = device
+        loop = device.node.loop
+        self.generation = generation
+    }
+
+    func start() {
+        pool.start()
+        pool.submit { [self] state in
+            guard state == .active else { return }
+            run()
+        }
+    }
+
+    func stop() {
+        wake.lock()
+        stopping = true
+        wake.unlock(withValue: true)
+        let pool = self.pool
+        // Never block the node loop on a Modbus timeout: shut the thread down on the side.
+        DispatchlessThread.detach { try? pool.syncShutdownGracefully() }
+    }
+
+    func enqueue(_ point: ModbusPoint, _ words: [UInt16]) {
+        wake.lock()
+        writes.append((point, words))
+        wake.unlock(withValue: true)
+    }
+
+    func onLoop(_ body: @escaping @Sendable (Device) -> Void) {
+        let gen = generation
+        loop.execute { [weak self] in
+            guard let device = self?.device, device.generation == gen else { return }
+            body(device)
+        }
+    }
+
+    /// The thread's loop; every libmodbus call happens here.
+    func run() {
+        do {
+            try client.connect()
+        } catch {
+            onLoop { $0.failed("\(error)") }
+            return
+        }
+        onLoop { $0.drive(.linkUp) }
+        var first = true
+        while true {
+            wake.lock()
+            let pending = writes
+            writes = []
+            let stop = stopping
+            wake.unlock(withValue: false)
+            if stop { break }
+            var errors: [String] = []
+            for (point, words) in pending {
+                do {
+                    try client.write(point, words)
+                } catch let e as ModbusError {
+                    errors.append(e.description)
+                    if !e.exception { return down(e.description) }
+                } catch {
+                    errors.append("\(error)")
+                }
+            }
+            var values: [(String, Value)] = []
+            var transactions = pending.count
+            for read in reads {
+                do {
+                    let words = try client.read(read)
+                    transactions += 1
+                    values += ModbusPlan.values(read, words).map { ($0.0.name, $0.1) }
+                } catch let e as ModbusError {
+                    if !e.exception { return down(e.description) }
+                    errors.append(e.description)
+                } catch {
+                    errors.append("\(error)")
+                }
+            }
+            let firstPoll = first
+            first = false
+            let error = errors.joined(separator: "; ")
+            let count = transactions
+            let polled = values
+            onLoop { device in
+                device.transactions += count
+                device.report(polled)
+                device.setError(error)
+                if firstPoll { device.drive(.caughtUp) }
+            }
+            // Sleep until the next poll, or until a write is queued.
+            if wake.lock(whenValue: true, timeoutSeconds: Double(settings.pollMs) / 1000) {
+                wake.unlock(withValue: true)
+            }
+        }
+    }
+
+    func down(_ message: String) {
+        client.close()
+        onLoop { $0.failed(message) }
+    }
+}
+
+/// A bulk-endpoint firmware bridge link: a thread reads IN, writes go OUT.
+final class USBWorker: @unchecked Sendable {
+    let match: DeviceMatch
+    let settings: USBSettings
+    let loop: EventLoop
+    let onBytes: @Sendable ([UInt8]) -> Void
+    let onClose: @Sendable (String) -> Void
+    let pool = NIOThreadPool(numberOfThreads: 1)
+    /// Bulk OUT transfers block (up to a second): never on the node loop.
+    let writer = NIOThreadPool(numberOfThreads: 1)
+    let state = NIOLockedValueBox<(stopping: Bool, link: USBBulkLink?)>((false, nil))
+
+    init(match: DeviceMatch, settings: USBSettings, loop: EventLoop,
+         onBytes: @escaping @Sendable ([UInt8]) -> Void, onClose: @escaping @Sendable (String) -> Void) {
+        self.match = match
+        self.settings = settings
+        self.loop = loop
+        self.onBytes = onBytes
+        self.onClose = onClose
+    }
+
+    func start(_ opened: @escaping @Sendable (String?) -> Void) {
+        pool.start()
+        writer.start()
+        pool.submit { [self] _ in
+            let link: USBBulkLink
+            do {
+                link = try USBContext().open(match, settings)
+            } catch {
+                loop.execute { opened("\(error)") }
+                return
+            }
+            state.withLockedValue { $0.link = link }
+            loop.execute { opened(nil) }
+            while !state.withLockedValue({ $0.stopping }) {
+                do {
+                    let bytes = try link.read(timeoutMs: 100)
+                    if !bytes.isEmpty { loop.execute { self.onBytes(bytes) } }
+                } catch {
+                    loop.execute { self.onClose("\(error)") }
+                    return
+                }
+            }
+        }
+    }
+
+    func send(_ bytes: [UInt8]) {
+        guard let link = state.withLockedValue({ $0.link }) else { return }
+        writer.submit { [self] _ in
+            do { try link.write(bytes) } catch { loop.execute { self.onClose("\(error)") } }
+        }
+    }
+
+    func stop() {
+        state.withLockedValue { $0.stopping = true }
+        let pool = self.pool, writer = self.writer
+        DispatchlessThread.detach {
+            try? pool.syncShutdownGracefully()
+            try? writer.syncShutdownGracefully()
+        }
+    }
+}
+
+/// A detached POSIX thread for the rare job that must not block a loop.
+enum DispatchlessThread {
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        pthread_create(&thread, nil, { arg in
+            let box = Unmanaged<AnyObject>.fromOpaque(arg!).takeRetainedValue() as! Box
+            box.body()
+            return nil
+        }, box)
+        pthread_detach(thread)
+    }
+}
