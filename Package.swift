@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(name: "SpookNodeTests", dependencies: ["SpookNode", "SpookCore", "SpookLink"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["SpookNode", "SpookLink", "SpookWire", "SpookStore", "SpookCore", "SpookTestSupport", "spookd", "spook-edge", "spookctl"]
+            dependencies: ["SpookNode", "SpookLink", "SpookWire", "SpookStore", "SpookCore", "SpookDevices", "SpookTestSupport", "spookd", "spook-edge", "spookctl"]
         ),
         .testTarget(name: "SpookLinkTests", dependencies: ["SpookLink", "SpookWire", "SpookCore", "SpookTestSupport"]),
         .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "SpookTestSupport", "spook-crash-writer"]),

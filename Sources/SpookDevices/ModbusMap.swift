@@ -114,6 +114,13 @@ public struct ModbusRead: Hashable, Sendable {
     public var address: Int
     public var count: Int
     public var points: [ModbusPoint]
+
+    public init(table: ModbusPoint.Table, address: Int, count: Int, points: [ModbusPoint]) {
+        self.table = table
+        self.address = address
+        self.count = count
+        self.points = points
+    }
 }
 
 public enum ModbusPlan {

@@ -179,13 +179,7 @@ final class Device: @unchecked Sendable {
             case .cancelReconnect: reconnect?.cancel()
             case .publish(let state):
                 logger.info("device", metadata: ["device": "\(spec.name)", "group": "\(group)", "state": "\(state.name)"])
-                var writes = [Write("$state", .set, .string(state.name)), Write("$online", .set, .bool(state.isOnline))]
-                if state.isOnline && lastError != nil && lastError != "" {
-                    // Connected again: an earlier connection error no longer holds.
-                    lastError = ""
-                    writes.append(Write("$error", .set, .string("")))
-                }
-                commit(writes)
+                commit([Write("$state", .set, .string(state.name)), Write("$online", .set, .bool(state.isOnline))])
             case .startCatchUp, .sendHeartbeat, .startHeartbeatTimer, .stopHeartbeatTimer:
                 break // devices have their own liveness: bridge heartbeats, Modbus polls
             }
@@ -324,6 +318,7 @@ final class Device: @unchecked Sendable {
                 logger.info("device described itself", metadata: ["device": "\(spec.name)", "name": "\(d.name)", "serial": "\(d.serial)",
                                                                   "registers": "\(d.registers.map { "\($0.name):\($0.type)\($0.writable ? ":rw" : "")" })"])
                 send(firmware.welcome(nowMs: now))
+                setError("") // connected and described: an earlier connection error no longer holds
                 drive(.caughtUp)
                 pushDesired(nil)
             case .reported(let values):
@@ -362,8 +357,9 @@ final class Device: @unchecked Sendable {
         return true
     }
 
+    /// `$error`: the latest problem, or "" once it no longer holds.
     func setError(_ message: String) {
-        guard lastError != message else { return }
+        guard (lastError ?? "") != message else { return }
         lastError = message
         commit([Write("$error", .set, .string(message))])
     }

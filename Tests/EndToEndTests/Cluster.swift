@@ -137,6 +137,10 @@ final class Cluster {
 
     /// Polls `condition` every 20 ms until it holds or `seconds` pass.
     func waitFor(_ what: String, seconds: Double = 20, _ condition: () throws -> Bool) throws {
+        try Cluster.waitUntil(what, seconds: seconds, condition)
+    }
+
+    static func waitUntil(_ what: String, seconds: Double = 20, _ condition: () throws -> Bool) throws {
         let deadline = Cluster.nowMs() + UInt64(seconds * 1000)
         while Cluster.nowMs() < deadline {
             if (try? condition()) == true { return }

@@ -1,0 +1,146 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SpookDevices
+import SpookNode
+import SpookTestSupport
+import Testing
+
+/// pymodbus's server (PyPI, installed by scripts/test), on TCP or on a pty.
+final class PymodbusServer {
+    let process: ChildProcess
+
+    init(_ arguments: [String]) throws {
+        process = try ChildProcess("/usr/bin/env", ["python3", "\(repositoryRoot)/Tests/Helpers/modbus/pymodbus-server.py"] + arguments)
+        guard try process.readLine(timeoutMs: 20_000) == "ready" else {
+            throw ChildProcess.Failure("the pymodbus server did not start: is pymodbus installed (pip install pymodbus; scripts/test does)?")
+        }
+    }
+
+    func stop() {
+        process.signal(SIGTERM)
+        process.wait()
+    }
+}
+
+/// The register map both Modbus tests use (server layout in pymodbus-server.py).
+func modbusDevice(_ head: String) -> String {
+    head + """
+        unit = 1
+        poll_ms = 100
+        timeout_ms = 300
+        group = "site1.dev/plc"
+        [[device.register]]
+        name = "speed"
+        table = "holding"
+        address = 0
+        access = "rw"
+        [[device.register]]
+        name = "offset"
+        table = "holding"
+        address = 1
+        type = "i16"
+        [[device.register]]
+        name = "temp"
+        table = "holding"
+        address = 2
+        type = "f32"
+        [[device.register]]
+        name = "level"
+        table = "input"
+        address = 0
+        scale = 0.5
+        [[device.register]]
+        name = "alarm"
+        table = "discrete"
+        address = 0
+        [[device.register]]
+        name = "pump_on"
+        table = "coil"
+        address = 3
+        access = "rw"
+        [[device.register]]
+        name = "ghost"
+        table = "holding"
+        address = 60
+
+        """
+}
+
+@Suite(.serialized) struct ModbusDeviceTests {
+    /// Against pymodbus over TCP: values polled and visible upstream, desired
+    /// writes reach the server, an illegal address gives `$error`, the server
+    /// stopped gives `$online = false`, restarted gives values again.
+    @Test func pymodbusOverTCP() throws {
+        let port = try CuttableProxy.freePort()
+        var server = try PymodbusServer(["--tcp", "\(port)"])
+        let device = modbusDevice("[[device]]\nname = \"plc\"\nkind = \"modbus-tcp\"\nurl = \"tcp://127.0.0.1:\(port)\"\n")
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + device)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("polled values upstream") {
+            c.value("spookd", "site1.dev/plc/speed") == .int(1234) && c.value("spookd", "site1.dev/plc/offset") == .int(-5)
+                && c.value("spookd", "site1.dev/plc/temp") == .object(["float": .double(21.5)])
+                && c.value("spookd", "site1.dev/plc/level") == .object(["float": .double(3.5)])
+                && c.value("spookd", "site1.dev/plc/alarm") == .bool(true)
+        }
+        #expect(c.value("spookd", "site1.dev/plc/$online") == .bool(true))
+        try c.waitFor("$error names the illegal address") {
+            (c.value("spookd", "site1.dev/plc/$error")?.string ?? "").contains("read holding 60…60: Illegal data address")
+        }
+        #expect(c.value("spookd", "site1.dev/plc/ghost") == nil)
+
+        // Desired, set upstream, is written to the server (read back here with libmodbus directly).
+        let probe = try ModbusClient(host: "127.0.0.1", port: port, unit: 1, timeoutMs: 1000)
+        try probe.connect()
+        _ = try c.call("spookd", .object(["op": .string("set"), "register": .string("site1.dev/plc/speed"), "value": .int(777)]))
+        _ = try c.call("spookd", .object(["op": .string("set"), "register": .string("site1.dev/plc/pump_on"), "value": .bool(true)]))
+        try c.waitFor("the server holds the desired values") {
+            try probe.read(ModbusRead(table: .holding, address: 0, count: 1, points: [])) == [777]
+                && probe.read(ModbusRead(table: .coil, address: 3, count: 1, points: [])) == [1]
+        }
+        try c.waitFor("speed reported upstream") { c.value("spookd", "site1.dev/plc/speed") == .int(777) }
+        probe.close()
+
+        // Server hung (SIGSTOP: connection open, no answers): the response timeout takes it offline.
+        let hung = Cluster.nowMs()
+        server.process.signal(SIGSTOP)
+        try c.waitFor("$online false on a hung server", seconds: 10) { c.value("spookd", "site1.dev/plc/$online") == .bool(false) }
+        print("modbus: $online false upstream \(Cluster.nowMs() - hung) ms after the server hung (timeout_ms 300, poll_ms 100)")
+        server.process.signal(SIGCONT)
+        try c.waitFor("online after the server resumed", seconds: 20) { c.value("spookd", "site1.dev/plc/$online") == .bool(true) }
+
+        // Server gone: $online false at once (connection reset); back: values flow again.
+        let stopped = Cluster.nowMs()
+        server.stop()
+        try c.waitFor("$online false", seconds: 10) { c.value("spookd", "site1.dev/plc/$online") == .bool(false) }
+        print("modbus: $online false upstream \(Cluster.nowMs() - stopped) ms after the server stopped (timeout_ms 300, poll_ms 100)")
+        server = try PymodbusServer(["--tcp", "\(port)"])
+        defer { server.stop() }
+        try c.waitFor("back online", seconds: 20) { c.value("spookd", "site1.dev/plc/$online") == .bool(true) }
+        let again = try ModbusClient(host: "127.0.0.1", port: port, unit: 1, timeoutMs: 1000)
+        try again.connect()
+        try again.write(ModbusPoint(name: "speed", table: .holding, address: 0, type: .u16), [4321])
+        try c.waitFor("a new value flows upstream") { c.value("spookd", "site1.dev/plc/speed") == .int(4321) }
+    }
+
+    /// Modbus RTU over a socat pseudo-terminal pair, pymodbus on the far end.
+    @Test func pymodbusOverRTU() throws {
+        let dir = TemporaryDirectory()
+        let a = dir.file("ttyA"), b = dir.file("ttyB")
+        let socat = try ChildProcess("/usr/bin/socat", ["pty,raw,echo=0,link=\(a)", "pty,raw,echo=0,link=\(b)"])
+        defer { socat.signal(SIGTERM); socat.wait() }
+        try Cluster.waitUntil("socat's ptys") { access(a, F_OK) == 0 && access(b, F_OK) == 0 }
+        let server = try PymodbusServer(["--rtu", b, "--baud", "19200"])
+        defer { server.stop() }
+        let device = modbusDevice("[[device]]\nname = \"plc\"\nkind = \"modbus-rtu\"\nport = \"\(a)\"\nbaud = 19200\nparity = \"none\"\n")
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + device, directory: dir)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("RTU values upstream") {
+            c.value("spookd", "site1.dev/plc/speed") == .int(1234) && c.value("spookd", "site1.dev/plc/temp") == .object(["float": .double(21.5)])
+        }
+        _ = try c.call("spookd", .object(["op": .string("set"), "register": .string("site1.dev/plc/speed"), "value": .int(99)]))
+        try c.waitFor("RTU write settled") { c.value("spookd", "site1.dev/plc/speed") == .int(99) }
+    }
+}
