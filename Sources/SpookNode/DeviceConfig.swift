@@ -116,7 +116,7 @@ extension ConfigReader {
     func modbusSettings(_ d: Table, name: String) -> ModbusSettings {
         var m = ModbusSettings()
         m.unit = d.int("unit", in: 0...247) ?? 1
-        m.pollMs = d.int("poll_ms", in: 10...3_600_000) ?? 1_000
+        m.pollMs = d.int("poll_ms", in: 0...3_600_000) ?? 1_000
         m.timeoutMs = d.int("timeout_ms", in: 10...60_000) ?? 1_000
         var seen = Set<String>()
         for r in d.tables("register") {

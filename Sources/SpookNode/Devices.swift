@@ -110,7 +110,7 @@ final class DeviceHost: @unchecked Sendable {
                 "name": .string(d.spec.name), "kind": .string(d.spec.kind.name), "group": .string(d.group.text),
                 "state": .string(d.pair.state.name), "online": .bool(d.pair.state.isOnline),
                 "path": .string(d.attached?.path ?? d.portPath ?? "-"), "error": .string(d.lastError ?? ""),
-                "transactions": .int(Int64(d.transactions)),
+                "transactions": .int(Int64(d.transactions + (d.modbus?.counter.withLockedValue { $0 } ?? 0))),
             ])
         }
     }
@@ -283,7 +283,10 @@ final class Device: @unchecked Sendable {
         channel = nil
         usb?.stop()
         usb = nil
-        modbus?.stop()
+        if let modbus {
+            transactions += modbus.counter.withLockedValue { $0 }
+            modbus.stop()
+        }
         modbus = nil
     }
 
@@ -456,6 +459,13 @@ final class ModbusWorker: @unchecked Sendable {
     let wake = ConditionLock(value: false)
     var writes: [(ModbusPoint, [UInt16])] = [] // guarded by `wake`
     var stopping = false // guarded by `wake`
+    var forgetSent = false // guarded by `wake`
+    /// Values and error last handed to the node loop (worker thread only).
+    var sent: [String: Value] = [:]
+    var sentError = ""
+    var lastWords: [[UInt16]?]
+    /// Transactions done, read by `status`.
+    let counter = NIOLockedValueBox(0)
     weak var device: Device?
     let loop: EventLoop
     let generation: Int
@@ -472,6 +482,7 @@ final class ModbusWorker: @unchecked Sendable {
         }
         self.settings = settings
         reads = ModbusPlan.reads(settings.points)
+        lastWords = Array(repeating: nil, count: reads.count)
         self.device = device
         loop = device.node.loop
         self.generation = generation
@@ -492,6 +503,13 @@ final class ModbusWorker: @unchecked Sendable {
         let pool = self.pool
         // Never block the node loop on a Modbus timeout: shut the thread down on the side.
         DispatchlessThread.detach { try? pool.syncShutdownGracefully() }
+    }
+
+    /// The node could not commit what it was handed: send everything again next poll.
+    func forget() {
+        wake.lock()
+        forgetSent = true
+        wake.unlock(withValue: true)
     }
 
     func enqueue(_ point: ModbusPoint, _ words: [UInt16]) {
@@ -519,10 +537,16 @@ final class ModbusWorker: @unchecked Sendable {
         onLoop { $0.drive(.linkUp) }
         var first = true
         while true {
+            let pollStart = ModbusWorker.monotonicMs()
             wake.lock()
             let pending = writes
             writes = []
             let stop = stopping
+            if forgetSent {
+                forgetSent = false
+                sent = [:]
+                lastWords = Array(repeating: nil, count: reads.count)
+            }
             wake.unlock(withValue: false)
             if stop { break }
             var errors: [String] = []
@@ -536,13 +560,19 @@ final class ModbusWorker: @unchecked Sendable {
                     errors.append("\(error)")
                 }
             }
-            var values: [(String, Value)] = []
+            var changed: [(String, Value)] = []
             var transactions = pending.count
-            for read in reads {
+            for (i, read) in reads.enumerated() {
                 do {
                     let words = try client.read(read)
                     transactions += 1
-                    values += ModbusPlan.values(read, words).map { ($0.0.name, $0.1) }
+                    // Unchanged words: nothing to decode, nothing to say.
+                    if lastWords[i] == words { continue }
+                    lastWords[i] = words
+                    for (point, value) in ModbusPlan.values(read, words) where sent[point.name] != value {
+                        sent[point.name] = value
+                        changed.append((point.name, value))
+                    }
                 } catch let e as ModbusError {
                     if !e.exception { return down(e.description) }
                     errors.append(e.description)
@@ -550,22 +580,34 @@ final class ModbusWorker: @unchecked Sendable {
                     errors.append("\(error)")
                 }
             }
-            let firstPoll = first
-            first = false
-            let error = errors.joined(separator: "; ")
             let count = transactions
-            let polled = values
-            onLoop { device in
-                device.transactions += count
-                device.report(polled)
-                device.setError(error)
-                if firstPoll { device.drive(.caughtUp) }
+            counter.withLockedValue { $0 += count }
+            // Only news crosses to the node loop: a steady device costs the loop nothing.
+            let error = errors.joined(separator: "; ")
+            if first || !changed.isEmpty || error != sentError {
+                let firstPoll = first
+                first = false
+                sentError = error
+                let news = changed
+                onLoop { device in
+                    if !device.report(news) { self.forget() }
+                    device.setError(error)
+                    if firstPoll { device.drive(.caughtUp) }
+                }
             }
-            // Sleep until the next poll, or until a write is queued.
-            if wake.lock(whenValue: true, timeoutSeconds: Double(settings.pollMs) / 1000) {
+            // Sleep until the next poll is due (every poll_ms, from the start of
+            // this one), or until a write is queued; poll_ms 0 polls back to back.
+            let remaining = Double(pollStart + UInt64(settings.pollMs)) - Double(ModbusWorker.monotonicMs())
+            if remaining > 0, wake.lock(whenValue: true, timeoutSeconds: remaining / 1000) {
                 wake.unlock(withValue: true)
             }
         }
+    }
+
+    static func monotonicMs() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
     func down(_ message: String) {

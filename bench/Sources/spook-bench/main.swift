@@ -4,6 +4,7 @@
 //
 //     bench/run              (release build, then this)
 //     bench/run --quick      (smaller counts, for a smoke run)
+//     bench/run --only P     one part: core, store, link or devices
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,7 +14,7 @@ import SpookStore
 
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
-/// `--only core`, `--only store` or `--only link` runs one part.
+/// `--only core`, `store`, `link` or `devices` runs one part.
 let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
     i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
 }
@@ -156,16 +157,29 @@ for (sync, batch, count) in [(SyncLevel.full, 1, 2_000), (.full, 100, 50_000), (
 
 // MARK: link (real processes)
 
+// The release binaries sit next to this one; SPOOK_EDGE may name another
+// spook-edge (e.g. a --static-swift-stdlib build) for the footprint rows.
+var me = [CChar](repeating: 0, count: 4096)
+let selfLength = readlink("/proc/self/exe", &me, me.count - 1)
+let binaries = "/" + String(decoding: me[..<max(0, selfLength)].map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: "/").dropLast().joined(separator: "/")
+let edgeBinary = getenv("SPOOK_EDGE").map { String(cString: $0) } ?? "\(binaries)/spook-edge"
+
 if runs("link") {
-    // The release binaries sit next to this one; SPOOK_EDGE may name another
-    // spook-edge (e.g. a --static-swift-stdlib build) for the footprint rows.
-    var me = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &me, me.count - 1)
-    let binaries = String(decoding: me[..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self).split(separator: "/").dropLast().joined(separator: "/")
-    let edgeBinary = getenv("SPOOK_EDGE").map { String(cString: $0) } ?? "/\(binaries)/spook-edge"
     let linkDir = "\(dir)/link"
     mkdir(linkDir, 0o700)
-    rows += try LinkBench.run(dir: linkDir, binaries: "/\(binaries)", edgeBinary: edgeBinary, count: 100_000 / scale)
+    rows += try LinkBench.run(dir: linkDir, binaries: binaries, edgeBinary: edgeBinary, count: 100_000 / scale)
+}
+
+// MARK: devices (real processes, libmodbus server, firmware simulator)
+
+if runs("devices") {
+    let devDir = "\(dir)/devices"
+    mkdir(devDir, 0o700)
+    // bench/run builds these; the repository root is the working directory.
+    var cwd = [CChar](repeating: 0, count: 4096)
+    let root = getcwd(&cwd, cwd.count).map { String(cString: $0) } ?? "."
+    rows += try DeviceBench.run(dir: devDir, binaries: binaries, edgeBinary: edgeBinary, tools: "\(root)/bench/modbus/build",
+                                sim: "\(root)/firmware-bridge/build/sfb-sim", seconds: quick ? 1 : 3)
 }
 
 // MARK: the table

@@ -1,0 +1,244 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SpookCore
+import SpookLink
+import SpookNode
+import SpookStore
+
+/// The device benchmarks: the agent polling a libmodbus server next to a bare
+/// libmodbus C client loop against the same server, a gateway-like load, and
+/// the firmware bridge over a pty. Real processes, as in `LinkBench`.
+enum DeviceBench {
+    /// A child whose stdout we read line by line (the C helpers print "ready", counts…).
+    final class Piped {
+        let pid: pid_t
+        let fd: Int32
+        var buffer: [UInt8] = []
+
+        init(_ path: String, _ arguments: [String]) throws {
+            var fds: [Int32] = [0, 0]
+            pipe(&fds)
+            var actions = posix_spawn_file_actions_t()
+            posix_spawn_file_actions_init(&actions)
+            defer { posix_spawn_file_actions_destroy(&actions) }
+            posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+            posix_spawn_file_actions_addclose(&actions, fds[0])
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+            let argv = ([path] + arguments).map { strdup($0) } + [nil]
+            defer { for p in argv { free(p) } }
+            var child: pid_t = 0
+            guard posix_spawn(&child, path, &actions, nil, argv, environ) == 0 else { throw APIClientError("cannot start \(path)") }
+            close(fds[1])
+            pid = child
+            fd = fds[0]
+        }
+
+        func line() -> String? {
+            while true {
+                if let nl = buffer.firstIndex(of: 10) {
+                    defer { buffer.removeSubrange(...nl) }
+                    return String(decoding: buffer[..<nl], as: UTF8.self)
+                }
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                let n = read(fd, &chunk, chunk.count)
+                if n <= 0 { return nil }
+                buffer += chunk[..<n]
+            }
+        }
+
+        func stop() {
+            kill(pid, SIGTERM)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            close(fd)
+        }
+    }
+
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: a.sin_port))
+    }
+
+    static func realtimeMs() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// spookd + spook-edge with `device` tables; returns (daemon, edge, edge API, daemon API).
+    static func cluster(dir: String, binaries: String, edgeBinary: String, device: String) throws -> (LinkBench.Process, LinkBench.Process, APIClient, APIClient) {
+        let daemonKey = Identity(), edgeKey = Identity()
+        try daemonKey.save(path: "\(dir)/d.key")
+        try edgeKey.save(path: "\(dir)/e.key")
+        let schema = "[[register]]\ndomain = \"bench.dev\"\npolicy = \"device\"\n"
+        LinkBench.write("\(dir)/d.toml", """
+            [node]
+            name = "up"
+            key = "\(dir)/d.key"
+            data = "\(dir)/d.db"
+            [api]
+            socket = "\(dir)/d.sock"
+            [[listen]]
+            url = "unix://\(dir)/link.sock"
+            [[peer]]
+            name = "gw"
+            key = "\(edgeKey.publicKey.hex)"
+            read = ["*"]
+            write = ["*"]
+            owns = ["bench.dev"]
+            \(schema)
+            """)
+        LinkBench.write("\(dir)/e.toml", """
+            [node]
+            name = "gw"
+            key = "\(dir)/e.key"
+            data = "\(dir)/e.db"
+            [api]
+            socket = "\(dir)/e.sock"
+            [[upstream]]
+            name = "primary"
+            url = "unix://\(dir)/link.sock"
+            key = "\(daemonKey.publicKey.hex)"
+            \(schema)
+            \(device)
+            """)
+        let daemon = try LinkBench.Process("\(binaries)/spookd", ["run", "-c", "\(dir)/d.toml", "--log-level", "error"])
+        LinkBench.waitForSocket("\(dir)/d.sock")
+        let edge = try LinkBench.Process(edgeBinary, ["run", "-c", "\(dir)/e.toml", "--log-level", "error"])
+        LinkBench.waitForSocket("\(dir)/e.sock")
+        return (daemon, edge, try APIClient(socket: "\(dir)/e.sock"), try APIClient(socket: "\(dir)/d.sock"))
+    }
+
+    /// What the bridge's stop-and-wait costs at least: one durable commit per change.
+    static func singleCommits(dir: String) throws -> Double {
+        let store = try SQLiteStore(path: "\(dir)/single.db", options: StoreOptions(sync: .full))
+        defer { store.close() }
+        let group = try QGroupName("bench.dev/single")
+        let n = 300
+        let t0 = now()
+        for i in 0..<n {
+            _ = try store.commitLocal([LocalWrite(group: group, writes: [Write("r", .set, .int(Int64(i)))])], origin: Origin(1), physicalMs: UInt64(i))
+        }
+        return Double(n) / (now() - t0)
+    }
+
+    static func transactions(_ api: APIClient) throws -> Int {
+        let s = try api.call(.object(["op": .string("status")]))
+        guard case .array(let devices)? = s["devices"], case .int(let n)? = devices.first?["transactions"] else { return 0 }
+        return Int(n)
+    }
+
+    static func run(dir: String, binaries: String, edgeBinary: String, tools: String, sim: String, seconds: Double) throws -> [Row] {
+        var rows: [Row] = []
+        // 1. Polling throughput: 100 holding registers (one coalesced read), back to back.
+        let port = freePort()
+        let server = try Piped("\(tools)/modbus-server", ["\(port)"])
+        defer { server.stop() }
+        _ = server.line()
+        func baseline() throws -> Double {
+            let loop = try Piped("\(tools)/modbus-client-loop", ["\(port)", "100", "\(seconds)"])
+            defer { loop.stop() }
+            let f = (loop.line() ?? "").split(separator: " ")
+            guard f.count == 4, let n = Double(f[1]), let s = Double(f[3]) else { throw APIClientError("modbus-client-loop failed") }
+            return n / s
+        }
+        let before = try baseline()
+        var points = ""
+        for i in 0..<100 { points += "[[device.register]]\nname = \"r\(i)\"\ntable = \"holding\"\naddress = \(i)\n" }
+        var agentRate = 0.0
+        do {
+            let d = "\(dir)/poll"
+            mkdir(d, 0o700)
+            let (daemon, edge, api, _) = try cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary, device: """
+                [[device]]
+                name = "plc"
+                kind = "modbus-tcp"
+                url = "tcp://127.0.0.1:\(port)"
+                poll_ms = 0
+                group = "bench.dev/plc"
+                \(points)
+                """)
+            defer { edge.stop(); daemon.stop() }
+            while try transactions(api) == 0 { usleep(10_000) }
+            let t0 = now(), n0 = try transactions(api)
+            usleep(UInt32(seconds * 1e6))
+            agentRate = Double(try transactions(api) - n0) / (now() - t0)
+        }
+        let after = try baseline()
+        let bare = (before + after) / 2
+        rows.append(Row(name: "Modbus reads of 100 registers, agent (poll_ms 0)", value: agentRate, unit: "transactions/s", baseline: "bare libmodbus C loop, same server", baselineValue: bare))
+        rows.append(Row(name: "Modbus registers polled, agent", value: agentRate * 100, unit: "registers/s", baseline: "bare libmodbus C loop", baselineValue: bare * 100))
+
+        // 2. Gateway-like load: 100 holding registers changing at 10 Hz, polled at 10 Hz, forwarded upstream.
+        let tickPort = freePort()
+        let ticking = try Piped("\(tools)/modbus-server", ["\(tickPort)", "--tick-ms", "100"])
+        defer { ticking.stop() }
+        _ = ticking.line()
+        do {
+            let d = "\(dir)/load"
+            mkdir(d, 0o700)
+            var load = "[[device.register]]\nname = \"clock\"\ntable = \"holding\"\naddress = 98\ntype = \"u32\"\n"
+            for i in 100..<200 { load += "[[device.register]]\nname = \"r\(i)\"\ntable = \"holding\"\naddress = \(i)\n" }
+            let (daemon, edge, _, up) = try cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary, device: """
+                [[device]]
+                name = "plc"
+                kind = "modbus-tcp"
+                url = "tcp://127.0.0.1:\(tickPort)"
+                poll_ms = 100
+                group = "bench.dev/plc"
+                \(load)
+                """)
+            defer { edge.stop(); daemon.stop() }
+            _ = try up.call(.object(["op": .string("watch"), "prefix": .string("bench.dev/plc/clock")]))
+            var latencies: [Double] = []
+            let warm = now()
+            while now() < warm + 1, (try? up.next(timeoutMs: 200)) != nil {}
+            let cpu0 = edge.cpuTicks, t0 = now()
+            while now() < t0 + seconds * 3 {
+                guard let event = try up.next(timeoutMs: 1000) else { continue }
+                if case .int(let stamp)? = event["register"]?["value"] {
+                    let mine = realtimeMs() & 0xFFFF_FFFF
+                    latencies.append(Double((mine &- UInt64(stamp)) & 0xFFFF_FFFF))
+                }
+            }
+            let cpu = Double(edge.cpuTicks - cpu0) / Double(sysconf(Int32(_SC_CLK_TCK))) / (now() - t0) * 100
+            let sorted = latencies.sorted()
+            func p(_ q: Double) -> Double { sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] }
+            rows.append(Row(name: "gateway load (100 regs at 10 Hz): agent CPU", value: cpu, unit: "%", baseline: "agent RSS (MiB)", baselineValue: Double(edge.rssKiB) / 1024))
+            rows.append(Row(name: "gateway load: device change→upstream p50 (\(latencies.count) changes)", value: p(0.5), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
+            rows.append(Row(name: "gateway load: device change→upstream p99", value: p(0.99), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
+        }
+
+        // 3. Firmware bridge over a pty: every report committed (sync=full) before it is acknowledged.
+        do {
+            let d = "\(dir)/serial"
+            mkdir(d, 0o700)
+            let count = Int(seconds * 300)
+            let device = try Piped(sim, ["--pty", "--count", "\(count)"])
+            defer { device.stop() }
+            let pty = String((device.line() ?? "").dropFirst(4))
+            let t0 = now()
+            let (daemon, edge, _, _) = try cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary, device: """
+                [[device]]
+                name = "sim"
+                kind = "serial"
+                port = "\(pty)"
+                group = "bench.dev/sim"
+                """)
+            defer { edge.stop(); daemon.stop() }
+            guard device.line() == "counted \(count)" else { throw APIClientError("sfb-sim did not finish") }
+            let elapsed = now() - t0
+            rows.append(Row(name: "firmware bridge over a pty: acknowledged changes", value: Double(count) / elapsed, unit: "changes/s",
+                            baseline: "store commit, 1 delta per block (sync=full)", baselineValue: try singleCommits(dir: d)))
+        }
+        return rows
+    }
+}
