@@ -13,7 +13,7 @@ public enum FirmwareValueType: UInt8, Sendable, CustomStringConvertible {
         case .i16: .int(Int64(Int16(truncatingIfNeeded: raw)))
         case .u32: .int(Int64(raw))
         case .i32: .int(Int64(Int32(bitPattern: raw)))
-        case .f32: .float(Double(Float(bitPattern: raw)))
+        case .f32: .float(Float(bitPattern: raw).shortestDouble)
         }
     }
 

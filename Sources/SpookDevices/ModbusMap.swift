@@ -62,11 +62,17 @@ public struct ModbusPoint: Hashable, Sendable {
         case .i16: number = Double(Int16(truncatingIfNeeded: raw32))
         case .u32: number = Double(raw32)
         case .i32: number = Double(Int32(bitPattern: raw32))
-        case .f32: return .float(Double(Float(bitPattern: raw32)) * scale)
+        case .f32: return .float(scaled(Float(bitPattern: raw32).shortestDouble))
         case .bool: number = 0
         }
         if scale == 1 { return .int(Int64(number)) }
-        return .float(number * scale)
+        return .float(scaled(number))
+    }
+
+    /// raw · scale, computed as raw / 10ⁿ when the scale is 1/10ⁿ, so 259 · 0.1 reads 25.9, not 25.900000000000002.
+    func scaled(_ raw: Double) -> Double {
+        let inverse = 1 / scale
+        return scale < 1 && inverse == inverse.rounded() ? raw / inverse : raw * scale
     }
 
     /// The words that make the device hold `value`; nil when it does not fit.
@@ -84,7 +90,8 @@ public struct ModbusPoint: Hashable, Sendable {
         case .float(let d) where d.isFinite: number = d
         default: return nil
         }
-        let scaled = number / scale
+        let inverse = 1 / scale
+        let scaled = scale < 1 && inverse == inverse.rounded() ? number * inverse : number / scale
         let raw: UInt32
         switch type {
         case .f32: raw = Float(scaled).bitPattern
@@ -163,4 +170,9 @@ public enum ModbusPlan {
             return (p, p.decode(words[start..<(start + p.width)]))
         }
     }
+}
+
+extension Float {
+    /// The double that prints like this float: 21.3f becomes 21.3, not 21.299999237060547.
+    var shortestDouble: Double { isFinite ? Double(description) ?? Double(self) : Double(self) }
 }

@@ -31,23 +31,39 @@ struct TOMLLocator {
     init(_ text: String) {
         var table = ""
         var arrayCounts: [String: Int] = [:]
-        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = i + 1
-            let indent = raw.prefix { $0 == " " || $0 == "\t" }.count
-            let body = raw.dropFirst(indent)
+        // The element an array-of-tables name currently stands for: "device" -> "device[2]",
+        // so [[device.register]] under it is "device[2].register[j]".
+        var currentElement: [String: String] = [:]
+        func resolve(_ name: String) -> String {
+            var raw = "", path = ""
+            for component in name.split(separator: ".").map(String.init) {
+                raw = raw.isEmpty ? component : "\(raw).\(component)"
+                path = currentElement[raw] ?? (path.isEmpty ? component : "\(path).\(component)")
+            }
+            return path
+        }
+        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let indent = line.prefix { $0 == " " || $0 == "\t" }.count
+            let body = line.dropFirst(indent)
             if body.hasPrefix("[[") {
                 let name = TOMLLocator.headerName(body.dropFirst(2))
-                let index = arrayCounts[name, default: 0]
-                arrayCounts[name] = index + 1
-                table = "\(name)[\(index)]"
-                positions[table] = (line, indent + 1)
+                // The parent path resolves through enclosing arrays; this array gets a new element.
+                let parent = name.split(separator: ".").dropLast().joined(separator: ".")
+                let key = parent.isEmpty ? name : "\(resolve(parent)).\(name.split(separator: ".").last!)"
+                let index = arrayCounts[key, default: 0]
+                arrayCounts[key] = index + 1
+                table = "\(key)[\(index)]"
+                currentElement[name] = table
+                // A new element ends the elements of arrays nested in the previous one.
+                for k in currentElement.keys where k.hasPrefix(name + ".") { currentElement[k] = nil }
+                positions[table] = (i + 1, indent + 1)
             } else if body.hasPrefix("[") {
-                table = TOMLLocator.headerName(body.dropFirst())
-                positions[table] = (line, indent + 1)
+                table = resolve(TOMLLocator.headerName(body.dropFirst()))
+                positions[table] = (i + 1, indent + 1)
             } else if let eq = body.firstIndex(of: "="), !body.hasPrefix("#") {
                 let key = body[..<eq].trimmingCharacters(in: " \t").trimmingCharacters(in: "\"")
                 guard !key.isEmpty else { continue }
-                positions[table.isEmpty ? key : "\(table).\(key)"] = (line, indent + 1)
+                positions[table.isEmpty ? key : "\(table).\(key)"] = (i + 1, indent + 1)
             }
         }
     }

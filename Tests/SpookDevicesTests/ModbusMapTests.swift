@@ -39,6 +39,11 @@ import Testing
         #expect(p.decode([0xFF9C][...]) == .float(-10.0))
         #expect(p.encode(.float(-10.0)) == [0xFF9C])
         #expect(p.encode(.float(4000)) == nil, "40000 does not fit i16")
+        #expect(p.decode([259][...]) == .float(25.9), "259 · 0.1 reads 25.9")
+        #expect(p.encode(.float(25.9)) == [259])
+        let f = ModbusPoint(name: "f", table: .holding, address: 0, type: .f32)
+        let bits21_3 = Float(21.3).bitPattern
+        #expect(f.decode([UInt16(bits21_3 >> 16), UInt16(bits21_3 & 0xFFFF)][...]) == .float(21.3), "an f32 reads as the number it prints as")
         p = ModbusPoint(name: "n", table: .holding, address: 0, type: .u32, wordOrder: .little)
         #expect(p.decode([0x5678, 0x1234][...]) == .int(0x1234_5678))
         #expect(p.encode(.int(0x1234_5678)) == [0x5678, 0x1234])

@@ -12,6 +12,16 @@ import Testing
         #expect(edge.upstreams.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400)])
         #expect(edge.upstreams.first?.domains.map(\.description) == ["site1.*"])
         #expect(edge.node.schema.spec(for: try QRegisterName("site1.l3/pump7/speed")) == RegisterSpec(type: .int, policy: .device))
+        #expect(edge.devices.map(\.name) == ["plc1", "drive", "sensors"])
+        #expect(edge.devices.map(\.kind.name) == ["modbus-tcp", "modbus-rtu", "serial"])
+        if case .modbusTCP(let host, let port, let m)? = edge.devices.first?.kind {
+            #expect(host == "192.168.10.20" && port == 502 && m.pollMs == 500 && m.points.count == 4)
+            #expect(m.points.first { $0.name == "oil_temp" }?.scale == 0.1)
+            #expect(m.points.first { $0.name == "running" }?.writable == true)
+        } else {
+            Issue.record("plc1 is not a modbus-tcp device")
+        }
+        #expect(edge.devices.last?.match?.vendor == "0483")
         let daemon = try DaemonConfig.load(path: Self.repo.appendingPathComponent("configs/spookd.toml").path)
         #expect(daemon.listen.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400), .unix(path: "/run/spook/spookd.link")])
         #expect(daemon.peers.first?.grant.mayWrite(try QDomain("site1.l3")) == true)
@@ -63,6 +73,67 @@ import Testing
             "edge.toml:25:1: domains[0]: pattern \"site1.*.x\": \"*\" may only stand alone or as the last label (\"site1.*\")",
         ]
         #expect(lines == expected, "got:\n\(lines.joined(separator: "\n"))")
+    }
+
+    @Test func deviceProblemsAreReportedWithTheirPositions() throws {
+        let head = """
+            [node]
+            name = "gw"
+            key = "/k"
+            data = "/d"
+            [api]
+            socket = "/s"
+            [[upstream]]
+            name = "a"
+            url = "unix:///l"
+            key = "0000000000000000000000000000000000000000000000000000000000000000"
+            [[register]]
+            domain = "site1.dev"
+            policy = "device"
+
+            """
+        let text = head + """
+            [[device]]
+            name = "p"
+            kind = "modbus-tcp"
+            url = "udp://x"
+            group = "site1.other/p"
+            [[device.register]]
+            name = "a"
+            table = "input"
+            address = 70000
+            access = "rw"
+            [[device.register]]
+            name = "a"
+            table = "coil"
+            type = "u16"
+            address = 1
+            [[device]]
+            name = "s"
+            kind = "serial"
+            baud = 12345
+            group = "site1.dev/{serial}"
+            [[device]]
+            name = "s"
+            kind = "teleport"
+            group = "site1.dev/x"
+            """
+        let error = #expect(throws: ConfigError.self) { try EdgeConfig.parse(file: "edge.toml", text: text) }
+        let lines = error?.diagnostics.map(\.description) ?? []
+        let expected = [
+            "edge.toml:17:1: \"url\" = \"udp://x\" must be tcp://HOST:PORT",
+            "edge.toml:18:1: device \"p\": registers in site1.other need policy \"device\" (reported by the device, desired by anyone); add [[register]] domain = \"site1.other\" policy = \"device\"",
+            "edge.toml:22:1: \"address\" = 70000 is out of range 0…65535",
+            "edge.toml:23:1: \"a\": the input table is read-only; access must be \"r\"",
+            "edge.toml:25:1: register \"a\" is mapped twice in device \"p\"",
+            "edge.toml:27:1: a coil is one bit: its type is bool, not u16",
+            "edge.toml:29:1: device \"s\" needs \"port\" (e.g. /dev/ttyUSB0) or a [device.match] block",
+            "edge.toml:32:1: \"baud\" = 12345 is not a standard rate: 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600",
+            "edge.toml:33:1: device \"s\": site1.dev/{serial} uses the attached device's identity, so the device needs a [device.match] block",
+            "edge.toml:35:1: device \"s\" is defined twice",
+            "edge.toml:36:1: \"kind\" = \"teleport\" is not one of \"serial\", \"usb\", \"modbus-tcp\", \"modbus-rtu\"",
+        ]
+        #expect(lines.sorted() == expected.sorted(), "got:\n\(lines.joined(separator: "\n"))")
     }
 
     @Test func aSyntaxErrorNamesItsPosition() {
