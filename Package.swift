@@ -120,7 +120,10 @@ let package = Package(
         .testTarget(name: "SimulationTests", dependencies: ["SpookSimulation", "SpookCore", "SpookStore", "SpookTestSupport"]),
         // The firmware bridge's C library, linked into tests only: the Swift host runs against the real device code.
         .target(name: "CFirmwareBridge", path: "firmware-bridge", sources: ["src/sfb.c"], publicHeadersPath: "include"),
-        .testTarget(name: "SpookDevicesTests", dependencies: ["SpookDevices", "SpookCore", "CFirmwareBridge", "SpookTestSupport"]),
+        .testTarget(
+            name: "SpookDevicesTests",
+            dependencies: ["SpookDevices", "SpookCore", "SpookNode", "CFirmwareBridge", "SpookTestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "SystemLibraryTests", dependencies: ["CModbus", "CSerialPort", "CUSB", "CSQLite"]),
     ],
     swiftLanguageModes: [.v6]

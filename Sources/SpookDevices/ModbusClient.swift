@@ -95,17 +95,20 @@ public final class ModbusClient: @unchecked Sendable {
         guard n == expected else {
             let code = errno
             let message = ModbusClient.lastError()
-            // Lost connections, timeouts and garbled responses mean: reconnect.
-            if !ModbusClient.isException(code) { close() }
-            throw ModbusError(what: "\(endpoint): \(what)", message: message, exception: ModbusClient.isException(code))
+            // Lost connections and timeouts mean: reconnect. The rest is one bad transaction.
+            let keeps = ModbusClient.keepsConnection(code)
+            if !keeps { close() }
+            throw ModbusError(what: "\(endpoint): \(what)", message: message, exception: keeps)
         }
     }
 
-    /// A Modbus exception response (illegal address, device failure…), as
-    /// opposed to a transport failure.
-    static func isException(_ code: Int32) -> Bool {
+    /// The device answered, or a line garbled one answer: a Modbus exception
+    /// (illegal address, device failure…), a bad CRC, bad data or a reply from
+    /// another unit. Anything else (connection lost, timeout) is the transport.
+    static func keepsConnection(_ code: Int32) -> Bool {
         let base = Int32(MODBUS_ENOBASE)
-        return code > base && code < base + 12
+        let exception = code > base && code < base + 12
+        return exception || code == base + 12 || code == base + 13 || code == base + 17
     }
 
     static func lastError() -> String { String(cString: modbus_strerror(errno)) }
@@ -114,7 +117,7 @@ public final class ModbusClient: @unchecked Sendable {
 public struct ModbusError: Error, CustomStringConvertible, Sendable {
     public let what: String
     public let message: String
-    /// The device answered with an exception: the connection is fine.
+    /// One bad transaction (an exception, a garbled answer): the connection is fine.
     public let exception: Bool
     public var description: String { "\(what): \(message)" }
 }

@@ -76,8 +76,19 @@ public final class USBContext: @unchecked Sendable {
     static func message(_ rc: Int32) -> String { String(cString: libusb_strerror(rc)) }
 }
 
+/// A blocking byte pipe to a device: a USB bulk endpoint pair in production,
+/// anything else in tests. `read` returns what arrived within the timeout
+/// (maybe nothing) and throws when the device is gone.
+public protocol BulkTransport: AnyObject, Sendable {
+    func read(timeoutMs: UInt32) throws -> [UInt8]
+    func write(_ bytes: [UInt8]) throws
+}
+
+/// Opens the bulk transport of a matched device.
+public typealias BulkOpener = @Sendable (DeviceMatch, USBSettings) throws -> any BulkTransport
+
 /// A claimed interface's bulk endpoint pair. Blocking: used from the device's thread.
-public final class USBBulkLink: @unchecked Sendable {
+public final class USBBulkLink: BulkTransport, @unchecked Sendable {
     let handle: OpaquePointer
     let settings: USBSettings
 

@@ -110,7 +110,7 @@ final class DeviceHost: @unchecked Sendable {
                 "name": .string(d.spec.name), "kind": .string(d.spec.kind.name), "group": .string(d.group.text),
                 "state": .string(d.pair.state.name), "online": .bool(d.pair.state.isOnline),
                 "path": .string(d.attached?.path ?? d.portPath ?? "-"), "error": .string(d.lastError ?? ""),
-                "transactions": .int(Int64(d.transactions + (d.modbus?.counter.withLockedValue { $0 } ?? 0))),
+                "transactions": .int(Int64(d.transactionCount)),
             ])
         }
     }
@@ -153,6 +153,9 @@ final class Device: @unchecked Sendable {
     }
 
     var node: Node { host.node }
+
+    /// Modbus requests or firmware reports, over every connection so far.
+    var transactionCount: Int { transactions + (modbus?.counter.withLockedValue { $0 } ?? 0) }
     var logger: Logger { host.node.logger }
 
     var portPath: String? {
@@ -222,7 +225,7 @@ final class Device: @unchecked Sendable {
                 }
         case .usb(let settings):
             guard let match = spec.match else { return failed("a usb device needs a match block") }
-            let worker = USBWorker(match: match, settings: settings, loop: node.loop,
+            let worker = USBWorker(match: match, settings: settings, open: node.openBulk, loop: node.loop,
                                    onBytes: { [weak self] bytes in self?.received(bytes, gen) },
                                    onClose: { [weak self] reason in self?.lost(reason, gen) })
             usb = worker
@@ -364,6 +367,7 @@ final class Device: @unchecked Sendable {
     func setError(_ message: String) {
         guard (lastError ?? "") != message else { return }
         lastError = message
+        if !message.isEmpty { node.metrics.deviceError(spec.name) }
         commit([Write("$error", .set, .string(message))])
     }
 
@@ -616,22 +620,24 @@ final class ModbusWorker: @unchecked Sendable {
     }
 }
 
-/// A bulk-endpoint firmware bridge link: a thread reads IN, writes go OUT.
+/// A bulk-endpoint firmware bridge link: a thread reads IN, another writes OUT.
 final class USBWorker: @unchecked Sendable {
     let match: DeviceMatch
     let settings: USBSettings
+    let open: BulkOpener
     let loop: EventLoop
     let onBytes: @Sendable ([UInt8]) -> Void
     let onClose: @Sendable (String) -> Void
     let pool = NIOThreadPool(numberOfThreads: 1)
     /// Bulk OUT transfers block (up to a second): never on the node loop.
     let writer = NIOThreadPool(numberOfThreads: 1)
-    let state = NIOLockedValueBox<(stopping: Bool, link: USBBulkLink?)>((false, nil))
+    let state = NIOLockedValueBox<(stopping: Bool, link: (any BulkTransport)?)>((false, nil))
 
-    init(match: DeviceMatch, settings: USBSettings, loop: EventLoop,
+    init(match: DeviceMatch, settings: USBSettings, open: @escaping BulkOpener, loop: EventLoop,
          onBytes: @escaping @Sendable ([UInt8]) -> Void, onClose: @escaping @Sendable (String) -> Void) {
         self.match = match
         self.settings = settings
+        self.open = open
         self.loop = loop
         self.onBytes = onBytes
         self.onClose = onClose
@@ -641,9 +647,9 @@ final class USBWorker: @unchecked Sendable {
         pool.start()
         writer.start()
         pool.submit { [self] _ in
-            let link: USBBulkLink
+            let link: any BulkTransport
             do {
-                link = try USBContext().open(match, settings)
+                link = try open(match, settings)
             } catch {
                 loop.execute { opened("\(error)") }
                 return

@@ -23,6 +23,9 @@ final class NodeMetrics: @unchecked Sendable {
     static var refusedName: MetricNameDescriptor { name("links_refused", "total", "Links closed with an ERROR frame, by code") }
     static var lagName: MetricNameDescriptor { name("link_lag", "deltas", "Deltas the peer has not acknowledged") }
     static var onlineName: MetricNameDescriptor { name("link", "online", "1 while the link is coherent") }
+    static var deviceOnlineName: MetricNameDescriptor { name("device", "online", "1 while the device HalfPair is coherent") }
+    static var deviceTransactionsName: MetricNameDescriptor { name("device_transactions", "total", "Modbus requests and firmware bridge reports since start") }
+    static var deviceErrorsName: MetricNameDescriptor { name("device_errors", "total", "Problems written to a device's $error (timeouts, exceptions, refused writes)") }
     static var bytesName: MetricNameDescriptor { name("link_sent", "bytes", "Frame bytes sent on the current connection") }
 
     init() {
@@ -32,6 +35,10 @@ final class NodeMetrics: @unchecked Sendable {
         reconnects = registry.makeCounter(descriptor: NodeMetrics.name("reconnects", "total", "Reconnect attempts scheduled by upstream HalfPairs"))
         deltasHeld = registry.makeCounter(descriptor: NodeMetrics.name("deltas_held", "total", "Deltas held by this node's store (rate() is deltas/s)"))
         links = registry.makeGauge(descriptor: NodeMetrics.name("links", "", "Links past the handshake"))
+    }
+
+    func deviceError(_ device: String) {
+        registry.makeCounter(descriptor: NodeMetrics.deviceErrorsName, labels: [("device", device)]).increment()
     }
 
     func refused(_ code: String) {
@@ -49,6 +56,10 @@ final class NodeMetrics: @unchecked Sendable {
             registry.makeGauge(descriptor: NodeMetrics.lagName, labels: [("link", l.name)]).set(to: Double(l.lag))
             registry.makeGauge(descriptor: NodeMetrics.onlineName, labels: [("link", l.name)]).set(to: l.online ? 1.0 : 0.0)
             registry.makeGauge(descriptor: NodeMetrics.bytesName, labels: [("link", l.name)]).set(to: Double(l.bytesSent))
+        }
+        for d in node.devices?.devices ?? [] {
+            registry.makeGauge(descriptor: NodeMetrics.deviceOnlineName, labels: [("device", d.spec.name)]).set(to: d.pair.state.isOnline ? 1.0 : 0.0)
+            registry.makeGauge(descriptor: NodeMetrics.deviceTransactionsName, labels: [("device", d.spec.name)]).set(to: Double(d.transactionCount))
         }
         return registry.emitToBuffer()
     }

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import SpookCore
+import SpookDevices
 import SpookLink
 import SpookStore
 import SpookWire
@@ -82,6 +83,8 @@ public final class Node: @unchecked Sendable {
     var api: LocalAPI!
     /// The agent's device HalfPairs (edge only).
     var devices: DeviceHost?
+    /// How `usb` devices are opened: libusb, unless a test (or a simulator) says otherwise. Set before `start`.
+    public var openBulk: BulkOpener = { match, settings in try USBContext().open(match, settings) }
     var daemonTimer: RepeatedTask?
     let authorisation: Authorisation?
     let metrics = NodeMetrics()

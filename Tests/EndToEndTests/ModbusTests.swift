@@ -72,10 +72,11 @@ func modbusDevice(_ head: String) -> String {
     /// writes reach the server, an illegal address gives `$error`, the server
     /// stopped gives `$online = false`, restarted gives values again.
     @Test func pymodbusOverTCP() throws {
-        let port = try CuttableProxy.freePort()
+        let port = try CuttableProxy.freePort(), metrics = try CuttableProxy.freePort()
         var server = try PymodbusServer(["--tcp", "\(port)"])
         let device = modbusDevice("[[device]]\nname = \"plc\"\nkind = \"modbus-tcp\"\nurl = \"tcp://127.0.0.1:\(port)\"\n")
-        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + device)
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema,
+                            edgeExtra: "[metrics]\nlisten = \"127.0.0.1:\(metrics)\"\n" + deviceSchema + device)
         try c.startDaemon()
         try c.startEdge()
         try c.waitFor("polled values upstream") {
@@ -89,6 +90,10 @@ func modbusDevice(_ head: String) -> String {
             (c.value("spookd", "site1.dev/plc/$error")?.string ?? "").contains("read holding 60…60: Illegal data address")
         }
         #expect(c.value("spookd", "site1.dev/plc/ghost") == nil)
+        let scraped = try MetricsTests.get(metrics, "/metrics")
+        #expect(scraped.contains("spook_device_online{device=\"plc\"} 1"), "\(scraped)")
+        #expect(scraped.contains("spook_device_errors_total{device=\"plc\"} 1"))
+        #expect(scraped.contains("spook_device_transactions_total{device=\"plc\"}"))
 
         // Desired, set upstream, is written to the server (read back here with libmodbus directly).
         let probe = try ModbusClient(host: "127.0.0.1", port: port, unit: 1, timeoutMs: 1000)
