@@ -9,6 +9,7 @@ public final class ModbusClient: @unchecked Sendable {
     let ctx: OpaquePointer
     public let endpoint: String
     public private(set) var connected = false
+    var bits: [UInt8] = []
 
     public init(host: String, port: Int, unit: Int, timeoutMs: Int) throws {
         guard let ctx = modbus_new_tcp_pi(host, String(port)) else {
@@ -58,21 +59,33 @@ public final class ModbusClient: @unchecked Sendable {
 
     /// Reads one coalesced span. Bits come back as words of 0 or 1.
     public func read(_ r: ModbusRead) throws -> [UInt16] {
+        var words = [UInt16](repeating: 0, count: r.count)
+        try read(r, into: &words)
+        return words
+    }
+
+    /// Reads one coalesced span into `words` (resized to the span), allocating
+    /// nothing once `words` has the capacity: the polling loop's path.
+    public func read(_ r: ModbusRead, into words: inout [UInt16]) throws {
+        if words.count != r.count { words = [UInt16](repeating: 0, count: r.count) }
+        let what = { "read \(r.table) \(r.address)…\(r.address + r.count - 1)" }
         switch r.table {
         case .holding, .input:
-            var words = [UInt16](repeating: 0, count: r.count)
-            let n = r.table == .holding
-                ? modbus_read_registers(ctx, Int32(r.address), Int32(r.count), &words)
-                : modbus_read_input_registers(ctx, Int32(r.address), Int32(r.count), &words)
-            try check(n, r.count, "read \(r.table) \(r.address)…\(r.address + r.count - 1)")
-            return words
+            let n = words.withUnsafeMutableBufferPointer { buffer in
+                r.table == .holding
+                    ? modbus_read_registers(ctx, Int32(r.address), Int32(r.count), buffer.baseAddress)
+                    : modbus_read_input_registers(ctx, Int32(r.address), Int32(r.count), buffer.baseAddress)
+            }
+            try check(n, r.count, what())
         case .coil, .discrete:
-            var bits = [UInt8](repeating: 0, count: r.count)
-            let n = r.table == .coil
-                ? modbus_read_bits(ctx, Int32(r.address), Int32(r.count), &bits)
-                : modbus_read_input_bits(ctx, Int32(r.address), Int32(r.count), &bits)
-            try check(n, r.count, "read \(r.table) \(r.address)…\(r.address + r.count - 1)")
-            return bits.map { UInt16($0) }
+            if bits.count < r.count { bits = [UInt8](repeating: 0, count: r.count) }
+            let n = bits.withUnsafeMutableBufferPointer { buffer in
+                r.table == .coil
+                    ? modbus_read_bits(ctx, Int32(r.address), Int32(r.count), buffer.baseAddress)
+                    : modbus_read_input_bits(ctx, Int32(r.address), Int32(r.count), buffer.baseAddress)
+            }
+            try check(n, r.count, what())
+            for i in 0..<r.count { words[i] = UInt16(bits[i]) }
         }
     }
 

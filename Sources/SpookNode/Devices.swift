@@ -468,6 +468,7 @@ final class ModbusWorker: @unchecked Sendable {
     var sent: [String: Value] = [:]
     var sentError = ""
     var lastWords: [[UInt16]?]
+    var scratch: [UInt16] = []
     /// Transactions done, read by `status`.
     let counter = NIOLockedValueBox(0)
     weak var device: Device?
@@ -568,10 +569,11 @@ final class ModbusWorker: @unchecked Sendable {
             var transactions = pending.count
             for (i, read) in reads.enumerated() {
                 do {
-                    let words = try client.read(read)
+                    try client.read(read, into: &scratch)
                     transactions += 1
                     // Unchanged words: nothing to decode, nothing to say.
-                    if lastWords[i] == words { continue }
+                    if lastWords[i] == scratch { continue }
+                    let words = scratch
                     lastWords[i] = words
                     for (point, value) in ModbusPlan.values(read, words) where sent[point.name] != value {
                         sent[point.name] = value
