@@ -2,12 +2,14 @@
  * small device, for the agent's serial path in tests and in the demo.
  *
  *   sfb-sim [--port PATH | --pty] [--name N] [--serial S] [--count N]
- *           [--period-ms P] [--noise RATE] [--seed S]
+ *           [--period-ms P] [--clock-hz H] [--noise RATE] [--seed S]
  *
  * --pty creates a pseudo-terminal and prints "pty /dev/pts/N"; the agent
  * opens that path. --count N steps the `counter` register 1…N, each step once
  * the previous one was acknowledged, then prints "counted N". --period-ms P
- * changes `temperature` and `counter` every P ms (the demo). --noise RATE
+ * changes `temperature` and `counter` every P ms (the demo). --clock-hz H
+ * sets `clock` to the wall clock in ms (low 32 bits) H times a second, so a
+ * reader upstream can time change → upstream (the benchmark). --noise RATE
  * corrupts that fraction of bytes in both directions (drop, flip, or insert
  * garbage), from a seeded generator. Writes from the host print
  * "write NAME=VALUE". Stops on SIGTERM or SIGINT.
@@ -82,13 +84,20 @@ static size_t write_out(void *ctx, const uint8_t *bytes, size_t len) {
     return len;
 }
 
-enum { R_COUNTER, R_SETPOINT, R_TEMPERATURE, R_ENABLE };
+enum { R_COUNTER, R_SETPOINT, R_TEMPERATURE, R_ENABLE, R_CLOCK };
 static const sfb_register registers[] = {
     {"counter", SFB_U32, SFB_READ},
     {"setpoint", SFB_I16, SFB_READ_WRITE},
     {"temperature", SFB_F32, SFB_READ},
     {"enable", SFB_BOOL, SFB_READ_WRITE},
+    {"clock", SFB_U32, SFB_READ},
 };
+
+static uint32_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint32_t)((uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
+}
 static sfb_device device;
 
 static int on_write(void *ctx, uint8_t id, uint32_t raw) {
@@ -116,7 +125,7 @@ static int make_raw(int f) {
 int main(int argc, char **argv) {
     const char *port = NULL, *name = "sim", *serial = "SIM0001";
     int use_pty = 0;
-    long count = 0, period = 0;
+    long count = 0, period = 0, clock_hz = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--pty") == 0) { use_pty = 1; continue; }
@@ -126,6 +135,7 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--serial") == 0) serial = v;
         else if (strcmp(a, "--count") == 0) count = atol(v);
         else if (strcmp(a, "--period-ms") == 0) period = atol(v);
+        else if (strcmp(a, "--clock-hz") == 0) clock_hz = atol(v);
         else if (strcmp(a, "--noise") == 0) noise = atof(v);
         else if (strcmp(a, "--seed") == 0) rng_state = strtoull(v, NULL, 10);
         else { fprintf(stderr, "sfb-sim: unknown option %s\n", a); return 64; }
@@ -155,12 +165,13 @@ int main(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
 
-    sfb_config config = {name, serial, registers, 4, write_out, now_ms, on_write, NULL};
+    sfb_config config = {name, serial, registers, 5, write_out, now_ms, on_write, NULL};
     sfb_init(&device, &config);
     sfb_set(&device, R_TEMPERATURE, sfb_from_f32(20.0f));
     long counted = 0;
     int announced = 0;
     uint32_t next_tick = now_ms(NULL) + (uint32_t)period;
+    uint32_t next_clock = now_ms(NULL);
     while (!stopping) {
         struct pollfd p = {fd, POLLIN, 0};
         int r = poll(&p, 1, 2);
@@ -185,6 +196,10 @@ int main(int argc, char **argv) {
             tick++;
             sfb_set(&device, R_COUNTER, tick);
             sfb_set(&device, R_TEMPERATURE, sfb_from_f32(20.0f + 5.0f * (float)sin(tick / 10.0)));
+        }
+        if (clock_hz > 0 && (int32_t)(now_ms(NULL) - next_clock) >= 0) {
+            next_clock += (uint32_t)(1000 / clock_hz);
+            sfb_set(&device, R_CLOCK, wall_ms());
         }
         sfb_poll(&device);
     }

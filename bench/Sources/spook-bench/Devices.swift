@@ -239,6 +239,33 @@ enum DeviceBench {
             rows.append(Row(name: "firmware bridge over a pty: acknowledged changes", value: Double(count) / elapsed, unit: "changes/s",
                             baseline: "store commit, 1 delta per block (sync=full)", baselineValue: try singleCommits(dir: d)))
         }
+
+        // 4. A firmware device's change → upstream visible: sfb-sim stamps `clock` with its wall clock 1,000 times a second.
+        do {
+            let d = "\(dir)/clock"
+            mkdir(d, 0o700)
+            let device = try Piped(sim, ["--pty", "--clock-hz", "1000"])
+            defer { device.stop() }
+            let pty = String((device.line() ?? "").dropFirst(4))
+            let (daemon, edge, _, up) = try cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary,
+                                                    device: "[[device]]\nname = \"mcu\"\nkind = \"serial\"\nport = \"\(pty)\"\ngroup = \"bench.dev/mcu\"\n")
+            defer { edge.stop(); daemon.stop() }
+            _ = try up.call(.object(["op": .string("watch"), "prefix": .string("bench.dev/mcu/clock")]))
+            let warm = now()
+            while now() < warm + 1, (try? up.next(timeoutMs: 200)) != nil {}
+            var latencies: [Double] = []
+            let t0 = now()
+            while now() < t0 + seconds * 3 {
+                guard let event = try up.next(timeoutMs: 1000), case .int(let stamp)? = event["register"]?["value"] else { continue }
+                latencies.append(Double(((realtimeMs() & 0xFFFF_FFFF) &- UInt64(stamp)) & 0xFFFF_FFFF))
+            }
+            let rate = Double(latencies.count) / (now() - t0)
+            let sorted = latencies.sorted()
+            func p(_ q: Double) -> Double { sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] }
+            rows.append(Row(name: "firmware device change→upstream p50 (\(latencies.count) changes, \(Int(rate))/s seen)", value: p(0.5), unit: "ms",
+                            baseline: "ms between changes seen", baselineValue: 1000 / rate))
+            rows.append(Row(name: "firmware device change→upstream p99", value: p(0.99), unit: "ms", baseline: "ms between changes seen", baselineValue: 1000 / rate))
+        }
         return rows
     }
 }
