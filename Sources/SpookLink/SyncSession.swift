@@ -48,6 +48,14 @@ public struct SyncSession: Sendable {
     /// no deltas: a standby link in a QRoute, ready to take over.
     public var paused = false
 
+    /// What the peer may see (its read grant, its subscriptions, a route's
+    /// domains); nil: everything. Deltas of other groups go `Withheld`.
+    public var visible: (@Sendable (QGroupName) -> Bool)?
+
+    /// Send only this origin's deltas: an agent sends upstream what it wrote
+    /// (applications, devices, its own registers), not what it received.
+    public var onlyOrigin: Origin?
+
     /// Counters for `$lag`, metrics and tests.
     public private(set) var deltasSent = 0
     public private(set) var deltasReceived = 0
@@ -64,13 +72,25 @@ public struct SyncSession: Sendable {
     public func isCaughtUp(_ store: any Store) -> Bool {
         guard let ourStart, let theirStart else { return false }
         let acked = store.peerVector(peer)
-        return store.vector.compare(theirStart) != .behind && store.vector.compare(theirStart) != .concurrent
-            && acked.compare(ourStart) != .behind && acked.compare(ourStart) != .concurrent
+        let received = store.vector.compare(theirStart) != .behind && store.vector.compare(theirStart) != .concurrent
+        if let only = onlyOrigin { return received && acked[only] >= ourStart[only] }
+        return received && acked.compare(ourStart) != .behind && acked.compare(ourStart) != .concurrent
     }
 
     /// What is still unacknowledged, in deltas: what the peer lacks of ours.
     public func lag(_ store: any Store) -> UInt64 {
-        store.vector.lacking(in: store.peerVector(peer)).reduce(0) { $0 + $1.count }
+        let acked = store.peerVector(peer)
+        if let only = onlyOrigin { return store.vector[only] - min(store.vector[only], acked[only]) }
+        return store.vector.lacking(in: acked).reduce(0) { $0 + $1.count }
+    }
+
+    /// `v` as the sender sees it: with `onlyOrigin`, every other origin counts
+    /// as held by the peer, so nothing of theirs is sent.
+    func sendable(_ v: QStateVector, _ store: any Store) -> QStateVector {
+        guard let only = onlyOrigin else { return v }
+        var view = v
+        for o in store.vector.origins where o != only { view[o] = max(view[o], store.vector[o]) }
+        return view
     }
 
     public mutating func start(_ store: any Store, nowMs: UInt64) -> [Message] {
@@ -150,17 +170,19 @@ public struct SyncSession: Sendable {
         guard knowsPeer, !paused else { return out }
         sent.merge(acked)
         while inFlight < options.inFlightMax {
-            let lacking = store.vector.lacking(in: sent)
+            let view = sendable(sent, store)
+            let lacking = store.vector.lacking(in: view)
             if lacking.isEmpty {
                 // Nothing outstanding counts as progress: the clock restarts.
-                if sent == acked { lastProgressMs = nowMs }
+                if sendable(sent, store) == sendable(acked, store) { lastProgressMs = nowMs }
                 break
             }
-            switch try store.catchUp(for: sent, limit: options.batchDeltasMax) {
+            switch try store.catchUp(for: view, limit: options.batchDeltasMax) {
             case .deltas(let deltas):
                 var batch: [Delta] = []
                 var bytes = 0
-                for d in deltas {
+                for original in deltas {
+                    let d = visible.map { $0(original.group) } == false ? Withheld.redact(original) : original
                     let size = d.encoded.count + 4
                     if !batch.isEmpty && bytes + size > options.batchBytesMax { break }
                     batch.append(d)
@@ -178,7 +200,7 @@ public struct SyncSession: Sendable {
                 for i in 0..<count {
                     let part = names[min(names.count, i * size)..<min(names.count, (i + 1) * size)]
                     var registers: [QRegisterName: RegisterState] = [:]
-                    for n in part { registers[n] = snapshot.registers[n] }
+                    for n in part where visible.map({ $0(n.group) }) != false { registers[n] = snapshot.registers[n] }
                     out.append(.snapshot(SnapshotChunk(index: UInt32(i), count: UInt32(count), vector: snapshot.vector, registers: registers)))
                 }
                 sent.merge(snapshot.vector)

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import SpookCore
 import SpookDevices
+import SpookLink
 import SpookStore
 
 /// The local API (docs/api.md): a Unix socket (mode 0660), one JSON object
@@ -109,7 +110,8 @@ final class LocalAPI: @unchecked Sendable {
                 })])
             case "list":
                 let prefix = request["prefix"]?.string ?? ""
-                let all = node.store.state.registers.filter { $0.key.text.hasPrefix(prefix) }
+                // Withheld deltas' placeholder register is the substrate's bookkeeping, not state.
+                let all = node.store.state.registers.filter { $0.key.text.hasPrefix(prefix) && $0.key.group != Withheld.group }
                 ok(client, id, ["registers": .array(all.keys.sorted().map { all[$0]!.json($0) })])
             case "watch":
                 client.watching = request["prefix"]?.string ?? ""
@@ -205,7 +207,7 @@ final class LocalAPI: @unchecked Sendable {
         guard clients.values.contains(where: { $0.watching != nil }) else { return }
         for client in clients.values {
             guard let prefix = client.watching else { continue }
-            for name in names where name.text.hasPrefix(prefix) {
+            for name in names where name.text.hasPrefix(prefix) && name.group != Withheld.group {
                 guard let state = node.store.state.registers[name] else { continue }
                 reply(client, .object(["event": .string("change"), "register": state.json(name)]))
             }

@@ -37,6 +37,12 @@ final class NodeMetrics: @unchecked Sendable {
         links = registry.makeGauge(descriptor: NodeMetrics.name("links", "", "Links past the handshake"))
     }
 
+    static var refusedWritesName: MetricNameDescriptor { name("writes_refused", "total", "Deltas a peer wrote outside its grant, held withheld") }
+
+    func refusedWrite(_ peer: String) {
+        registry.makeCounter(descriptor: NodeMetrics.refusedWritesName, labels: [("peer", peer)]).increment()
+    }
+
     func deviceError(_ device: String) {
         registry.makeCounter(descriptor: NodeMetrics.deviceErrorsName, labels: [("device", device)]).increment()
     }

@@ -262,25 +262,51 @@ public final class Node: @unchecked Sendable {
                 break
             }
             if let u = link.upstream { drive(u, .peerHeard) }
+            // A daemon checks what a peer writes against its grant. A forbidden
+            // delta is held withheld (its place in the origin's sequence, not its
+            // content), so the writer's later deltas are not blocked behind it;
+            // the peer still gets ERROR `forbidden` once the batch is durable.
+            var message = message
+            var forbidden: WireError?
             if case .deltas(let deltas) = message, let grant = link.grant, let peer = link.peer {
-                for d in deltas where !store.vector.contains(d.id) {
-                    guard grant.mayWrite(d.group.domain) else {
-                        throw WireError(.forbidden, "\(peer.origin) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)")
+                var checked: [Delta] = []
+                for d in deltas {
+                    guard !store.vector.contains(d.id), !Withheld.isWithheld(d) else {
+                        checked.append(d)
+                        continue
                     }
                     guard d.origin == peer.origin else {
                         throw WireError(.forbidden, "\(peer.origin) sent delta \(d.id) of another origin that this daemon does not hold")
                     }
-                    // The device policy: only the agent that hosts a device reports its state.
-                    if d.writes.contains(where: { $0.kind == .report }), !grant.owns(d.group.domain) {
-                        throw WireError(.forbidden, "\(peer.origin) may not write reported values in \(d.group) (domain \(d.group.domain) is not in its \"owns\")")
+                    var refusal: String?
+                    if !grant.mayWrite(d.group.domain) {
+                        refusal = "\(peer.origin) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)"
+                    } else if d.writes.contains(where: { $0.kind == .report }), !grant.owns(d.group.domain) {
+                        // The device policy: only the agent that hosts a device reports its state.
+                        refusal = "\(peer.origin) may not write reported values in \(d.group) (domain \(d.group.domain) is not in its \"owns\")"
+                    }
+                    if let refusal {
+                        forbidden = forbidden ?? WireError(.forbidden, refusal)
+                        metrics.refusedWrite(peer.node)
+                        logger.warning("write refused, held withheld", metadata: ["link": "\(id)", "delta": "\(d.id)", "reason": "\(refusal)"])
+                        checked.append(Withheld.redact(d))
+                    } else {
+                        checked.append(d)
                     }
                 }
+                if forbidden != nil { message = .deltas(checked) }
             }
             guard var session = link.session else { return }
             let started = ContinuousClock.now
             let replies = try session.receive(message, store, nowMs: clock.nowMs())
             if case .deltas = message { metrics.commitSeconds.record(ContinuousClock.now - started) }
             link.session = session
+            // After a forbidden write the peer gets ERROR, not the batch's ACK:
+            // it reconnects and learns from our VECTOR what we hold.
+            if let forbidden {
+                afterStoreChange(except: link.id)
+                throw forbidden
+            }
             for reply in replies { send(reply, on: link) }
             afterStoreChange(except: nil)
             checkCaughtUp(link)
@@ -296,7 +322,27 @@ public final class Node: @unchecked Sendable {
         link.peer = peer
         if let auth = authorisation { link.grant = auth.grant(for: peer.publicKey) }
         logger.info("link entangling", metadata: ["link": "\(link.id)", "peer": "\(peer.origin)", "node": "\(peer.node)"])
-        link.session = SyncSession(peer: peer.origin.description)
+        var session = SyncSession(peer: peer.origin.description)
+        if let u = link.upstream {
+            // An agent sends upstream only what it wrote, and of that only the
+            // route's domains (plus its own `spook.<name>` registers).
+            session.onlyOrigin = origin
+            let domains = upstreams[u].config.domains
+            if !domains.contains(where: { $0.description == "*" }) {
+                let own = upstreams[u].group.domain
+                session.visible = { group in group.domain == own || domains.contains { $0.matches(group.domain) } }
+            }
+        } else if let grant = link.grant {
+            // A daemon sends a peer what its read grant allows and its HELLO subscribed to.
+            let read = grant.read, subscribed = peer.subscriptions
+            let all = { (patterns: [QDomainPattern]) in patterns.contains { $0.description == "*" } }
+            if !(all(read) && all(subscribed)) {
+                session.visible = { group in
+                    read.contains { $0.matches(group.domain) } && subscribed.contains { $0.matches(group.domain) }
+                }
+            }
+        }
+        link.session = session
         if let u = link.upstream {
             upstreams[u].link = link.id
             route()
@@ -319,22 +365,31 @@ public final class Node: @unchecked Sendable {
         }
     }
 
-    /// QRoute: the upstream that carries this agent's deltas is the linked
-    /// one (handshake done) of highest priority, ties by name: `upstreams` is
-    /// kept in that order. The others are standby: they receive, answer and
-    /// stay ready, but are sent nothing until they are selected.
-    var selectedUpstream: Int? {
-        upstreams.indices.first { u in upstreams[u].link.flatMap { links[$0]?.peer } != nil }
+    /// QRoute: an agent's deltas of a domain go to the linked upstream (its
+    /// handshake done) of highest priority that carries the domain, ties by
+    /// name: `upstreams` is kept in that order. An upstream whose every domain
+    /// pattern a higher linked one already carries is standby: it receives,
+    /// answers and stays ready, but is sent nothing until it is needed.
+    /// Upstreams whose domains only overlap both carry the overlap.
+    func standby(_ u: Int) -> Bool {
+        let higher = upstreams[..<u].filter { $0.link.flatMap { links[$0]?.peer } != nil }.flatMap(\.config.domains)
+        return upstreams[u].config.domains.allSatisfy { p in higher.contains { Node.covers($0, p) } }
     }
 
-    /// Pauses every standby session and resumes the selected one, which then
-    /// sends what its daemon lacks: failover and failback are a catch-up.
+    /// Every domain `inner` matches, `outer` matches too.
+    static func covers(_ outer: QDomainPattern, _ inner: QDomainPattern) -> Bool {
+        if outer.description == "*" || outer == inner { return true }
+        // "site1.*" covers "site1.l3" and "site1.l3.*", not "site1" itself.
+        return outer.wildcard && inner.prefix.count > outer.prefix.count && inner.prefix.starts(with: outer.prefix)
+    }
+
+    /// Pauses every standby session and resumes the others, which then send
+    /// what their daemon lacks: failover and failback are a catch-up.
     func route() {
         guard case .edge = role else { return }
-        let selected = selectedUpstream
         for u in upstreams.indices {
             guard let id = upstreams[u].link, let link = links[id], var session = link.session else { continue }
-            let pause = u != selected
+            let pause = standby(u)
             if session.paused != pause {
                 session.paused = pause
                 logger.info(pause ? "standby" : "carrying this agent's deltas", metadata: ["upstream": "\(upstreams[u].config.name)"])

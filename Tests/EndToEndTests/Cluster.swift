@@ -26,7 +26,8 @@ final class Cluster {
     /// Values kept per register history ([node] history).
     let history: Int
 
-    init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], owns: [String: [String]] = [:], extraDaemonToml: String = "",
+    init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], owns: [String: [String]] = [:], reads: [String: [String]] = [:],
+         extraDaemonToml: String = "",
          daemonLink: String? = nil, edgeLink: String? = nil, listenExtra: String = "", upstreamExtra: String = "",
          edgeExtra: String = "", directory: TemporaryDirectory? = nil, history: Int = 32) throws {
         self.history = history
@@ -46,7 +47,8 @@ final class Cluster {
             edgeKeys[name] = key
             let write = (grants[name] ?? ["site1.*", "spook.*"]).map { "\"\($0)\"" }.joined(separator: ", ")
             let owned = (owns[name] ?? []).map { "\"\($0)\"" }.joined(separator: ", ")
-            peers += "[[peer]]\nname = \"\(name)\"\nkey = \"\(key.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\(write)]\nowns = [\(owned)]\n\n"
+            let read = (reads[name] ?? ["*"]).map { "\"\($0)\"" }.joined(separator: ", ")
+            peers += "[[peer]]\nname = \"\(name)\"\nkey = \"\(key.publicKey.hex)\"\nread = [\(read)]\nwrite = [\(write)]\nowns = [\(owned)]\n\n"
         }
         try write("spookd.toml", daemonToml("up", file: "spookd", listen: self.daemonLink, listenExtra: listenExtra, tail: peers + extraDaemonToml))
         for name in names { try writeEdgeConfig(name, key: edgeKeys[name]!) }

@@ -130,6 +130,11 @@ import Testing
         try c.waitFor("gw1's write upstream") { c.value("spookd", "site1.l1/x/allowed") == .int(2) }
         try c.waitFor("gw2 to be refused") { !c.coherent("gw2") }
         #expect(c.value("spookd", "site1.l1/x/forbidden") == nil)
+        // The refused delta is held withheld: gw2's later writes are not blocked behind it.
+        try c.set("gw2", "site2.l1/x/allowed", .int(3))
+        try c.waitFor("gw2's next write upstream") { c.value("spookd", "site2.l1/x/allowed") == .int(3) }
+        try c.waitFor("gw2 coherent again") { c.coherent("gw2") }
+        #expect(c.value("spookd", "site1.l1/x/forbidden") == nil)
     }
 
     @Test func garbageOnALinkClosesOnlyThatLink() throws {
@@ -533,10 +538,14 @@ final class RawPeer {
         guard case .ack = try owner.deliver(report) else { Issue.record("the owner's report was refused"); return }
         let rpm = try c.call("spookd", .object(["op": .string("get"), "register": .string("site1.l1/pump/rpm")]))["register"]
         #expect(rpm?["reported"]?["value"] == .int(1450))
-        // Anyone with write rights may desire.
-        let desire = try Delta(origin: c.edgeKeys["other"]!.origin, seq: 1, hlc: HLCTimestamp(ms: 3_000, counter: 0), group: group, writes: [Write("rpm", .desire, .int(1500))])
+        #expect(rpm?["reported"]?["value"] == .int(1450), "the forged report changed nothing")
+        // Anyone with write rights may desire. The refused report holds its place
+        // (withheld), so the same writer's next delta is not blocked behind it.
+        let desire = try Delta(origin: c.edgeKeys["other"]!.origin, seq: 2, hlc: HLCTimestamp(ms: 3_000, counter: 0), group: group, writes: [Write("rpm", .desire, .int(1500))])
         let again = try RawPeer(socket: c.dir.file("link.sock"), identity: c.edgeKeys["other"]!, daemonKey: c.daemonKey.publicKey)
         guard case .ack = try again.deliver(desire) else { Issue.record("a desire was refused"); return }
+        let after = try c.call("spookd", .object(["op": .string("get"), "register": .string("site1.l1/pump/rpm")]))["register"]
+        #expect(after?["desired"]?["value"] == .int(1500) && after?["reported"]?["value"] == .int(1450))
     }
 }
 
