@@ -18,7 +18,6 @@ final class DeviceHost: @unchecked Sendable {
     unowned let node: Node
     let specs: [DeviceSpec]
     var devices: [Device] = []
-    var nextID = 1
 
     init(node: Node, specs: [DeviceSpec]) {
         self.node = node
@@ -31,17 +30,12 @@ final class DeviceHost: @unchecked Sendable {
     func start() {
         for spec in specs where spec.match == nil {
             do {
-                start(try Device(id: take(), spec: spec, group: try GroupTemplate.expand(spec.groupTemplate, name: spec.name, device: nil), attached: nil, host: self))
+                start(try Device(spec: spec, group: try GroupTemplate.expand(spec.groupTemplate, name: spec.name, device: nil), attached: nil, host: self))
             } catch {
                 logger.error("device not started", metadata: ["device": "\(spec.name)", "error": "\(error)"])
             }
         }
         for found in SerialPort.list() { _ = attach(found) }
-    }
-
-    func take() -> Int {
-        defer { nextID += 1 }
-        return nextID
     }
 
     func start(_ device: Device) {
@@ -72,7 +66,7 @@ final class DeviceHost: @unchecked Sendable {
                 logger.warning("attach refused: group taken", metadata: ["device": "\(found)", "group": "\(group)", "by": "\(clash.attached?.path ?? clash.spec.name)"])
                 return "refused: group \(group) is already device \(clash.attached?.path ?? clash.spec.name)"
             }
-            start(try Device(id: take(), spec: spec, group: group, attached: found, host: self))
+            start(try Device(spec: spec, group: group, attached: found, host: self))
             return "attached \(found.path) as device \(spec.name) in \(group)"
         } catch {
             logger.error("attach failed", metadata: ["device": "\(found)", "error": "\(error)"])
@@ -118,7 +112,6 @@ final class DeviceHost: @unchecked Sendable {
 
 /// One device HalfPair and its connection.
 final class Device: @unchecked Sendable {
-    let id: Int
     let spec: DeviceSpec
     let group: QGroupName
     let attached: AttachedDevice?
@@ -142,8 +135,7 @@ final class Device: @unchecked Sendable {
     // Modbus.
     var modbus: ModbusWorker?
 
-    init(id: Int, spec: DeviceSpec, group: QGroupName, attached: AttachedDevice?, host: DeviceHost) throws {
-        self.id = id
+    init(spec: DeviceSpec, group: QGroupName, attached: AttachedDevice?, host: DeviceHost) throws {
         self.spec = spec
         self.group = group
         self.attached = attached
@@ -166,7 +158,21 @@ final class Device: @unchecked Sendable {
         }
     }
 
+    /// Events raised while the actions of another are carried out (a port that
+    /// fails to open inside `openLink`) wait their turn, so `$state` is
+    /// published in the order the HalfPair moved.
+    var driving = false
+    var queuedEvents: [HalfPair.Event] = []
+
     func drive(_ event: HalfPair.Event) {
+        queuedEvents.append(event)
+        guard !driving else { return }
+        driving = true
+        defer { driving = false }
+        while !queuedEvents.isEmpty { carryOut(queuedEvents.removeFirst()) }
+    }
+
+    private func carryOut(_ event: HalfPair.Event) {
         let actions: [HalfPair.Action]
         do { actions = try pair.handle(event) } catch {
             logger.debug("device HalfPair ignored an event", metadata: ["device": "\(spec.name)", "event": "\(event)", "state": "\(pair.state)"])
