@@ -165,3 +165,24 @@ extension Cluster {
         #expect(try c.attach("detach", ["ACTION": "remove", "DEVNAME": sim.pty]).hasPrefix("ignored"))
     }
 }
+
+@Suite struct DeviceStateTests {
+    /// A port that cannot be opened fails inside the HalfPair's `openLink`:
+    /// the device is decoherent between reconnect attempts, and `$state`
+    /// says so (it is published in the order the HalfPair moved).
+    @Test func aPortThatCannotOpenIsDecoherent() throws {
+        let dir = TemporaryDirectory()
+        let device = "[[device]]\nname = \"gone\"\nkind = \"serial\"\nport = \"\(dir.file("no-such-tty"))\"\ngroup = \"site1.dev/gone\"\n"
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + device, directory: dir)
+        try c.startDaemon()
+        try c.startEdge()
+        // Several reconnect attempts (backoff 50…400 ms), each opening and failing.
+        try c.waitFor("reconnect attempts") { try c.history("gw1", "site1.dev/gone/$state").count >= 6 }
+        let states = try c.history("gw1", "site1.dev/gone/$state").compactMap { $0["value"]?.string }
+        #expect(states.first == "decoherent", "newest first: \(states)")
+        #expect(states.contains("reentangling"))
+        #expect(c.value("gw1", "site1.dev/gone/$online") == .bool(false))
+        let error = c.value("gw1", "site1.dev/gone/$error")?.string ?? ""
+        #expect(error.contains("no-such-tty: No such file or directory"), "\(error)")
+    }
+}
