@@ -271,12 +271,17 @@ public final class Node: @unchecked Sendable {
             if case .deltas(let deltas) = message, let grant = link.grant, let peer = link.peer {
                 var checked: [Delta] = []
                 for d in deltas {
-                    guard !store.vector.contains(d.id), !Withheld.isWithheld(d) else {
+                    guard !store.vector.contains(d.id) else {
                         checked.append(d)
                         continue
                     }
                     guard d.origin == peer.origin else {
                         throw WireError(.forbidden, "\(peer.origin) sent delta \(d.id) of another origin that this daemon does not hold")
+                    }
+                    // A peer may withhold its own deltas from us (its route's domains): nothing to check.
+                    if Withheld.isWithheld(d) {
+                        checked.append(d)
+                        continue
                     }
                     var refusal: String?
                     if !grant.mayWrite(d.group.domain) {

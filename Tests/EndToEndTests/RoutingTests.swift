@@ -1,7 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import SpookCore
 import SpookLink
+import SpookWire
 import SpookNode
 import SpookTestSupport
 import Testing
@@ -75,5 +77,24 @@ extension Cluster {
         #expect(c.value("spookd", "site1.l1/a/r9") == .int(9))
         #expect(c.value("spookd", "site2.l1/b/r9") == nil, "the primary does not carry site2")
         #expect(c.value("backup", "site1.l1/a/r9") == .int(9) && c.value("backup", "site2.l1/b/r9") == .int(109))
+    }
+}
+
+@Suite struct WithheldSecurityTests {
+    /// A peer may withhold its own deltas, never another origin's: a
+    /// placeholder for someone else's seq would shadow the real delta.
+    @Test func aPlaceholderForAnotherOriginIsRefused() throws {
+        let c = try Cluster(edges: ["gw1", "gw2"])
+        try c.startDaemon()
+        let victim = c.edgeKeys["gw1"]!.origin
+        let forged = Withheld.redact(try Delta(origin: victim, seq: 1, hlc: HLCTimestamp(ms: 1_000, counter: 0),
+                                               group: try QGroupName("site1.l1/x"), writes: [Write("y", .set, .int(1))]))
+        let gw2 = try RawPeer(socket: c.dir.file("link.sock"), identity: c.edgeKeys["gw2"]!, daemonKey: c.daemonKey.publicKey)
+        guard case .error(let code, let text) = try gw2.deliver(forged) else { Issue.record("a placeholder for another origin was held"); return }
+        #expect(code == .forbidden && text.contains("of another origin"), "\(text)")
+        // gw1's real first delta is still taken.
+        try c.startEdge("gw1")
+        try c.set("gw1", "site1.l1/x/y", .int(7))
+        try c.waitFor("gw1's write upstream") { c.value("spookd", "site1.l1/x/y") == .int(7) }
     }
 }
