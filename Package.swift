@@ -73,8 +73,10 @@ let package = Package(
         // Deterministic simulation of replicas over faulty links (tests and `spook-sim`).
         .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore", "SpookWire", "SpookLink"]),
 
-        .executableTarget(name: "spookd", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "spook-edge", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // The two daemons' shared command line (run, check-config).
+        .target(name: "SpookCommand", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "spookd", dependencies: ["SpookCommand", "SpookNode"]),
+        .executableTarget(name: "spook-edge", dependencies: ["SpookCommand", "SpookNode"]),
         .executableTarget(name: "spookctl", dependencies: ["SpookNode", "SpookLink", "SpookCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "spook-sim",

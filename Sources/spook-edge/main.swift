@@ -1,33 +1,11 @@
-import ArgumentParser
+import SpookCommand
 import SpookNode
 
-struct SpookEdge: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "spook-edge",
-        abstract: "The edge agent: keeps this gateway's registers entangled with its upstream daemons.",
-        subcommands: [Run.self, CheckConfig.self]
-    )
-
-    struct Run: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run with a config file (refuses to start on a config check-config rejects).")
-        @Option(name: .shortAndLong, help: "The config file (TOML).") var config: String
-        @Option(help: "trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
-
-        func run() throws {
-            let status = try DaemonMain.run(config: config, logLevel: logLevel, name: "spook-edge", EdgeConfig.load, role: { .edge($0) })
-            if status != 0 { throw ExitCode(status) }
-        }
-    }
-
-    struct CheckConfig: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "check-config", abstract: "Check a config file; print every problem with file:line:column; exit 78 if any.")
-        @Argument(help: "The config file (TOML).") var file: String
-
-        func run() throws {
-            let status = try DaemonMain.checkConfig(file, EdgeConfig.load)
-            if status != 0 { throw ExitCode(status) }
-        }
-    }
+enum SpookEdge: DaemonKind {
+    static let name = "spook-edge"
+    static let abstract = "The edge agent: keeps this gateway's registers entangled with its upstream daemons."
+    static func load(_ path: String) throws -> EdgeConfig { try EdgeConfig.load(path: path) }
+    static func role(_ config: EdgeConfig) -> Node.Role { .edge(config) }
 }
 
-SpookEdge.main()
+DaemonCommand<SpookEdge>.main()

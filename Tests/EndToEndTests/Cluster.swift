@@ -108,6 +108,24 @@ final class Cluster {
         return child
     }
 
+    /// A second daemon, "backup" (its own key, store and link socket), and gw1
+    /// linked to both: "primary" at priority 10 and "backup" at 5, each with
+    /// `extra` keys (e.g. `domains`). Starts both daemons and gw1; the caller stops the backup.
+    func startWithBackup(primaryExtra: String = "", backupExtra: String = "") throws -> ChildProcess {
+        let backupKey = Identity()
+        try backupKey.save(path: dir.file("backup.key"))
+        let grant = "[[peer]]\nname = \"gw1\"\nkey = \"\(edgeKeys["gw1"]!.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\"*\"]\n"
+        try write("backup.toml", daemonToml("backup", file: "backup", listen: "unix://\(dir.file("backup-link.sock"))", tail: grant))
+        try write("gw1.toml", edgeToml("gw1", upstreams: [
+            ("primary", "unix://\(dir.file("link.sock"))", daemonKey, 10, primaryExtra),
+            ("backup", "unix://\(dir.file("backup-link.sock"))", backupKey, 5, backupExtra),
+        ]))
+        try startDaemon()
+        let backup = try launch("spookd", "backup.toml")
+        try startEdge()
+        return backup
+    }
+
     func startDaemon(environment: [String: String] = [:]) throws { daemon = try launch("spookd", "spookd.toml", environment: environment) }
     func startEdge(_ name: String = "gw1") throws { edges[name] = try launch("spook-edge", "\(name).toml") }
 

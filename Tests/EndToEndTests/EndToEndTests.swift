@@ -554,19 +554,8 @@ final class RawPeer {
     /// priority, fail over to the other when it dies, and come back to it.
     @Test func deltasFollowTheHighestPriorityLinkedUpstreamAndFailBack() throws {
         let c = try Cluster(edges: ["gw1"])
-        // A second daemon, "backup", with its own key, store and link socket.
-        let backupKey = Identity()
-        try backupKey.save(path: c.dir.file("backup.key"))
-        let grant = "[[peer]]\nname = \"gw1\"\nkey = \"\(c.edgeKeys["gw1"]!.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\"*\"]\n"
-        try c.write("backup.toml", c.daemonToml("backup", file: "backup", listen: "unix://\(c.dir.file("backup-link.sock"))", tail: grant))
-        try c.write("gw1.toml", c.edgeToml("gw1", upstreams: [
-            ("primary", "unix://\(c.dir.file("link.sock"))", c.daemonKey, 10, ""),
-            ("backup", "unix://\(c.dir.file("backup-link.sock"))", backupKey, 5, ""),
-        ]))
-        try c.startDaemon()
-        let backup = try c.launch("spookd", "backup.toml")
+        let backup = try c.startWithBackup()
         defer { backup.signal(SIGTERM); backup.wait() }
-        try c.startEdge()
         let origin = c.edgeKeys["gw1"]!.origin.description
         func held(_ who: String) -> Int64 {
             if case .int(let n)? = (try? c.status(who))?["vector"]?[origin] { return n }

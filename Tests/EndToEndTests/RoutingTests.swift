@@ -55,18 +55,8 @@ extension Cluster {
     /// cover, so it is not standby and gets everything.
     @Test func eachDomainGoesToTheUpstreamsThatCarryIt() throws {
         let c = try Cluster(edges: ["gw1"])
-        let backupKey = Identity()
-        try backupKey.save(path: c.dir.file("backup.key"))
-        let grant = "[[peer]]\nname = \"gw1\"\nkey = \"\(c.edgeKeys["gw1"]!.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\"*\"]\n"
-        try c.write("backup.toml", c.daemonToml("backup", file: "backup", listen: "unix://\(c.dir.file("backup-link.sock"))", tail: grant))
-        try c.write("gw1.toml", c.edgeToml("gw1", upstreams: [
-            ("primary", "unix://\(c.dir.file("link.sock"))", c.daemonKey, 10, "domains = [\"site1.*\"]"),
-            ("backup", "unix://\(c.dir.file("backup-link.sock"))", backupKey, 5, "domains = [\"*\"]"),
-        ]))
-        try c.startDaemon()
-        let backup = try c.launch("spookd", "backup.toml")
+        let backup = try c.startWithBackup(primaryExtra: "domains = [\"site1.*\"]", backupExtra: "domains = [\"*\"]")
         defer { backup.signal(SIGTERM); backup.wait() }
-        try c.startEdge()
         let origin = c.edgeKeys["gw1"]!.origin.description
         for i in 0..<10 {
             try c.set("gw1", "site1.l1/a/r\(i)", .int(Int64(i)))

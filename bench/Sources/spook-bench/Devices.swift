@@ -73,48 +73,12 @@ enum DeviceBench {
         return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
-    /// spookd + spook-edge with `device` tables; returns (daemon, edge, edge API, daemon API).
+    /// spookd + spook-edge with `device` tables in domain bench.dev, which the agent owns.
     static func cluster(dir: String, binaries: String, edgeBinary: String, device: String) throws -> (LinkBench.Process, LinkBench.Process, APIClient, APIClient) {
-        let daemonKey = Identity(), edgeKey = Identity()
-        try daemonKey.save(path: "\(dir)/d.key")
-        try edgeKey.save(path: "\(dir)/e.key")
         let schema = "[[register]]\ndomain = \"bench.dev\"\npolicy = \"device\"\n"
-        LinkBench.write("\(dir)/d.toml", """
-            [node]
-            name = "up"
-            key = "\(dir)/d.key"
-            data = "\(dir)/d.db"
-            [api]
-            socket = "\(dir)/d.sock"
-            [[listen]]
-            url = "unix://\(dir)/link.sock"
-            [[peer]]
-            name = "gw"
-            key = "\(edgeKey.publicKey.hex)"
-            read = ["*"]
-            write = ["*"]
-            owns = ["bench.dev"]
-            \(schema)
-            """)
-        LinkBench.write("\(dir)/e.toml", """
-            [node]
-            name = "gw"
-            key = "\(dir)/e.key"
-            data = "\(dir)/e.db"
-            [api]
-            socket = "\(dir)/e.sock"
-            [[upstream]]
-            name = "primary"
-            url = "unix://\(dir)/link.sock"
-            key = "\(daemonKey.publicKey.hex)"
-            \(schema)
-            \(device)
-            """)
-        let daemon = try LinkBench.Process("\(binaries)/spookd", ["run", "-c", "\(dir)/d.toml", "--log-level", "error"])
-        LinkBench.waitForSocket("\(dir)/d.sock")
-        let edge = try LinkBench.Process(edgeBinary, ["run", "-c", "\(dir)/e.toml", "--log-level", "error"])
-        LinkBench.waitForSocket("\(dir)/e.sock")
-        return (daemon, edge, try APIClient(socket: "\(dir)/e.sock"), try APIClient(socket: "\(dir)/d.sock"))
+        let c = try LinkBench.cluster(dir: dir, binaries: binaries, edgeBinary: edgeBinary,
+                                      daemonExtra: "owns = [\"bench.dev\"]\n" + schema, edgeExtra: schema + device)
+        return (c.daemon, c.edge, c.edgeAPI, c.upAPI)
     }
 
     /// What the bridge's stop-and-wait costs at least: one durable commit per change.

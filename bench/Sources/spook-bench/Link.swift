@@ -63,7 +63,20 @@ enum LinkBench {
         for _ in 0..<500 where access(path, F_OK) != 0 { usleep(10_000) }
     }
 
-    static func run(dir: String, binaries: String, edgeBinary: String, count: Int) throws -> [Row] {
+    /// A started pair: the daemon, the agent, and API clients to each.
+    struct Cluster {
+        let daemon: Process, edge: Process
+        let edgeAPI: APIClient, upAPI: APIClient
+        let edgeOrigin: Origin
+        func stop() {
+            edge.stop()
+            daemon.stop()
+        }
+    }
+
+    /// Real `spookd` and `spook-edge` in `dir`, linked over a Unix socket;
+    /// `daemonExtra` and `edgeExtra` are added to their configs.
+    static func cluster(dir: String, binaries: String, edgeBinary: String, daemonExtra: String = "", edgeExtra: String = "") throws -> Cluster {
         let daemonKey = Identity(), edgeKey = Identity()
         try daemonKey.save(path: "\(dir)/d.key")
         try edgeKey.save(path: "\(dir)/e.key")
@@ -81,6 +94,7 @@ enum LinkBench {
             key = "\(edgeKey.publicKey.hex)"
             read = ["*"]
             write = ["*"]
+            \(daemonExtra)
             """)
         write("\(dir)/e.toml", """
             [node]
@@ -93,17 +107,23 @@ enum LinkBench {
             name = "primary"
             url = "unix://\(dir)/link.sock"
             key = "\(daemonKey.publicKey.hex)"
+            \(edgeExtra)
             """)
         let daemon = try Process("\(binaries)/spookd", ["run", "-c", "\(dir)/d.toml", "--log-level", "error"])
-        defer { daemon.stop() }
         waitForSocket("\(dir)/d.sock")
         let edge = try Process(edgeBinary, ["run", "-c", "\(dir)/e.toml", "--log-level", "error"])
-        defer { edge.stop() }
         waitForSocket("\(dir)/e.sock")
-        let edgeAPI = try APIClient(socket: "\(dir)/e.sock"), upAPI = try APIClient(socket: "\(dir)/d.sock")
+        return Cluster(daemon: daemon, edge: edge, edgeAPI: try APIClient(socket: "\(dir)/e.sock"),
+                       upAPI: try APIClient(socket: "\(dir)/d.sock"), edgeOrigin: edgeKey.origin)
+    }
+
+    static func run(dir: String, binaries: String, edgeBinary: String, count: Int) throws -> [Row] {
+        let c = try cluster(dir: dir, binaries: binaries, edgeBinary: edgeBinary)
+        defer { c.stop() }
+        let edge = c.edge, edgeAPI = c.edgeAPI, upAPI = c.upAPI
         func upstreamHolds() throws -> Int {
             let s = try upAPI.call(.object(["op": .string("status")]))
-            if case .int(let n)? = s["vector"]?[edgeKey.origin.description] { return Int(n) }
+            if case .int(let n)? = s["vector"]?[c.edgeOrigin.description] { return Int(n) }
             return 0
         }
         while try upstreamHolds() == 0 { usleep(10_000) }  // the edge's first $state arrived: linked
