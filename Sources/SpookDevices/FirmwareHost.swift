@@ -296,9 +296,6 @@ public struct FirmwareHost: Sendable {
         return ([], out)
     }
 
-    /// Nothing outstanding towards the device and nothing queued.
-    public var idle: Bool { outstanding == nil && queuedWrites.isEmpty && !welcomePending }
-
     mutating func control(_ type: FirmwarePacketType, nowMs: UInt64) -> [UInt8] {
         lastSentMs = nowMs
         return FirmwareCodec.frame(FirmwarePacket(type, ack: rxSeq))

@@ -17,9 +17,6 @@ public final class USBContext: @unchecked Sendable {
 
     deinit { libusb_exit(ctx) }
 
-    /// Whether this libusb can deliver hotplug events (udev attach is used either way).
-    public var hotplugSupported: Bool { libusb_has_capability(UInt32(LIBUSB_CAP_HAS_HOTPLUG.rawValue)) != 0 }
-
     /// Every USB device on the bus, with its ids and serial where readable.
     public func list() -> [AttachedDevice] {
         var list: UnsafeMutablePointer<OpaquePointer?>?

@@ -174,7 +174,7 @@ public struct SyncSession: Sendable {
             let lacking = store.vector.lacking(in: view)
             if lacking.isEmpty {
                 // Nothing outstanding counts as progress: the clock restarts.
-                if sendable(sent, store) == sendable(acked, store) { lastProgressMs = nowMs }
+                if view == sendable(acked, store) { lastProgressMs = nowMs }
                 break
             }
             switch try store.catchUp(for: view, limit: options.batchDeltasMax) {

@@ -548,7 +548,7 @@ final class ModbusWorker: @unchecked Sendable {
         onLoop { $0.drive(.linkUp) }
         var first = true
         while true {
-            let pollStart = ModbusWorker.monotonicMs()
+            let nextPoll = ContinuousClock.now + .milliseconds(settings.pollMs)
             wake.lock()
             let pending = writes
             writes = []
@@ -609,17 +609,11 @@ final class ModbusWorker: @unchecked Sendable {
             }
             // Sleep until the next poll is due (every poll_ms, from the start of
             // this one), or until a write is queued; poll_ms 0 polls back to back.
-            let remaining = Double(pollStart + UInt64(settings.pollMs)) - Double(ModbusWorker.monotonicMs())
-            if remaining > 0, wake.lock(whenValue: true, timeoutSeconds: remaining / 1000) {
+            let remainingMs = ContinuousClock.now.duration(to: nextPoll) / .milliseconds(1)
+            if remainingMs > 0, wake.lock(whenValue: true, timeoutSeconds: remainingMs / 1000) {
                 wake.unlock(withValue: true)
             }
         }
-    }
-
-    static func monotonicMs() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
     func down(_ message: String) {

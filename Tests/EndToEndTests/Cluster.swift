@@ -155,29 +155,14 @@ final class Cluster {
 
     func status(_ who: String) throws -> JSONValue { try call(who, .object(["op": .string("status")])) }
 
-    /// Polls `condition` every 20 ms until it holds or `seconds` pass.
+    /// Waits for `condition` (state in the daemons) with a deadline.
     func waitFor(_ what: String, seconds: Double = 20, _ condition: () throws -> Bool) throws {
-        try Cluster.waitUntil(what, seconds: seconds, condition)
-    }
-
-    static func waitUntil(_ what: String, seconds: Double = 20, _ condition: () throws -> Bool) throws {
-        let deadline = Cluster.nowMs() + UInt64(seconds * 1000)
-        while Cluster.nowMs() < deadline {
-            if (try? condition()) == true { return }
-            usleep(20_000)
-        }
-        throw APIClientError("timed out after \(seconds) s waiting for \(what)")
+        try waitUntil(what, seconds: seconds, condition)
     }
 
     func coherent(_ edge: String = "gw1") -> Bool {
         guard case .array(let links)? = (try? status(edge))?["links"] else { return false }
         return links.contains { $0["state"]?.string == "coherent" }
-    }
-
-    static func nowMs() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
     deinit {

@@ -108,18 +108,18 @@ func modbusDevice(_ head: String) -> String {
         probe.close()
 
         // Server hung (SIGSTOP: connection open, no answers): the response timeout takes it offline.
-        let hung = Cluster.nowMs()
+        let hung = monotonicMs()
         server.process.signal(SIGSTOP)
         try c.waitFor("$online false on a hung server", seconds: 10) { c.value("spookd", "site1.dev/plc/$online") == .bool(false) }
-        print("modbus: $online false upstream \(Cluster.nowMs() - hung) ms after the server hung (timeout_ms 300, poll_ms 100)")
+        print("modbus: $online false upstream \(monotonicMs() - hung) ms after the server hung (timeout_ms 300, poll_ms 100)")
         server.process.signal(SIGCONT)
         try c.waitFor("online after the server resumed", seconds: 20) { c.value("spookd", "site1.dev/plc/$online") == .bool(true) }
 
         // Server gone: $online false at once (connection reset); back: values flow again.
-        let stopped = Cluster.nowMs()
+        let stopped = monotonicMs()
         server.stop()
         try c.waitFor("$online false", seconds: 10) { c.value("spookd", "site1.dev/plc/$online") == .bool(false) }
-        print("modbus: $online false upstream \(Cluster.nowMs() - stopped) ms after the server stopped (timeout_ms 300, poll_ms 100)")
+        print("modbus: $online false upstream \(monotonicMs() - stopped) ms after the server stopped (timeout_ms 300, poll_ms 100)")
         server = try PymodbusServer(["--tcp", "\(port)"])
         defer { server.stop() }
         try c.waitFor("back online", seconds: 20) { c.value("spookd", "site1.dev/plc/$online") == .bool(true) }
@@ -135,7 +135,7 @@ func modbusDevice(_ head: String) -> String {
         let a = dir.file("ttyA"), b = dir.file("ttyB")
         let socat = try ChildProcess("/usr/bin/socat", ["pty,raw,echo=0,link=\(a)", "pty,raw,echo=0,link=\(b)"])
         defer { socat.signal(SIGTERM); socat.wait() }
-        try Cluster.waitUntil("socat's ptys") { access(a, F_OK) == 0 && access(b, F_OK) == 0 }
+        try waitUntil("socat's ptys") { access(a, F_OK) == 0 && access(b, F_OK) == 0 }
         let server = try PymodbusServer(["--rtu", b, "--baud", "19200"])
         defer { server.stop() }
         let device = modbusDevice("[[device]]\nname = \"plc\"\nkind = \"modbus-rtu\"\nport = \"\(a)\"\nbaud = 19200\nparity = \"none\"\n")

@@ -14,56 +14,47 @@ import Testing
 /// would carry it: everything above the libusb calls runs for real.
 final class SimulatedBulkDevice: BulkTransport, @unchecked Sendable {
     let bench = Bench(seed: 3, noise: 0)
-    let lock = NSLock()
+    /// Guards `bench`; signalled when the host writes or the test changes a value.
+    let condition = NSCondition()
 
+    /// A bulk IN transfer: what the device sends within `timeoutMs`. The
+    /// device's own timers (retransmit, heartbeat) run on its `sfb_poll`, so
+    /// the wait wakes at least every `SFB_RETRANSMIT_MS / 2` to poll it.
     func read(timeoutMs: UInt32) throws -> [UInt8] {
-        let deadline = Cluster.monotonicMs() + UInt64(timeoutMs)
+        let deadline = monotonicMs() + UInt64(timeoutMs)
+        condition.lock()
+        defer { condition.unlock() }
         while true {
-            lock.lock()
-            bench.now = UInt32(truncatingIfNeeded: Cluster.monotonicMs())
+            bench.now = UInt32(truncatingIfNeeded: monotonicMs())
             sfb_poll(bench.device)
             let out = bench.toHost
             bench.toHost = []
-            lock.unlock()
-            if !out.isEmpty || Cluster.monotonicMs() >= deadline { return out }
-            usleep(1_000) // a bulk IN transfer waiting for the device
+            let now = monotonicMs()
+            if !out.isEmpty || now >= deadline { return out }
+            let wait = min(deadline - now, UInt64(SFB_RETRANSMIT_MS / 2))
+            _ = condition.wait(until: Date(timeIntervalSinceNow: Double(wait) / 1000))
         }
     }
 
     func write(_ bytes: [UInt8]) throws {
-        lock.lock()
-        defer { lock.unlock() }
-        bench.now = UInt32(truncatingIfNeeded: Cluster.monotonicMs())
+        condition.lock()
+        defer { condition.unlock() }
+        bench.now = UInt32(truncatingIfNeeded: monotonicMs())
         bytes.withUnsafeBufferPointer { sfb_input(bench.device, $0.baseAddress, $0.count) }
+        condition.signal()
     }
 
     var writes: [(UInt8, UInt32)] {
-        lock.lock()
-        defer { lock.unlock() }
+        condition.lock()
+        defer { condition.unlock() }
         return bench.writes
     }
 
     func set(_ id: UInt8, _ raw: UInt32) {
-        lock.lock()
-        defer { lock.unlock() }
+        condition.lock()
+        defer { condition.unlock() }
         sfb_set(bench.device, id, raw)
-    }
-}
-
-enum Cluster {
-    static func monotonicMs() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
-    }
-
-    static func waitUntil(_ what: String, seconds: Double = 20, _ condition: () throws -> Bool) throws {
-        let deadline = monotonicMs() + UInt64(seconds * 1000)
-        while monotonicMs() < deadline {
-            if (try? condition()) == true { return }
-            usleep(20_000)
-        }
-        throw DeviceError("timed out after \(seconds) s waiting for \(what)")
+        condition.signal()
     }
 }
 
@@ -130,14 +121,14 @@ enum Cluster {
             "ID_VENDOR_ID": .string("0483"), "ID_MODEL_ID": .string("5750"), "ID_SERIAL_SHORT": .string("B0B"),
         ])]))
         #expect(attached["result"]?.string == "attached /dev/bus/usb/001/004 as device board in site1.dev/b0b")
-        try Cluster.waitUntil("the device is online") { value("site1.dev/b0b/$online") == .bool(true) }
+        try waitUntil("the device is online") { value("site1.dev/b0b/$online") == .bool(true) }
         device.set(0, 41)
-        try Cluster.waitUntil("counter 41 mirrored") { value("site1.dev/b0b/counter") == .int(41) }
+        try waitUntil("counter 41 mirrored") { value("site1.dev/b0b/counter") == .int(41) }
         _ = try call(.object(["op": .string("set"), "register": .string("site1.dev/b0b/setpoint"), "value": .int(-7)]))
-        try Cluster.waitUntil("the write reached the device") { device.writes.contains { $0.0 == 1 && Int32(bitPattern: $0.1) == -7 } }
-        try Cluster.waitUntil("the write is reported back") { value("site1.dev/b0b/setpoint") == .int(-7) }
+        try waitUntil("the write reached the device") { device.writes.contains { $0.0 == 1 && Int32(bitPattern: $0.1) == -7 } }
+        try waitUntil("the write is reported back") { value("site1.dev/b0b/setpoint") == .int(-7) }
         let detached = try call(.object(["op": .string("detach"), "device": .object(["DEVNAME": .string("/dev/bus/usb/001/004")])]))
         #expect(detached["result"]?.string?.hasPrefix("detached /dev/bus/usb/001/004") == true)
-        try Cluster.waitUntil("offline after detach") { value("site1.dev/b0b/$online") == .bool(false) }
+        try waitUntil("offline after detach") { value("site1.dev/b0b/$online") == .bool(false) }
     }
 }

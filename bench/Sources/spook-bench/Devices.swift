@@ -10,51 +10,6 @@ import SpookStore
 /// libmodbus C client loop against the same server, a gateway-like load, and
 /// the firmware bridge over a pty. Real processes, as in `LinkBench`.
 enum DeviceBench {
-    /// A child whose stdout we read line by line (the C helpers print "ready", counts…).
-    final class Piped {
-        let pid: pid_t
-        let fd: Int32
-        var buffer: [UInt8] = []
-
-        init(_ path: String, _ arguments: [String]) throws {
-            var fds: [Int32] = [0, 0]
-            pipe(&fds)
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
-            posix_spawn_file_actions_addclose(&actions, fds[0])
-            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-            let argv = ([path] + arguments).map { strdup($0) } + [nil]
-            defer { for p in argv { free(p) } }
-            var child: pid_t = 0
-            guard posix_spawn(&child, path, &actions, nil, argv, environ) == 0 else { throw APIClientError("cannot start \(path)") }
-            close(fds[1])
-            pid = child
-            fd = fds[0]
-        }
-
-        func line() -> String? {
-            while true {
-                if let nl = buffer.firstIndex(of: 10) {
-                    defer { buffer.removeSubrange(...nl) }
-                    return String(decoding: buffer[..<nl], as: UTF8.self)
-                }
-                var chunk = [UInt8](repeating: 0, count: 4096)
-                let n = read(fd, &chunk, chunk.count)
-                if n <= 0 { return nil }
-                buffer += chunk[..<n]
-            }
-        }
-
-        func stop() {
-            kill(pid, SIGTERM)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
-            close(fd)
-        }
-    }
-
     static func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
@@ -67,10 +22,20 @@ enum DeviceBench {
         return Int(UInt16(bigEndian: a.sin_port))
     }
 
-    static func realtimeMs() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    /// Watches `register` on the daemon for `seconds` (after a second of
+    /// warm-up); each value is a device's wall clock in ms (low 32 bits) when it
+    /// changed, so now − value is that change's latency to upstream, in ms.
+    static func clockLatencies(_ up: APIClient, register: String, seconds: Double) throws -> (latencies: [Double], rate: Double) {
+        _ = try up.call(.object(["op": .string("watch"), "prefix": .string(register)]))
+        let warm = now()
+        while now() < warm + 1, (try? up.next(timeoutMs: 200)) != nil {}
+        var latencies: [Double] = []
+        let clock = SystemClock(), t0 = now()
+        while now() < t0 + seconds {
+            guard let event = try up.next(timeoutMs: 1000), case .int(let stamp)? = event["register"]?["value"] else { continue }
+            latencies.append(Double(((clock.nowMs() & 0xFFFF_FFFF) &- UInt64(stamp)) & 0xFFFF_FFFF))
+        }
+        return (latencies, Double(latencies.count) / (now() - t0))
     }
 
     /// spookd + spook-edge with `device` tables in domain bench.dev, which the agent owns.
@@ -104,11 +69,11 @@ enum DeviceBench {
         var rows: [Row] = []
         // 1. Polling throughput: 100 holding registers (one coalesced read), back to back.
         let port = freePort()
-        let server = try Piped("\(tools)/modbus-server", ["\(port)"])
+        let server = try LinkBench.Process("\(tools)/modbus-server", ["\(port)"], readable: true)
         defer { server.stop() }
         _ = server.line()
         func baseline() throws -> Double {
-            let loop = try Piped("\(tools)/modbus-client-loop", ["\(port)", "100", "\(seconds)"])
+            let loop = try LinkBench.Process("\(tools)/modbus-client-loop", ["\(port)", "100", "\(seconds)"], readable: true)
             defer { loop.stop() }
             let f = (loop.line() ?? "").split(separator: " ")
             guard f.count == 4, let n = Double(f[1]), let s = Double(f[3]) else { throw APIClientError("modbus-client-loop failed") }
@@ -143,7 +108,7 @@ enum DeviceBench {
 
         // 2. Gateway-like load: 100 holding registers changing at 10 Hz, polled at 10 Hz, forwarded upstream.
         let tickPort = freePort()
-        let ticking = try Piped("\(tools)/modbus-server", ["\(tickPort)", "--tick-ms", "100"])
+        let ticking = try LinkBench.Process("\(tools)/modbus-server", ["\(tickPort)", "--tick-ms", "100"], readable: true)
         defer { ticking.stop() }
         _ = ticking.line()
         do {
@@ -161,24 +126,12 @@ enum DeviceBench {
                 \(load)
                 """)
             defer { edge.stop(); daemon.stop() }
-            _ = try up.call(.object(["op": .string("watch"), "prefix": .string("bench.dev/plc/clock")]))
-            var latencies: [Double] = []
-            let warm = now()
-            while now() < warm + 1, (try? up.next(timeoutMs: 200)) != nil {}
             let cpu0 = edge.cpuTicks, t0 = now()
-            while now() < t0 + seconds * 3 {
-                guard let event = try up.next(timeoutMs: 1000) else { continue }
-                if case .int(let stamp)? = event["register"]?["value"] {
-                    let mine = realtimeMs() & 0xFFFF_FFFF
-                    latencies.append(Double((mine &- UInt64(stamp)) & 0xFFFF_FFFF))
-                }
-            }
+            let (latencies, _) = try clockLatencies(up, register: "bench.dev/plc/clock", seconds: seconds * 3)
             let cpu = Double(edge.cpuTicks - cpu0) / Double(sysconf(Int32(_SC_CLK_TCK))) / (now() - t0) * 100
-            let sorted = latencies.sorted()
-            func p(_ q: Double) -> Double { sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] }
             rows.append(Row(name: "gateway load (100 regs at 10 Hz): agent CPU", value: cpu, unit: "%", baseline: "agent RSS (MiB)", baselineValue: Double(edge.rssKiB) / 1024))
-            rows.append(Row(name: "gateway load: device change→upstream p50 (\(latencies.count) changes)", value: p(0.5), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
-            rows.append(Row(name: "gateway load: device change→upstream p99", value: p(0.99), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
+            rows.append(Row(name: "gateway load: device change→upstream p50 (\(latencies.count) changes)", value: percentile(latencies, 0.5), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
+            rows.append(Row(name: "gateway load: device change→upstream p99", value: percentile(latencies, 0.99), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
         }
 
         // 3. Firmware bridge over a pty: every report committed (sync=full) before it is acknowledged.
@@ -186,7 +139,7 @@ enum DeviceBench {
             let d = "\(dir)/serial"
             mkdir(d, 0o700)
             let count = Int(seconds * 300)
-            let device = try Piped(sim, ["--pty", "--count", "\(count)"])
+            let device = try LinkBench.Process(sim, ["--pty", "--count", "\(count)"], readable: true)
             defer { device.stop() }
             let pty = String((device.line() ?? "").dropFirst(4))
             let t0 = now()
@@ -208,27 +161,16 @@ enum DeviceBench {
         do {
             let d = "\(dir)/clock"
             mkdir(d, 0o700)
-            let device = try Piped(sim, ["--pty", "--clock-hz", "1000"])
+            let device = try LinkBench.Process(sim, ["--pty", "--clock-hz", "1000"], readable: true)
             defer { device.stop() }
             let pty = String((device.line() ?? "").dropFirst(4))
             let (daemon, edge, _, up) = try cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary,
                                                     device: "[[device]]\nname = \"mcu\"\nkind = \"serial\"\nport = \"\(pty)\"\ngroup = \"bench.dev/mcu\"\n")
             defer { edge.stop(); daemon.stop() }
-            _ = try up.call(.object(["op": .string("watch"), "prefix": .string("bench.dev/mcu/clock")]))
-            let warm = now()
-            while now() < warm + 1, (try? up.next(timeoutMs: 200)) != nil {}
-            var latencies: [Double] = []
-            let t0 = now()
-            while now() < t0 + seconds * 3 {
-                guard let event = try up.next(timeoutMs: 1000), case .int(let stamp)? = event["register"]?["value"] else { continue }
-                latencies.append(Double(((realtimeMs() & 0xFFFF_FFFF) &- UInt64(stamp)) & 0xFFFF_FFFF))
-            }
-            let rate = Double(latencies.count) / (now() - t0)
-            let sorted = latencies.sorted()
-            func p(_ q: Double) -> Double { sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] }
-            rows.append(Row(name: "firmware device change→upstream p50 (\(latencies.count) changes, \(Int(rate))/s seen)", value: p(0.5), unit: "ms",
+            let (latencies, rate) = try clockLatencies(up, register: "bench.dev/mcu/clock", seconds: seconds * 3)
+            rows.append(Row(name: "firmware device change→upstream p50 (\(latencies.count) changes, \(Int(rate))/s seen)", value: percentile(latencies, 0.5), unit: "ms",
                             baseline: "ms between changes seen", baselineValue: 1000 / rate))
-            rows.append(Row(name: "firmware device change→upstream p99", value: p(0.99), unit: "ms", baseline: "ms between changes seen", baselineValue: 1000 / rate))
+            rows.append(Row(name: "firmware device change→upstream p99", value: percentile(latencies, 0.99), unit: "ms", baseline: "ms between changes seen", baselineValue: 1000 / rate))
         }
         return rows
     }

@@ -9,24 +9,55 @@ import SpookNode
 /// release binaries next to this one) on a Unix socket link, driven
 /// through the local API like an application would.
 enum LinkBench {
+    /// A child process; with `readable`, its stdout is a pipe read by `line()`
+    /// (the C helpers print "ready", counts, "pty …"), else /dev/null.
     final class Process {
         let pid: pid_t
-        init(_ path: String, _ arguments: [String]) throws {
+        let stdoutFD: Int32?
+        var buffer: [UInt8] = []
+
+        init(_ path: String, _ arguments: [String], readable: Bool = false) throws {
             var child: pid_t = 0
             let argv = ([path] + arguments).map { strdup($0) } + [nil]
             defer { for p in argv { free(p) } }
             var actions = posix_spawn_file_actions_t()
             posix_spawn_file_actions_init(&actions)
             defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            var fds: [Int32] = [-1, -1]
+            if readable {
+                pipe(&fds)
+                posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
+                posix_spawn_file_actions_addclose(&actions, fds[0])
+            } else {
+                posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            }
             posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
             guard posix_spawn(&child, path, &actions, nil, argv, environ) == 0 else { throw APIClientError("cannot start \(path)") }
+            if readable { close(fds[1]) }
             pid = child
+            stdoutFD = readable ? fds[0] : nil
         }
+
+        /// The next line of stdout; nil at its end.
+        func line() -> String? {
+            guard let fd = stdoutFD else { return nil }
+            while true {
+                if let nl = buffer.firstIndex(of: 10) {
+                    defer { buffer.removeSubrange(...nl) }
+                    return String(decoding: buffer[..<nl], as: UTF8.self)
+                }
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                let n = read(fd, &chunk, chunk.count)
+                if n <= 0 { return nil }
+                buffer += chunk[..<n]
+            }
+        }
+
         func stop() {
             kill(pid, SIGTERM)
             var status: Int32 = 0
             waitpid(pid, &status, 0)
+            if let fd = stdoutFD { close(fd) }
         }
         /// Resident memory, from /proc.
         var rssKiB: Int {
@@ -184,10 +215,6 @@ enum LinkBench {
             _ = try upAPI.call(.object(["op": .string("get"), "register": .string("bench.lat/g/r")]))
             roundTrips.append(now() - t)
         }
-        func percentile(_ xs: [Double], _ p: Double) -> Double {
-            let sorted = xs.sorted()
-            return sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
-        }
         rows.append(Row(name: "change→upstream visible p50 at 1k/s (\(latencies.count) of \(total))", value: percentile(latencies, 0.5) * 1e6, unit: "µs", baseline: "API get round trip p50", baselineValue: percentile(roundTrips, 0.5) * 1e6))
         rows.append(Row(name: "change→upstream visible p99 at 1k/s", value: percentile(latencies, 0.99) * 1e6, unit: "µs", baseline: "API get round trip p99", baselineValue: percentile(roundTrips, 0.99) * 1e6))
 
@@ -202,4 +229,10 @@ enum LinkBench {
         rows.append(Row(name: "spook-edge idle CPU (5 s, 1 upstream, 1 s heartbeat)", value: idleCPU * 100, unit: "%", baseline: "binary size (MiB)", baselineValue: Double(size.st_size) / 1_048_576))
         return rows
     }
+}
+
+/// The value below which a fraction `p` of `xs` lies (NaN for none).
+func percentile(_ xs: [Double], _ p: Double) -> Double {
+    let sorted = xs.sorted()
+    return sorted.isEmpty ? .nan : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
 }
