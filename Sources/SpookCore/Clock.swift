@@ -58,12 +58,19 @@ public struct HybridLogicalClock: Sendable {
         return last
     }
 
+    /// Refuses a remote reading more than `driftMsMax` ahead of `physicalMs`
+    /// (SUBSTRATE.md §6: time from peers is bounded). A reading behind our
+    /// clock is always fine: it is old news, and collapse orders it.
+    public static func checkRemote(_ remote: HLCTimestamp, physicalMs: UInt64, driftMsMax: UInt64) throws {
+        if remote.ms > physicalMs, remote.ms - physicalMs > driftMsMax {
+            throw CoreError(.clockDrift, "remote clock \(remote) is \(remote.ms - physicalMs) ms ahead of the local clock, the limit is \(driftMsMax) ms")
+        }
+    }
+
     /// Merges a remote reading on receive; returns the new local reading.
     public mutating func observe(_ remote: HLCTimestamp, physicalMs: UInt64) throws -> HLCTimestamp {
         _ = try HLCTimestamp(ms: physicalMs, counter: 0)
-        if let bound = driftMsMax, remote.ms > physicalMs, remote.ms - physicalMs > bound {
-            throw CoreError(.clockDrift, "remote clock \(remote) is \(remote.ms - physicalMs) ms ahead of the local clock, the limit is \(bound) ms")
-        }
+        if let bound = driftMsMax { try HybridLogicalClock.checkRemote(remote, physicalMs: physicalMs, driftMsMax: bound) }
         let ms = max(last.ms, remote.ms, physicalMs)
         let next: HLCTimestamp
         if ms == last.ms && ms == remote.ms {

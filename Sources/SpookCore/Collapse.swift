@@ -43,6 +43,14 @@ public enum RegisterState: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Every stamp the state carries (one, or a device's two sides).
+    public var stamps: [Stamp] {
+        switch self {
+        case .lww(let v): [v.stamp]
+        case .device(let r, let d): [r?.stamp, d?.stamp].compactMap { $0 }
+        }
+    }
+
     /// The desired value the device must still be driven towards: desired is
     /// newer than reported and differs from it.
     public var pendingDesired: Versioned? {

@@ -95,6 +95,10 @@ public struct HalfPair: Sendable {
     /// Decoherent after this many heartbeat intervals in a row with nothing heard.
     public let heartbeatsMissedMax: UInt32
     public private(set) var state: State = .detached
+    /// Heartbeat intervals in a row with nothing heard while entangling or
+    /// reentangling with the link up: a peer that goes silent during the
+    /// catch-up is as dead as one that goes silent when coherent.
+    public private(set) var silentIntervals: UInt32 = 0
 
     public init(origin: Origin, backoff: ReconnectBackoff = ReconnectBackoff(), heartbeatsMissedMax: UInt32 = 3) {
         precondition(heartbeatsMissedMax >= 1, "heartbeatsMissedMax must be at least 1")
@@ -111,8 +115,10 @@ public struct HalfPair: Sendable {
             return move(to: .entangling(linkUp: false), [.openLink])
 
         case (.entangling(linkUp: false), .linkUp):
+            silentIntervals = 0
             return move(to: .entangling(linkUp: true), [.startCatchUp, .startHeartbeatTimer])
         case (.reentangling(let attempt, linkUp: false), .linkUp):
+            silentIntervals = 0
             return move(to: .reentangling(attempt: attempt, linkUp: true), [.startCatchUp, .startHeartbeatTimer])
 
         case (.entangling(linkUp: true), .caughtUp), (.reentangling(_, linkUp: true), .caughtUp):
@@ -134,13 +140,26 @@ public struct HalfPair: Sendable {
             state = .coherent(missed: missed + 1)
             return [.sendHeartbeat]
         case (.entangling(linkUp: true), .heartbeatTimerFired), (.reentangling(_, linkUp: true), .heartbeatTimerFired):
-            // Catch-up can take many intervals; keep the peer's detector fed.
+            // Catch-up can take many intervals; keep the peer's detector fed,
+            // and give up on a peer that stopped answering.
+            if silentIntervals + 1 >= heartbeatsMissedMax {
+                silentIntervals = 0
+                var actions: [Action] = [.closeLink(.heartbeatTimeout)]
+                if case .reentangling(let attempt, _) = state {
+                    actions += decohere(attempt: attempt &+ 1, stopHeartbeats: true)
+                } else {
+                    actions += decohere(attempt: 0, stopHeartbeats: true)
+                }
+                return actions
+            }
+            silentIntervals += 1
             return [.sendHeartbeat]
 
         case (.coherent, .peerHeard):
             state = .coherent(missed: 0)
             return []
         case (.entangling(linkUp: true), .peerHeard), (.reentangling(_, linkUp: true), .peerHeard):
+            silentIntervals = 0
             return []
 
         case (.decoherent(let attempt), .reconnectTimerFired):

@@ -17,6 +17,39 @@ public struct Authorisation: Sendable {
         }
         public func mayWrite(_ domain: QDomain) -> Bool { write.contains { $0.matches(domain) } }
         public func owns(_ domain: QDomain) -> Bool { owns.contains { $0.matches(domain) } }
+
+        /// What of a snapshot chunk from `origin` (a peer with this grant) may
+        /// be taken: every state-changing frame passes the same grant as
+        /// DELTAS. A peer speaks only for its own origin: the vector keeps only
+        /// that origin's entry (it may not advance anyone else's, or their real
+        /// deltas would later be skipped as held), and a register keeps only the
+        /// sides that origin wrote (others' values come from their own origins).
+        /// Of those, a side outside the grant (a domain it may not write, or
+        /// `reported` where it does not own the domain) is `forbidden`.
+        public func admit(_ chunk: SnapshotChunk, from origin: Origin) -> (chunk: SnapshotChunk, forbidden: [QRegisterName]) {
+            var registers: [QRegisterName: RegisterState] = [:]
+            var forbidden: [QRegisterName] = []
+            for name in chunk.registers.keys.sorted() {
+                let domain = name.group.domain
+                let own = { (v: Versioned?) in v.flatMap { $0.stamp.origin == origin ? $0 : nil } }
+                switch chunk.registers[name]! {
+                case .lww(let v):
+                    guard let v = own(v) else { continue }
+                    if mayWrite(domain) { registers[name] = .lww(v) } else { forbidden.append(name) }
+                case .device(let reported, let desired):
+                    var r = own(reported), d = own(desired)
+                    if (r != nil || d != nil) && !mayWrite(domain) || r != nil && !owns(domain) {
+                        forbidden.append(name)
+                        if !mayWrite(domain) { d = nil }
+                        r = nil
+                    }
+                    if r != nil || d != nil { registers[name] = .device(reported: r, desired: d) }
+                }
+            }
+            var vector = QStateVector()
+            vector[origin] = chunk.vector[origin]
+            return (SnapshotChunk(index: chunk.index, count: chunk.count, vector: vector, registers: registers), forbidden)
+        }
     }
 
     /// Public key (32 bytes, hex) → grant.
@@ -42,6 +75,8 @@ public struct Handshake: Sendable {
     public struct Peer: Sendable, Hashable {
         public let publicKey: [UInt8]
         public let origin: Origin
+        /// The incarnation the peer announced (its origin's epoch).
+        public let epoch: UInt32
         public let role: Role
         public let node: String
         public let subscriptions: [QDomainPattern]
@@ -66,11 +101,11 @@ public struct Handshake: Sendable {
     static func authLabel(_ side: Side) -> [UInt8] { Array("spook etcp v1 auth \(side == .initiator ? "initiator" : "responder")".utf8) }
 
     public init(side: Side, identity: Identity, role: Role, nonce: [UInt8], subscriptions: [QDomainPattern], node: String,
-                isAuthorised: @escaping @Sendable ([UInt8]) -> Bool) {
+                epoch: UInt32 = 0, isAuthorised: @escaping @Sendable ([UInt8]) -> Bool) {
         precondition(nonce.count == Hello.nonceLength, "a nonce is \(Hello.nonceLength) bytes")
         self.side = side
         self.identity = identity
-        self.hello = Hello(role: role, publicKey: identity.publicKey, nonce: nonce, subscriptions: subscriptions, node: node)
+        self.hello = Hello(role: role, publicKey: identity.publicKey, nonce: nonce, subscriptions: subscriptions, node: node, epoch: epoch)
         self.isAuthorised = isAuthorised
     }
 
@@ -104,7 +139,8 @@ public struct Handshake: Sendable {
                 var input = Handshake.transcriptLabel
                 input += side == .initiator ? sent + theirPayload : theirPayload + sent
                 let transcript = Array(SHA256.hash(data: input))
-                let peer = Peer(publicKey: theirs.publicKey, origin: Identity.origin(of: theirs.publicKey), role: theirs.role,
+                let peer = Peer(publicKey: theirs.publicKey, origin: Identity.origin(of: theirs.publicKey, epoch: theirs.epoch),
+                                epoch: theirs.epoch, role: theirs.role,
                                 node: theirs.node, subscriptions: theirs.subscriptions)
                 state = .awaitingAuth(transcript: transcript, peer: peer)
                 return [.auth(signature: try identity.sign(Handshake.authLabel(side) + transcript))]

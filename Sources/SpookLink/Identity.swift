@@ -18,8 +18,18 @@ public struct Identity: Sendable {
     public var publicKey: [UInt8] { Array(privateKey.publicKey.rawRepresentation) }
     public var origin: Origin { Identity.origin(of: publicKey) }
 
-    public static func origin(of publicKey: [UInt8]) -> Origin {
-        let digest = Array(SHA256.hash(data: publicKey))
+    /// The origin of incarnation `epoch` (SUBSTRATE.md §6): epoch 0 is the
+    /// key's own origin; a later one hashes the key with the epoch, so a node
+    /// whose store went back in time writes under an origin nobody holds.
+    public func origin(epoch: UInt32) -> Origin { Identity.origin(of: publicKey, epoch: epoch) }
+
+    public static func origin(of publicKey: [UInt8], epoch: UInt32 = 0) -> Origin {
+        var input = publicKey
+        if epoch != 0 {
+            input += Array("spook epoch".utf8)
+            input += [UInt8(epoch >> 24), UInt8(epoch >> 16 & 0xff), UInt8(epoch >> 8 & 0xff), UInt8(epoch & 0xff)]
+        }
+        let digest = Array(SHA256.hash(data: input))
         return Origin(digest.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
     }
 

@@ -27,6 +27,9 @@ public struct SyncSession: Sendable {
         public var inFlightMax = 8
         public var resendAfterMs: UInt64 = 3_000
         public var snapshotChunkRegistersMax = 5_000
+        /// A received delta or snapshot stamp more than this ahead of our clock
+        /// is refused before it is stored (`clock-drift`); nil accepts any.
+        public var remoteDriftMsMax: UInt64? = 60_000
         public init() {}
     }
 
@@ -55,6 +58,15 @@ public struct SyncSession: Sendable {
     /// Send only this origin's deltas: an agent sends upstream what it wrote
     /// (applications, devices, its own registers), not what it received.
     public var onlyOrigin: Origin?
+
+    /// Our own origin, and the peer's: a VECTOR carries what each side holds of
+    /// the other's origin (an `OriginTip`), so a store that went back in time
+    /// is found before it reuses a seq (`OriginConflict`).
+    public var ownOrigin: Origin?
+    public var peerOrigin: Origin?
+
+    /// Deltas the peer sent whose (origin, seq) we hold with other content.
+    public private(set) var conflicts: [DeltaID] = []
 
     /// Counters for `$lag`, metrics and tests.
     public private(set) var deltasSent = 0
@@ -99,14 +111,36 @@ public struct SyncSession: Sendable {
         ourStart = store.vector
         sent = store.peerVector(peer)
         lastProgressMs = nowMs
-        return [.vector(store.vector)]
+        return [vectorMessage(store)]
     }
 
-    public mutating func receive(_ message: Message, _ store: any Store, nowMs: UInt64) throws -> [Message] {
+    /// VECTOR, with what we hold of the peer's own origin.
+    func vectorMessage(_ store: any Store) -> Message {
+        guard let peerOrigin else { return .vector(store.vector) }
+        let seq = store.vector[peerOrigin]
+        guard seq > 0, let hlc = try? store.heldHLC(origin: peerOrigin, seq: seq) else { return .vector(store.vector) }
+        return .vector(store.vector, tip: OriginTip(origin: peerOrigin, seq: seq, hlc: hlc))
+    }
+
+    /// `nowMs` drives resends; `physicalMs` (the wall clock, default `nowMs`)
+    /// bounds the stamps the peer may send.
+    public mutating func receive(_ message: Message, _ store: any Store, nowMs: UInt64, physicalMs: UInt64? = nil) throws -> [Message] {
+        let wallMs = physicalMs ?? nowMs
         precondition(started, "session not started")
         var out: [Message] = []
         switch message {
-        case .vector(let theirs):
+        case .vector(let theirs, let tip):
+            // Before anything of theirs is recorded: does the peer hold more
+            // of our origin than we do, or something else under one of its seqs?
+            if let own = ownOrigin {
+                let verdict = OriginCheck.judge(
+                    weHold: store.vector[own], horizon: store.horizon[own],
+                    ourHLC: { try? store.heldHLC(origin: own, seq: $0) },
+                    peerHolds: theirs[own], peerHLC: tip.flatMap { $0.origin == own && $0.seq == theirs[own] ? $0.hlc : nil })
+                if verdict != .consistent {
+                    throw OriginConflict(origin: own, verdict: verdict, peerHolds: theirs[own], acknowledged: store.peerVector(peer)[own])
+                }
+            }
             // A (re)start from the peer: it holds exactly this.
             if theirStart == nil { theirStart = theirs }
             try store.recordAck(peer: peer, vector: theirs)
@@ -123,12 +157,15 @@ public struct SyncSession: Sendable {
             if store.peerVector(peer) != before { lastProgressMs = nowMs }
             inFlight = max(0, inFlight - 1)
         case .deltas(let deltas):
+            try checkDrift(deltas.lazy.filter { !store.vector.contains($0.id) }.map(\.hlc), nowMs: wallMs, what: "delta")
             // The peer holds what it sends: never echo it back.
             for d in deltas { sent[d.origin] = max(sent[d.origin], d.seq) }
             let result = try store.commit(deltas)
             deltasReceived += result.held.count
+            conflicts += result.conflicts
             out.append(.ack(store.vector))
         case .snapshot(let chunk):
+            try checkDrift(chunk.registers.values.lazy.flatMap(\.stamps).map(\.hlc), nowMs: wallMs, what: "snapshot stamp")
             if snapshotVector != chunk.vector || snapshotChunks.keys.contains(where: { $0 >= chunk.count }) {
                 snapshotVector = chunk.vector
                 snapshotChunks = [:]
@@ -152,6 +189,17 @@ public struct SyncSession: Sendable {
         return out + (try poll(store, nowMs: nowMs))
     }
 
+    /// Refuses the frame when any stamp is too far ahead of our clock: nothing
+    /// of it is stored or relayed, and one bad clock cannot end everyone's.
+    func checkDrift(_ stamps: some Sequence<HLCTimestamp>, nowMs: UInt64, what: String) throws {
+        guard let bound = options.remoteDriftMsMax else { return }
+        for hlc in stamps {
+            do { try HybridLogicalClock.checkRemote(hlc, physicalMs: nowMs, driftMsMax: bound) } catch let e as CoreError {
+                throw WireError(.clockDrift, "\(what): \(e.message)")
+            }
+        }
+    }
+
     /// Sends what the window allows; goes back and resends after a stall.
     public mutating func poll(_ store: any Store, nowMs: UInt64) throws -> [Message] {
         precondition(started, "session not started")
@@ -160,7 +208,7 @@ public struct SyncSession: Sendable {
         if nowMs >= lastProgressMs + options.resendAfterMs {
             lastProgressMs = nowMs
             if !knowsPeer {
-                return [.vector(store.vector)]
+                return [vectorMessage(store)]
             }
             if sent != acked {
                 sent = acked
@@ -210,4 +258,18 @@ public struct SyncSession: Sendable {
         }
         return out
     }
+}
+
+/// Our store is behind what a peer holds of our own origin, or holds other
+/// deltas under the same seqs: writing on would reuse seqs. The node starts a
+/// new incarnation (`Store.reincarnate`) before it writes again.
+public struct OriginConflict: Error, Hashable, Sendable, CustomStringConvertible {
+    public let origin: Origin
+    public let verdict: OriginCheck.Verdict
+    /// The peer's vector entry for our origin.
+    public let peerHolds: UInt64
+    /// What our store recorded the peer as having acknowledged of our origin.
+    public let acknowledged: UInt64
+
+    public var description: String { "origin \(origin): \(verdict)" }
 }

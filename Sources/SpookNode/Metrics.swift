@@ -12,6 +12,12 @@ final class NodeMetrics: @unchecked Sendable {
     let reconnects: Counter
     let deltasHeld: Counter
     let links: Gauge
+    /// Times this node found its store behind its peers and started a new incarnation.
+    let reincarnations: Counter
+    /// Deltas received under an (origin, seq) held with other content.
+    let seqConflicts: Counter
+    /// Remote deltas refused because their HLC was too far from our clock.
+    let clockDriftRefused: Counter
     var lastHeld: UInt64 = 0
     var server: Channel?
 
@@ -35,6 +41,12 @@ final class NodeMetrics: @unchecked Sendable {
         reconnects = registry.makeCounter(descriptor: NodeMetrics.name("reconnects", "total", "Reconnect attempts scheduled by upstream HalfPairs"))
         deltasHeld = registry.makeCounter(descriptor: NodeMetrics.name("deltas_held", "total", "Deltas held by this node's store (rate() is deltas/s)"))
         links = registry.makeGauge(descriptor: NodeMetrics.name("links", "", "Links past the handshake"))
+        reincarnations = registry.makeCounter(descriptor: NodeMetrics.name("incarnations_started", "total",
+                                                                           "New incarnations started because the store was behind a peer"))
+        seqConflicts = registry.makeCounter(descriptor: NodeMetrics.name("seq_conflicts", "total",
+                                                                         "Deltas received under an (origin, seq) held with other content"))
+        clockDriftRefused = registry.makeCounter(descriptor: NodeMetrics.name("clock_drift_refused", "total",
+                                                                              "Remote deltas refused: HLC too far from local time"))
     }
 
     static var refusedWritesName: MetricNameDescriptor { name("writes_refused", "total", "Deltas a peer wrote outside its grant, held withheld") }

@@ -101,12 +101,21 @@ public final class Node: @unchecked Sendable {
         self.identity = identity
         if created { logger.notice("created a new key", metadata: ["path": "\(config.keyPath)", "public": "\(identity.publicKey.hex)"]) }
         store = try SQLiteStore(path: config.dataPath, options: StoreOptions(sync: config.sync, historyLength: config.historyLength, schema: config.schema), logger: logger)
+        if store.openedEmptyFile && !created {
+            // The key wrote before and its store is gone: never reuse its seqs.
+            var g = SystemRandomNumberGenerator()
+            try store.startIncarnation(epoch: UInt32.random(in: 1...UInt32.max, using: &g))
+            logger.critical("the store was emptied under a key that wrote before: writing as a new incarnation", metadata: [
+                "path": "\(config.dataPath)", "epoch": "\(store.epoch)", "origin": "\(identity.origin(epoch: store.epoch))",
+            ])
+        }
         ioGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         nodeGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         if case .daemon(let c) = role { authorisation = c.authorisation } else { authorisation = nil }
     }
 
-    public var origin: Origin { identity.origin }
+    /// Our origin: the key's, in the store's incarnation (SUBSTRATE.md §6).
+    public var origin: Origin { identity.origin(epoch: store.epoch) }
 
     // MARK: start and stop
 
@@ -217,7 +226,7 @@ public final class Node: @unchecked Sendable {
         nextID += 1
         let auth = authorisation
         let handshake = Handshake(side: .responder, identity: identity, role: .daemon, nonce: Node.nonce(), subscriptions: [try! QDomainPattern("*")],
-                                  node: config.name, isAuthorised: { auth?.grant(for: $0) != nil })
+                                  node: config.name, epoch: store.epoch, isAuthorised: { auth?.grant(for: $0) != nil })
         let link = Link(id: id, channel: channel, handshake: handshake, upstream: nil, nowMs: clock.nowMs())
         links[id] = link
         send(link.handshake.start(), on: link)
@@ -301,11 +310,28 @@ public final class Node: @unchecked Sendable {
                 }
                 if forbidden != nil { message = .deltas(checked) }
             }
+            if case .snapshot(let chunk) = message, let grant = link.grant, let peer = link.peer {
+                let (admitted, refused) = grant.admit(chunk, from: peer.origin)
+                if !refused.isEmpty {
+                    let refusal = "\(peer.origin) may not write \(refused[0]) (and \(refused.count - 1) more) sent in a snapshot: outside its write grant or \"owns\""
+                    forbidden = WireError(.forbidden, refusal)
+                    metrics.refusedWrite(peer.node)
+                    logger.warning("snapshot refused in part", metadata: ["link": "\(id)", "reason": "\(refusal)"])
+                }
+                message = .snapshot(admitted)
+            }
             guard var session = link.session else { return }
             let started = ContinuousClock.now
             let replies = try session.receive(message, store, nowMs: clock.nowMs())
             if case .deltas = message { metrics.commitSeconds.record(ContinuousClock.now - started) }
             link.session = session
+            if session.conflicts.count > conflictsSeen[link.id, default: 0] {
+                let new = session.conflicts[conflictsSeen[link.id, default: 0]...]
+                conflictsSeen[link.id] = session.conflicts.count
+                metrics.seqConflicts.increment(by: Int64(new.count))
+                throw WireError(.conflict, "you sent \(new.count) delta(s) under (origin, seq) that this node holds with other content, first \(new.first!): "
+                                + "that origin reused seqs; its store went back in time")
+            }
             // After a forbidden write the peer gets ERROR, not the batch's ACK:
             // it reconnects and learns from our VECTOR what we hold.
             if let forbidden {
@@ -316,18 +342,75 @@ public final class Node: @unchecked Sendable {
             afterStoreChange(except: nil)
             checkCaughtUp(link)
         } catch let e as WireError {
+            if e.code == .clockDrift { metrics.clockDriftRefused.increment() }
             refuse(link, e)
+        } catch let conflict as OriginConflict {
+            reincarnate(conflict, found: link)
         } catch {
             logger.error("link failed", metadata: ["link": "\(id)", "error": "\(error)"])
             refuse(link, WireError(.internal, "\(error)"))
         }
     }
 
+    /// Our store went back in time (a restored backup, a lost file): the peer
+    /// holds more of our origin than we do, or other deltas under its seqs.
+    /// Writing on would reuse seqs, so before anything else: a new
+    /// incarnation (a new origin), our own deltas the peer may not hold set
+    /// aside, every link restarted under the new origin. Orphans are written
+    /// again under it unless the peer sends back the same delta.
+    func reincarnate(_ conflict: OriginConflict, found link: Link) {
+        metrics.reincarnations.increment()
+        logger.critical("this store is behind what a peer holds of our own origin: starting a new incarnation", metadata: [
+            "peer": "\(link.peer.map { "\($0.node) \($0.origin)" } ?? "-")", "origin": "\(conflict.origin)", "finding": "\(conflict.verdict)",
+        ])
+        do {
+            _ = try store.reincarnate(origin: conflict.origin, keepThrough: conflict.acknowledged, waitThrough: conflict.peerHolds)
+        } catch {
+            // Nothing was changed: refuse the link and try again when it returns.
+            logger.error("could not start a new incarnation", metadata: ["error": "\(error)"])
+            refuse(link, WireError(.internal, "this node cannot start a new incarnation: \(error)"))
+            return
+        }
+        orphanSource = link.peer?.origin.description
+        settleOrphans(force: false)
+        // Every link speaks for the old origin: close them all; agents and HalfPairs reconnect.
+        for l in links.values.sorted(by: { $0.id < $1.id }) {
+            send(.close(message: "restarting under a new incarnation (epoch \(store.epoch))"), on: l)
+            l.channel.close(promise: nil)
+        }
+    }
+
+    /// Where orphans wait for their peer's copy: settled when that peer has caught us up.
+    var orphanSource: String?
+
+    func settleOrphans(force: Bool) {
+        guard store.orphanCount > 0 else { return }
+        do {
+            let settled = try store.settleOrphans(newOrigin: origin, physicalMs: clock.nowMs(), force: force)
+            for (id, error) in settled.refused {
+                logger.error("a write set aside by the new incarnation is refused by the schema now", metadata: ["delta": "\(id)", "error": "\(error)"])
+            }
+            if settled.dropped + settled.rewritten.count + settled.refused.count > 0 {
+                logger.notice("settled writes set aside by the new incarnation", metadata: [
+                    "held_by_peer": "\(settled.dropped)", "written_again": "\(settled.rewritten.count)", "left": "\(store.orphanCount)",
+                ])
+            }
+        } catch {
+            logger.error("could not settle writes set aside by the new incarnation", metadata: ["error": "\(error)"])
+        }
+    }
+
+    var conflictsSeen: [Int: Int] = [:]
+
     func established(_ link: Link, _ peer: Handshake.Peer) throws {
         link.peer = peer
         if let auth = authorisation { link.grant = auth.grant(for: peer.publicKey) }
         logger.info("link entangling", metadata: ["link": "\(link.id)", "peer": "\(peer.origin)", "node": "\(peer.node)"])
-        var session = SyncSession(peer: peer.origin.description)
+        var options = SyncSession.Options()
+        options.remoteDriftMsMax = config.clockDriftMsMax
+        var session = SyncSession(peer: peer.origin.description, options: options)
+        session.ownOrigin = origin
+        session.peerOrigin = peer.origin
         if let u = link.upstream {
             // An agent sends upstream only what it wrote, and of that only the
             // route's domains (plus its own `spook.<name>` registers).
@@ -418,6 +501,10 @@ public final class Node: @unchecked Sendable {
 
     /// After any commit: let every session send what its peer now lacks.
     func afterStoreChange(except: Int?) {
+        if store.orphanCount > 0 {
+            let caughtUp = links.values.contains { $0.session?.peer == orphanSource && $0.session?.isCaughtUp(store) == true }
+            settleOrphans(force: caughtUp || orphanSource == nil)
+        }
         let now = clock.nowMs()
         for link in links.values.sorted(by: { $0.id < $1.id }) where link.id != except {
             guard var session = link.session else { continue }
@@ -439,6 +526,7 @@ public final class Node: @unchecked Sendable {
 
     /// The socket of `id` closed (on the node loop).
     func closed(_ id: Int) {
+        conflictsSeen[id] = nil
         guard let link = links.removeValue(forKey: id) else { return }
         logger.info("link closed", metadata: ["link": "\(id)", "peer": "\(link.peer.map { "\($0.origin)" } ?? "-")"])
         if let u = link.upstream, upstreams[u].link == id || upstreams[u].link == nil {
@@ -556,7 +644,8 @@ public final class Node: @unchecked Sendable {
                 }
                 let register = secured.flatMap { self.loop.submit {
                     let handshake = Handshake(side: .initiator, identity: self.identity, role: .agent, nonce: Node.nonce(),
-                                              subscriptions: self.upstreams[u].config.domains, node: self.config.name, isAuthorised: { $0 == pinned })
+                                              subscriptions: self.upstreams[u].config.domains, node: self.config.name, epoch: self.store.epoch,
+                                              isAuthorised: { $0 == pinned })
                     let link = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs())
                     link.pendingHello = link.handshake.start()
                     self.links[id] = link

@@ -86,6 +86,8 @@ public struct NodeConfig: Sendable {
     public var heartbeatsMissedMax: UInt32 = 3
     public var reconnectBaseMs: UInt64 = 500
     public var reconnectCapMs: UInt64 = 30_000
+    /// A peer's HLC stamp more than this ahead of our clock is refused ([clock] drift_max_ms).
+    public var clockDriftMsMax: UInt64 = 60_000
     /// Where to serve Prometheus metrics (`GET /metrics`); nil: not served.
     public var metricsListen: (host: String, port: Int)?
     public var schema = Schema()
@@ -190,6 +192,10 @@ extension ConfigReader {
             c.heartbeatIntervalMs = UInt64(hb.int("interval_ms", in: 50...600_000) ?? Int(c.heartbeatIntervalMs))
             c.heartbeatsMissedMax = UInt32(hb.int("missed_max", in: 1...100) ?? Int(c.heartbeatsMissedMax))
         }
+        if let clock = doc.table("clock") {
+            clock.rejectUnknownKeys(["drift_max_ms"])
+            c.clockDriftMsMax = UInt64(clock.int("drift_max_ms", in: 100...86_400_000) ?? Int(c.clockDriftMsMax))
+        }
         if let rc = doc.table("reconnect") {
             rc.rejectUnknownKeys(["base_ms", "cap_ms"])
             c.reconnectBaseMs = UInt64(rc.int("base_ms", in: 10...3_600_000) ?? Int(c.reconnectBaseMs))
@@ -238,7 +244,7 @@ extension EdgeConfig {
         let reader = ConfigReader(file: file, text: text)
         var c = EdgeConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "reconnect", "register", "upstream", "device"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "reconnect", "register", "upstream", "device"])
             c.node = reader.nodeConfig(doc)
             // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
             if (try? QDomain("spook.\(c.node.name)")) == nil {
@@ -289,7 +295,7 @@ extension DaemonConfig {
         let reader = ConfigReader(file: file, text: text)
         var c = DaemonConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "reconnect", "register", "listen", "peer"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "reconnect", "register", "listen", "peer"])
             c.node = reader.nodeConfig(doc)
             for l in doc.tables("listen") {
                 l.rejectUnknownKeys(["url", "cert", "key"])

@@ -307,7 +307,7 @@ public final class Simulation {
             guard let frame = try decoder.next() else { throw SimulationError("a whole frame did not decode") }
             let message = try Message(frame: frame)
             let applied = session.snapshotsApplied
-            let replies = try session.receive(message, store, nowMs: nowMs)
+            let replies = try session.receive(message, store, nowMs: nowMs, physicalMs: physicalMs(r))
             if session.snapshotsApplied > applied {
                 outcome.snapshots += 1
                 trace("snapshot \(m.to)<-\(m.from) \(store.vector)")
@@ -318,8 +318,13 @@ public final class Simulation {
         }
     }
 
+    /// The replica's wall clock (skewed): what its HLC readings and drift checks use.
+    private func physicalMs(_ r: Replica) -> UInt64 {
+        UInt64(max(0, 1_700_000_000_000 + Int64(now) * 10 + r.clockSkewMs))
+    }
+
     private func write(_ r: Replica) throws {
-        let physical = UInt64(max(0, 1_700_000_000_000 + Int64(now) * 10 + r.clockSkewMs))
+        let physical = physicalMs(r)
         var requests: [LocalWrite] = []
         for _ in 0..<(1 + Int(random.next() % 3)) {
             if random.chance(0.3) {

@@ -19,6 +19,7 @@ import SpookCore
 ///     horizon(origin, seq)                   compaction horizon
 ///     peers(peer, origin, seq)               acknowledged vector per peer
 ///     registers(name, body)                  collapsed state
+///     orphans(id, origin, seq, body)         own deltas set aside by `reincarnate`
 ///     history(id, name, side, body)          collapsed values as they changed, appended;
 ///                                            trimmed in batches to the newest
 ///                                            `historyLength` per register
@@ -34,6 +35,11 @@ public final class SQLiteStore: Store {
     public private(set) var horizon = QStateVector()
     public private(set) var state: CollapseState
     public private(set) var hlcHigh = HLCTimestamp.zero
+    public private(set) var epoch: UInt32 = 0
+    public private(set) var orphanCount = 0
+    /// The file existed but was empty when opened: whatever was there is gone,
+    /// and this store starts from nothing under a key that wrote before.
+    public private(set) var openedEmptyFile = false
 
     /// Called after every successful commit or snapshot with the registers
     /// whose state changed (for watchers); runs on the caller's thread.
@@ -50,6 +56,11 @@ public final class SQLiteStore: Store {
         self.options = options
         self.logger = logger
         self.state = CollapseState(schema: options.schema, rule: options.rule)
+        var info = stat()
+        if stat(path, &info) == 0, info.st_size == 0 {
+            openedEmptyFile = true
+            logger.error("the store file is empty: everything it held is gone; starting an empty store", metadata: ["path": "\(path)"])
+        }
         db = try SQLiteConnection(path: path)
         try db.exec("PRAGMA journal_mode=WAL")
         try db.exec("PRAGMA synchronous=\(options.sync.rawValue.uppercased())")
@@ -114,6 +125,7 @@ public final class SQLiteStore: Store {
                 PRIMARY KEY(peer, origin)) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS registers(name TEXT PRIMARY KEY, body BLOB NOT NULL);
             CREATE TABLE IF NOT EXISTS history(id INTEGER PRIMARY KEY, name TEXT NOT NULL, side INTEGER NOT NULL, body BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS orphans(id INTEGER PRIMARY KEY, origin INTEGER NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL);
 
             """)
         let s = try db.statement("SELECT value FROM meta WHERE key = 'format'")
@@ -149,8 +161,17 @@ public final class SQLiteStore: Store {
             }
         }
         state = CollapseState(schema: options.schema, rule: options.rule, registers: registers)
-        let m = try db.statement("SELECT value FROM meta WHERE key = 'hlc_high'")
-        hlcHigh = try m.step() ? HLCTimestamp(rawValue: m.uint64(0)) : .zero
+        hlcHigh = HLCTimestamp(rawValue: try meta("hlc_high") ?? 0)
+        epoch = UInt32(truncatingIfNeeded: try meta("epoch") ?? 0)
+        let o = try db.statement("SELECT COUNT(*) FROM orphans")
+        _ = try o.step()
+        orphanCount = Int(o.int64(0))
+    }
+
+    private func meta(_ key: String) throws -> UInt64? {
+        let m = try db.statement("SELECT value FROM meta WHERE key = ?")
+        m.bind(1, key)
+        return try m.step() ? m.uint64(0) : nil
     }
 
     private func readVector(_ sql: String) throws -> QStateVector {
@@ -167,6 +188,13 @@ public final class SQLiteStore: Store {
     }
 
     public func commitLocal(_ requests: [LocalWrite], origin: Origin, physicalMs: UInt64) throws -> [Result<Delta, CoreError>] {
+        let (results, batch) = try stamp(requests, origin: origin, physicalMs: physicalMs)
+        _ = try commitBlock(batch, local: true)
+        return results
+    }
+
+    /// Next seqs of `origin` and HLCs above everything held, for local writes the schema accepts.
+    private func stamp(_ requests: [LocalWrite], origin: Origin, physicalMs: UInt64) throws -> (results: [Result<Delta, CoreError>], batch: [Delta]) {
         var clock = HybridLogicalClock(last: hlcHigh, driftMsMax: nil)
         var seq = vector[origin]
         var results: [Result<Delta, CoreError>] = []
@@ -183,13 +211,34 @@ public final class SQLiteStore: Store {
                 results.append(.failure(e))
             }
         }
-        _ = try commitBlock(batch, local: true)
-        return results
+        return (results, batch)
     }
 
-    private func commitBlock(_ deltas: [Delta], local: Bool) throws -> CommitResult {
+    /// The body held at (origin, seq), nil when not in the log.
+    private func heldBody(_ origin: Origin, _ seq: UInt64) throws -> [UInt8]? {
+        let s = try db.statement("SELECT body FROM deltas WHERE origin = ? AND seq = ?")
+        s.bind(1, origin.rawValue)
+        s.bind(2, seq)
+        return try s.step() ? s.blob(0) : nil
+    }
+
+    public func heldHLC(origin: Origin, seq: UInt64) throws -> HLCTimestamp? {
+        try heldBody(origin, seq).map(SQLiteStore.hlc(ofEncoded:))
+    }
+
+    /// The HLC of an encoded delta: bytes 16..<24 (origin, seq, hlc lead every encoding).
+    static func hlc(ofEncoded body: [UInt8]) -> HLCTimestamp {
+        precondition(body.count >= 24, "an encoded delta starts with origin, seq and hlc")
+        return HLCTimestamp(rawValue: body[16..<24].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+    }
+
+    /// `also` runs inside the block's transaction (after its rows are written).
+    private func commitBlock(_ deltas: [Delta], local: Bool, also: (() throws -> Void)? = nil) throws -> CommitResult {
         var result = CommitResult()
-        guard !deltas.isEmpty else { return result }
+        guard !deltas.isEmpty else {
+            if let also { try db.transaction { try also() } }
+            return result
+        }
         // Work on copies of the caches; swap them in only after COMMIT, so a
         // failed transaction leaves memory exactly as the disk is.
         var nextVector = vector
@@ -203,6 +252,11 @@ public final class SQLiteStore: Store {
             let expected = nextVector[delta.origin] + 1
             if delta.seq < expected {
                 result.duplicates += 1
+                // Two different deltas under one (origin, seq): report it, never hide it.
+                if delta.seq > horizon[delta.origin], let held = try heldHLC(origin: delta.origin, seq: delta.seq), held != delta.hlc {
+                    result.conflicts.append(delta.id)
+                    logger.error("two different deltas under one origin and seq: the origin reused a seq", metadata: ["delta": "\(delta.id)"])
+                }
                 continue
             }
             if delta.seq > expected {
@@ -257,6 +311,7 @@ public final class SQLiteStore: Store {
             try writeVector(table: "vector", old: vector, new: nextVector)
             try writeRegisters(result.changed, state: nextState, before: before)
             if nextHigh > hlcHigh { try setMeta("hlc_high", Int64(bitPattern: nextHigh.rawValue)) }
+            try also?()
             return id
         }
         vector = nextVector
@@ -363,6 +418,109 @@ public final class SQLiteStore: Store {
             if let nd, nd != oldDesired { out.append((.desired, nd)) }
             return out
         }
+    }
+
+    // MARK: incarnations
+
+    /// Sets the epoch of a store that holds nothing yet: a store that lost its
+    /// file under a key that wrote before starts under an origin nobody holds.
+    public func startIncarnation(epoch e: UInt32) throws {
+        precondition(vector.entries.isEmpty, "only an empty store starts an incarnation this way")
+        try db.transaction { try setMeta("epoch", Int64(e)) }
+        epoch = e
+    }
+
+    public func reincarnate(origin: Origin, keepThrough: UInt64, waitThrough: UInt64) throws -> Int {
+        let keep = min(vector[origin], max(keepThrough, horizon[origin]))
+        let nextEpoch = epoch == UInt32.max ? 1 : epoch + 1
+        var moved = 0
+        var nextPeers = peerVectors
+        try db.transaction {
+            if vector[origin] > keep {
+                var touched = Set<Int64>()
+                let b = try db.statement("SELECT DISTINCT block FROM deltas WHERE origin = ? AND seq > ?")
+                b.bind(1, origin.rawValue)
+                b.bind(2, keep)
+                while try b.step() { touched.insert(b.int64(0)) }
+                let copy = try db.statement("INSERT INTO orphans(origin, seq, body) SELECT origin, seq, body FROM deltas WHERE origin = ? AND seq > ? ORDER BY seq")
+                copy.bind(1, origin.rawValue)
+                copy.bind(2, keep)
+                try copy.step()
+                let d = try db.statement("DELETE FROM deltas WHERE origin = ? AND seq > ?")
+                d.bind(1, origin.rawValue)
+                d.bind(2, keep)
+                try d.step()
+                moved = Int(vector[origin] - keep)
+                for block in touched.sorted() { try resealBlock(block) }
+                let v = try db.statement("UPDATE vector SET seq = ? WHERE origin = ?")
+                v.bind(1, keep)
+                v.bind(2, origin.rawValue)
+                try v.step()
+                // Acknowledgements this store recorded beyond `keep` were for deltas it no longer holds.
+                let p = try db.statement("UPDATE peers SET seq = ? WHERE origin = ? AND seq > ?")
+                p.bind(1, keep)
+                p.bind(2, origin.rawValue)
+                p.bind(3, keep)
+                try p.step()
+                for (peer, v) in nextPeers where v[origin] > keep { nextPeers[peer]![origin] = keep }
+            }
+            try setMeta("epoch", Int64(nextEpoch))
+            try setMeta("orphans_wait", Int64(bitPattern: waitThrough))
+        }
+        vector[origin] = keep
+        peerVectors = nextPeers
+        epoch = nextEpoch
+        orphanCount += moved
+        logger.critical("new incarnation", metadata: [
+            "epoch": "\(nextEpoch)", "old_origin": "\(origin)", "kept_through": "\(keep)", "set_aside": "\(moved)",
+        ])
+        return moved
+    }
+
+    public func settleOrphans(newOrigin: Origin, physicalMs: UInt64, force: Bool) throws -> OrphanSettlement {
+        var settlement = OrphanSettlement()
+        guard orphanCount > 0 else { return settlement }
+        let wait = try meta("orphans_wait") ?? 0
+        let s = try db.statement("SELECT id, origin, seq, body FROM orphans ORDER BY id")
+        var rows: [(id: Int64, origin: Origin, seq: UInt64, body: [UInt8])] = []
+        while try s.step() { rows.append((s.int64(0), Origin(s.uint64(1)), s.uint64(2), s.blob(3))) }
+        var settled: [Int64] = []
+        var rewrite: [(id: Int64, delta: Delta)] = []
+        for row in rows {
+            let delta: Delta
+            do { delta = try Delta.decode(row.body) } catch let e as CoreError {
+                throw StoreError(.corrupt, "\(path): orphan \(row.origin)#\(row.seq) cannot be read back: \(e.message)")
+            }
+            if vector[row.origin] >= row.seq {
+                if row.seq > horizon[row.origin], try heldHLC(origin: row.origin, seq: row.seq) == delta.hlc {
+                    settlement.dropped += 1
+                    settled.append(row.id)
+                } else {
+                    rewrite.append((row.id, delta))
+                }
+            } else if row.seq > wait || force {
+                rewrite.append((row.id, delta))
+            }
+        }
+        let (results, batch) = try stamp(rewrite.map { LocalWrite(group: $0.delta.group, writes: $0.delta.writes) }, origin: newOrigin, physicalMs: physicalMs)
+        for (r, orphan) in zip(results, rewrite) {
+            settled.append(orphan.id)
+            switch r {
+            case .success(let d): settlement.rewritten.append(d)
+            case .failure(let e): settlement.refused.append((orphan.delta.id, e))
+            }
+        }
+        guard !settled.isEmpty else { return settlement }
+        _ = try commitBlock(batch, local: true) {
+            let d = try self.db.statement("DELETE FROM orphans WHERE id = ?")
+            for id in settled {
+                d.reset()
+                d.bind(1, id)
+                try d.step()
+            }
+        }
+        orphanCount -= settled.count
+        return settlement
     }
 
     // MARK: catch-up and snapshots

@@ -45,6 +45,9 @@ public struct CommitResult: Sendable {
     public var duplicates: Int = 0
     /// Deltas not held because an earlier seq of their origin is missing.
     public var gaps: [DeltaID] = []
+    /// Deltas whose (origin, seq) is held with another HLC: an origin
+    /// reused a seq. The held delta stays; the conflict must be reported.
+    public var conflicts: [DeltaID] = []
     /// Registers whose collapsed state changed, in order of first change.
     public var changed: [QRegisterName] = []
 }
@@ -110,6 +113,10 @@ public protocol Store: AnyObject {
     var state: CollapseState { get }
     /// The greatest HLC of any delta held: local clocks never go below it.
     var hlcHigh: HLCTimestamp { get }
+    /// This replica's incarnation: its own origin is derived from its key and this.
+    var epoch: UInt32 { get }
+    /// Own deltas set aside by `reincarnate`, not yet settled.
+    var orphanCount: Int { get }
 
     /// Holds a batch of deltas from anywhere in one StateBlock (group commit):
     /// those that extend their origin's contiguous run are collapsed and made
@@ -123,6 +130,24 @@ public protocol Store: AnyObject {
 
     /// The deltas (at most `limit`) or snapshot a peer holding `peer` needs.
     func catchUp(for peer: QStateVector, limit: Int) throws -> CatchUp
+    /// The HLC of the delta held at (origin, seq), nil when not held (or compacted).
+    func heldHLC(origin: Origin, seq: UInt64) throws -> HLCTimestamp?
+
+    /// Starts a new incarnation because the store went back in time (SUBSTRATE.md
+    /// §6): in one transaction the epoch goes up, and `origin`'s own deltas after
+    /// `keepThrough` leave the log for the orphans table (the vector of `origin`
+    /// goes back to `keepThrough`, so the peers' real deltas can come back).
+    /// Orphans are settled later by `settleOrphans`. Returns how many were set aside.
+    func reincarnate(origin: Origin, keepThrough: UInt64, waitThrough: UInt64) throws -> Int
+
+    /// Settles orphans: one whose (origin, seq) is now held with the same
+    /// HLC (the same delta, or its withheld placeholder) is dropped (it was never lost); any other is written again as a
+    /// new local delta of `newOrigin`, in the same transaction that removes it.
+    /// An orphan whose seq the peer never held (above `waitThrough`), or any
+    /// orphan when `force` is set, is settled now; the others wait for the
+    /// peer's deltas to arrive.
+    func settleOrphans(newOrigin: Origin, physicalMs: UInt64, force: Bool) throws -> OrphanSettlement
+
     /// Merges a snapshot received from a peer; returns the registers that changed.
     func apply(_ snapshot: Snapshot) throws -> [QRegisterName]
 
@@ -154,4 +179,15 @@ public struct LocalWrite: Sendable, Hashable {
         self.group = group
         self.writes = writes
     }
+}
+
+/// What `settleOrphans` did.
+public struct OrphanSettlement: Sendable {
+    /// Orphans the peer held too (same origin, seq and HLC).
+    public var dropped = 0
+    /// Orphans written again under the new origin.
+    public var rewritten: [Delta] = []
+    /// Orphans the schema now refuses (kept out, with the reason).
+    public var refused: [(id: DeltaID, error: CoreError)] = []
+    public init() {}
 }

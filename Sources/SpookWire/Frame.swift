@@ -91,10 +91,14 @@ public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let timeout = Code(12, "timeout")
         public static let overloaded = Code(13, "overloaded")
         public static let `internal` = Code(14, "internal")
+        /// Two different deltas under one (origin, seq): the sender's store went back in time.
+        public static let conflict = Code(15, "seq-conflict")
+        /// A remote HLC stamp too far from the receiver's clock.
+        public static let clockDrift = Code(16, "clock-drift")
 
         static let all: [Code] = [
             .badMagic, .unsupportedVersion, .frameTooLarge, .badChecksum, .unknownType, .malformed, .unexpected,
-            .unauthorised, .badSignature, .replay, .forbidden, .timeout, .overloaded, .internal,
+            .unauthorised, .badSignature, .replay, .forbidden, .timeout, .overloaded, .internal, .conflict, .clockDrift,
         ]
 
         /// The code for a number read off the wire; unknown numbers are kept as `unknown-N`.

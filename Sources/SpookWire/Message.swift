@@ -28,15 +28,35 @@ public struct Hello: Hashable, Sendable {
     public var subscriptions: [QDomainPattern]
     /// A name for logs (not trusted for anything).
     public var node: String
+    /// The sender's incarnation: its origin is derived from its key and this
+    /// (0: the key alone). A node starts a new incarnation when its store
+    /// turns out to be behind what peers hold of its origin.
+    public var epoch: UInt32
 
     public init(role: Role, publicKey: [UInt8], nonce: [UInt8], subscriptions: [QDomainPattern], node: String,
-                protocolVersion: UInt16 = Hello.protocolVersion) {
+                epoch: UInt32 = 0, protocolVersion: UInt16 = Hello.protocolVersion) {
         self.protocolVersion = protocolVersion
         self.role = role
         self.publicKey = publicKey
         self.nonce = nonce
         self.subscriptions = subscriptions
         self.node = node
+        self.epoch = epoch
+    }
+}
+
+/// What a VECTOR's sender holds of the receiver's own origin: its vector
+/// entry and the HLC of the delta at that seq. The receiver compares it with
+/// its own log to learn whether its store went back in time.
+public struct OriginTip: Hashable, Sendable {
+    public var origin: Origin
+    public var seq: UInt64
+    public var hlc: HLCTimestamp
+
+    public init(origin: Origin, seq: UInt64, hlc: HLCTimestamp) {
+        self.origin = origin
+        self.seq = seq
+        self.hlc = hlc
     }
 }
 
@@ -68,8 +88,9 @@ public enum Message: Hashable, Sendable {
     case hello(Hello)
     /// Ed25519 signature (64 bytes) over the handshake transcript.
     case auth(signature: [UInt8])
-    /// What the sender holds: starts catch-up.
-    case vector(QStateVector)
+    /// What the sender holds: starts catch-up. `tip` (optional on the wire)
+    /// tells the receiver what the sender holds of the receiver's origin.
+    case vector(QStateVector, tip: OriginTip? = nil)
     /// Deltas in per-origin seq order.
     case deltas([Delta])
     /// The receiver's vector, sent only after what it acknowledges is durable.
@@ -109,9 +130,17 @@ public enum Message: Hashable, Sendable {
             w.write(UInt16(h.subscriptions.count))
             for p in h.subscriptions { Message.writeText(p.description, into: &w) }
             Message.writeText(h.node, into: &w)
+            if h.epoch != 0 { w.write(h.epoch) }
         case .auth(let signature):
             w.write(contentsOf: signature)
-        case .vector(let v), .ack(let v):
+        case .vector(let v, let tip):
+            v.encode(into: &w)
+            if let tip {
+                w.write(tip.origin.rawValue)
+                w.write(tip.seq)
+                w.write(tip.hlc.rawValue)
+            }
+        case .ack(let v):
             v.encode(into: &w)
         case .deltas(let deltas):
             w.write(UInt32(deltas.count))
@@ -159,11 +188,20 @@ public enum Message: Hashable, Sendable {
                 var patterns: [QDomainPattern] = []
                 for i in 0..<count { patterns.append(try QDomainPattern(try Message.readText(&r, "subscription \(i)", max: 255))) }
                 let node = try Message.readText(&r, "node name", max: Hello.nodeNameMax)
-                self = .hello(Hello(role: role, publicKey: key, nonce: nonce, subscriptions: patterns, node: node, protocolVersion: version))
+                // The epoch is optional: absent means 0.
+                let epoch = r.remaining > 0 ? try r.read(UInt32.self, "epoch") : 0
+                self = .hello(Hello(role: role, publicKey: key, nonce: nonce, subscriptions: patterns, node: node, epoch: epoch,
+                                    protocolVersion: version))
             case .auth:
                 self = .auth(signature: Array(try r.readBytes(Message.signatureLength, "signature")))
             case .vector:
-                self = .vector(try QStateVector.decode(from: &r))
+                let vector = try QStateVector.decode(from: &r)
+                var tip: OriginTip?
+                if r.remaining > 0 {
+                    tip = OriginTip(origin: Origin(try r.read(UInt64.self, "tip origin")), seq: try r.read(UInt64.self, "tip seq"),
+                                    hlc: HLCTimestamp(rawValue: try r.read(UInt64.self, "tip hlc")))
+                }
+                self = .vector(vector, tip: tip)
             case .ack:
                 self = .ack(try QStateVector.decode(from: &r))
             case .deltas:

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import SpookWire
 
 /// A TCP proxy on 127.0.0.1 that a test can cut (every connection dropped,
 /// new ones refused) and restore: a network partition between real processes.
@@ -13,6 +14,12 @@ final class CuttableProxy: @unchecked Sendable {
     private var cut = false
     private var pairs: [(Int32, Int32)] = []
     private var stopped = false
+    /// When set, each connection forwards only this many ETCP frames from the
+    /// target back to the client, then drops the rest and stays open: a peer
+    /// that completed the handshake and then went silent (a blackhole).
+    private var downstreamFramesMax: Int?
+    /// When set, nothing at all is forwarded and connections stay open.
+    private var blackholed = false
 
     init(to target: Int) throws {
         self.target = target
@@ -63,7 +70,29 @@ final class CuttableProxy: @unchecked Sendable {
     func heal() {
         lock.lock()
         cut = false
+        blackholed = false
+        downstreamFramesMax = nil
         lock.unlock()
+    }
+
+    /// New and open connections stay up but carry nothing either way.
+    func blackhole() {
+        lock.lock()
+        blackholed = true
+        lock.unlock()
+    }
+
+    /// New connections pass `frames` frames from the target, then go silent that way.
+    func silenceAfter(frames: Int) {
+        lock.lock()
+        downstreamFramesMax = frames
+        lock.unlock()
+    }
+
+    private var isBlackholed: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return blackholed
     }
 
     private func acceptLoop() {
@@ -90,19 +119,34 @@ final class CuttableProxy: @unchecked Sendable {
             }
             lock.lock()
             pairs.append((client, upstream))
+            let framesMax = downstreamFramesMax
             lock.unlock()
-            Thread { CuttableProxy.pump(client, upstream) }.start()
+            Thread { [unowned self] in self.pump(client, upstream, downstreamFramesMax: framesMax) }.start()
         }
     }
 
-    /// Copies bytes both ways until either side closes.
-    static func pump(_ a: Int32, _ b: Int32) {
+    /// Copies bytes both ways until either side closes (`a` the client, `b` the target).
+    func pump(_ a: Int32, _ b: Int32, downstreamFramesMax: Int?) {
         var fds = [pollfd(fd: a, events: Int16(POLLIN), revents: 0), pollfd(fd: b, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 65536)
+        var decoder = FrameDecoder()
+        var framesPassed = 0
         loop: while poll(&fds, 2, -1) > 0 {
             for (i, (from, to)) in [(a, b), (b, a)].enumerated() where fds[i].revents != 0 {
-                let n = read(from, &buffer, buffer.count)
+                var n = read(from, &buffer, buffer.count)
                 if n <= 0 { break loop }
+                if isBlackholed { continue }
+                if i == 1, let framesMax = downstreamFramesMax {
+                    // Pass whole frames up to the limit, then nothing.
+                    decoder.feed(buffer[0..<n])
+                    var out: [UInt8] = []
+                    while framesPassed < framesMax, let frame = try? decoder.next() {
+                        out += frame.encoded
+                        framesPassed += 1
+                    }
+                    n = out.count
+                    buffer.replaceSubrange(0..<n, with: out)
+                }
                 var sent = 0
                 while sent < n {
                     let m = buffer[sent..<n].withUnsafeBytes { send(to, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
