@@ -246,6 +246,10 @@ final class Device: @unchecked Sendable {
                 return
             }
             modbus = worker
+            // Desired values set while the device was away go out before the
+            // first poll: otherwise that poll's report, newer than them, would
+            // settle them unapplied.
+            pushDesired(nil, connecting: true)
             worker.start()
         }
     }
@@ -394,9 +398,10 @@ final class Device: @unchecked Sendable {
     }
 
     /// Sends the device every `desired` value newer than what it reported
-    /// and not sent yet (`names` nil: all of the group's registers).
-    func pushDesired(_ names: [QRegisterName]?) {
-        guard pair.state.isOnline else { return }
+    /// and not sent yet (`names` nil: all of the group's registers), while
+    /// online or while a new connection is being set up.
+    func pushDesired(_ names: [QRegisterName]?, connecting: Bool = false) {
+        guard pair.state.isOnline || connecting else { return }
         let candidates = names ?? node.store.state.registers.keys.filter { $0.group == group }
         for name in candidates where !name.isSystem {
             guard let desired = node.store.state.registers[name]?.pendingDesired, sentDesired[name.name] != desired.stamp else { continue }

@@ -149,3 +149,34 @@ func modbusDevice(_ head: String) -> String {
         try c.waitFor("RTU write settled") { c.value("spookd", "site1.dev/plc/speed") == .int(99) }
     }
 }
+
+@Suite(.serialized) struct ModbusRecoveryTests {
+    /// Hardening defect 9: a desired value set while the device was offline
+    /// stayed pending for ever once it recovered (the first poll's report,
+    /// newer than it, settled it unapplied). Now it is written first.
+    @Test func aDesiredValueSetWhileOfflineIsAppliedOnRecovery() throws {
+        let port = try CuttableProxy.freePort()
+        var server = try PymodbusServer(["--tcp", "\(port)"])
+        let device = modbusDevice("[[device]]\nname = \"plc\"\nkind = \"modbus-tcp\"\nurl = \"tcp://127.0.0.1:\(port)\"\n")
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + device)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("polled values upstream") { c.value("spookd", "site1.dev/plc/speed") == .int(1234) }
+        server.stop()
+        try c.waitFor("$online false", seconds: 10) { c.value("gw1", "site1.dev/plc/$online") == .bool(false) }
+        _ = try c.call("spookd", .object(["op": .string("set"), "register": .string("site1.dev/plc/speed"), "value": .int(555)]))
+        try c.waitFor("the desired value on the agent") {
+            try c.call("gw1", .object(["op": .string("get"), "register": .string("site1.dev/plc/speed")]))["register"]?["desired"]?["value"] == .int(555)
+        }
+        server = try PymodbusServer(["--tcp", "\(port)"])
+        defer { server.stop() }
+        try c.waitFor("back online", seconds: 20) { c.value("gw1", "site1.dev/plc/$online") == .bool(true) }
+        let probe = try ModbusClient(host: "127.0.0.1", port: port, unit: 1, timeoutMs: 1000)
+        try probe.connect()
+        defer { probe.close() }
+        try c.waitFor("the server holds the value desired while it was away") {
+            try probe.read(ModbusRead(table: .holding, address: 0, count: 1, points: [])) == [555]
+        }
+        try c.waitFor("the device reports it upstream") { c.value("spookd", "site1.dev/plc/speed") == .int(555) }
+    }
+}
