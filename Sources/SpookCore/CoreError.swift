@@ -18,6 +18,7 @@ public struct CoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let notOwner = Code("not-owner")
         public static let emptyDelta = Code("empty-delta")
         public static let tooManyWrites = Code("too-many-writes")
+        public static let deltaTooLarge = Code("delta-too-large")
         public static let duplicateRegister = Code("duplicate-register")
         public static let invalidSeq = Code("invalid-seq")
         public static let clockOverflow = Code("clock-overflow")

@@ -88,6 +88,24 @@ public struct Write: Hashable, Sendable {
 /// not depend on the schema: names, sizes, counts, no register twice.
 public struct Delta: Hashable, Sendable, CustomStringConvertible {
     public static let writesMax = 1024
+    /// The largest encoding a node writes: half a frame (frames are bounded at
+    /// 1 MiB), so any delta fits a DELTAS frame of its own and a batch of them.
+    public static let encodedBytesMax = 512 * 1024
+
+    /// Refuses a delta that could never be sent (`encodedBytesMax`), naming
+    /// the group, the size and its largest write.
+    public func checkSize() throws {
+        let size = encoded.count
+        guard size > Delta.encodedBytesMax else { return }
+        var largest = (name: "", bytes: 0)
+        for w in writes {
+            var b = ByteWriter()
+            w.value.encode(into: &b)
+            if b.bytes.count > largest.bytes { largest = (w.register, b.bytes.count) }
+        }
+        throw CoreError(.deltaTooLarge, "a write to \(group) encodes to \(size) bytes, the limit is \(Delta.encodedBytesMax) "
+                        + "(largest: register \"\(largest.name)\", \(largest.bytes) bytes): split it over several writes")
+    }
 
     public let origin: Origin
     public let seq: UInt64

@@ -27,6 +27,9 @@ public struct SyncSession: Sendable {
         public var inFlightMax = 8
         public var resendAfterMs: UInt64 = 3_000
         public var snapshotChunkRegistersMax = 5_000
+        /// Bytes of register encodings per SNAPSHOT chunk: with the vector it
+        /// stays well inside a frame however large the values are.
+        public var snapshotChunkBytesMax = 512 * 1024
         /// A received delta or snapshot stamp more than this ahead of our clock
         /// is refused before it is stored (`clock-drift`); nil accepts any.
         public var remoteDriftMsMax: UInt64? = 60_000
@@ -242,14 +245,23 @@ public struct SyncSession: Sendable {
                 inFlight += 1
                 out.append(.deltas(batch))
             case .snapshot(let snapshot):
-                let names = snapshot.registers.keys.sorted()
-                let size = max(1, options.snapshotChunkRegistersMax)
-                let count = max(1, (names.count + size - 1) / size)
-                for i in 0..<count {
-                    let part = names[min(names.count, i * size)..<min(names.count, (i + 1) * size)]
-                    var registers: [QRegisterName: RegisterState] = [:]
-                    for n in part where visible.map({ $0(n.group) }) != false { registers[n] = snapshot.registers[n] }
-                    out.append(.snapshot(SnapshotChunk(index: UInt32(i), count: UInt32(count), vector: snapshot.vector, registers: registers)))
+                // Chunks bounded by register count and by bytes, decided before
+                // sending, since every chunk carries the count.
+                var parts: [[QRegisterName: RegisterState]] = [[:]]
+                var bytes = 0
+                for name in snapshot.registers.keys.sorted() where visible.map({ $0(name.group) }) != false {
+                    let state = snapshot.registers[name]!
+                    let size = 2 + name.text.utf8.count + state.encoded.count
+                    if !parts[parts.count - 1].isEmpty
+                        && (bytes + size > options.snapshotChunkBytesMax || parts[parts.count - 1].count >= max(1, options.snapshotChunkRegistersMax)) {
+                        parts.append([:])
+                        bytes = 0
+                    }
+                    parts[parts.count - 1][name] = state
+                    bytes += size
+                }
+                for (i, registers) in parts.enumerated() {
+                    out.append(.snapshot(SnapshotChunk(index: UInt32(i), count: UInt32(parts.count), vector: snapshot.vector, registers: registers)))
                 }
                 sent.merge(snapshot.vector)
                 snapshotsSent += 1

@@ -241,6 +241,13 @@ public final class Node: @unchecked Sendable {
 
     func send(_ message: Message, on link: Link) {
         let bytes = message.frame.encoded
+        // Encoders bound every frame by bytes; one that slipped through would be
+        // refused by the peer on every reconnect: a bug, said once, not a livelock.
+        guard bytes.count <= Frame.payloadMaxDefault else {
+            logger.error("a frame exceeds the frame limit: not sent", metadata: ["link": "\(link.id)", "type": "\(message.type)", "bytes": "\(bytes.count)"])
+            link.channel.close(promise: nil)
+            return
+        }
         link.bytesSent += bytes.count
         link.channel.writeAndFlush(link.channel.allocator.buffer(bytes: bytes), promise: nil)
     }

@@ -203,6 +203,7 @@ public final class SQLiteStore: Store {
             do {
                 let hlc = try clock.tick(physicalMs: physicalMs)
                 let delta = try Delta(origin: origin, seq: seq + 1, hlc: hlc, group: request.group, writes: request.writes)
+                try delta.checkSize()
                 try state.schema.check(delta)
                 seq += 1
                 batch.append(delta)

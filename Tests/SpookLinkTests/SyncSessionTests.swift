@@ -77,6 +77,41 @@ import Testing
         #expect(more.map(\.type) == [.deltas])
     }
 
+    /// Hardening defect 8: snapshot chunks were bounded by register count
+    /// only, so 20 large values made a 1.2 MB chunk the receiver refused, on
+    /// every reconnect. Every frame now decodes under the default frame limit.
+    @Test func snapshotChunksOfLargeValuesFitAFrame() throws {
+        let sa = try store("a"), sb = try store("b")
+        let big = String(repeating: "x", count: 60_000)
+        let requests = (0..<20).map { i in LocalWrite(group: Self.group, writes: [Write("big\(i)", .set, .string("\(i)\(big)"))]) }
+        _ = try sa.commitLocal(requests, origin: Origin(1), physicalMs: 1_000)
+        _ = try sa.compact()
+        var a = SyncSession(peer: "b"), b = SyncSession(peer: "a")
+        var frames = 0
+        try exchange(&a, sa, &b, sb) { m in
+            var decoder = FrameDecoder()
+            decoder.feed(m.frame.encoded)
+            #expect((try? decoder.next()) != nil, "a \(m.type) frame of \(m.frame.encoded.count) bytes exceeds the frame limit")
+            if m.type == .snapshot { frames += 1 }
+            return false
+        }
+        #expect(frames >= 3, "the snapshot went out in several chunks")
+        #expect(a.snapshotsSent == 1 && b.snapshotsApplied == 1)
+        #expect(sb.state.canonicalBytes() == sa.state.canonicalBytes())
+    }
+
+    /// Hardening defect 8: a delta that could never be sent is refused when it
+    /// is written, with the register and the size.
+    @Test func aDeltaLargerThanAFrameIsRefusedAtWriteTime() throws {
+        let sa = try store("a")
+        let big = String(repeating: "y", count: 60_000)
+        let writes = (0..<20).map { Write("r\($0)", .set, .string(big + ($0 == 7 ? "longest" : ""))) }
+        let results = try sa.commitLocal([LocalWrite(group: Self.group, writes: writes)], origin: Origin(1), physicalMs: 1_000)
+        guard case .failure(let e)? = results.first else { Issue.record("a 1.2 MB delta was accepted"); return }
+        #expect(e.code == .deltaTooLarge && e.message.contains("register \"r7\"") && e.message.contains("limit is 524288"), "\(e.message)")
+        #expect(sa.vector.entries.isEmpty, "nothing was stamped")
+    }
+
     @Test func framesStayWithinTheByteBound() throws {
         let sa = try store("a"), sb = try store("b")
         let big = String(repeating: "x", count: 60_000)
