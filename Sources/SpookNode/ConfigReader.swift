@@ -99,9 +99,12 @@ public final class ConfigReader {
     let locator: TOMLLocator
     let root: TOMLTable?
     public private(set) var diagnostics: [ConfigDiagnostic] = []
+    /// Whether paths are checked against this machine's files (what `run` will open).
+    public let checkFiles: Bool
 
-    public init(file: String, text: String) {
+    public init(file: String, text: String, checkFiles: Bool = true) {
         self.file = file
+        self.checkFiles = checkFiles
         locator = TOMLLocator(text)
         do {
             root = try TOMLTable(string: text)

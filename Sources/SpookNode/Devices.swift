@@ -119,8 +119,6 @@ final class Device: @unchecked Sendable {
     var pair: HalfPair
     var reconnect: Scheduled<Void>?
     var lastError: String?
-    /// Values last written as `reported`: a poll that repeats them makes no delta.
-    var reported: [String: Value] = [:]
     /// The `desired` stamp last sent to the device, per register.
     var sentDesired: [String: Stamp] = [:]
     var transactions = 0
@@ -358,19 +356,20 @@ final class Device: @unchecked Sendable {
     // MARK: state
 
     /// Commits the values that changed as `reported`; false if the store refused.
+    /// "Changed" is judged against the store, not a cache: a report the device
+    /// sends again (its ack was lost when the agent died after the commit)
+    /// makes no second delta, so the device's ack and the commit are idempotent.
     @discardableResult
     func report(_ values: [(String, Value)]) -> Bool {
         var writes: [Write] = []
-        var next = reported
-        for (name, value) in values where next[name] != value {
-            next[name] = value
+        for (name, value) in values {
             guard let register = try? QRegisterName(group: group, name: name) else { continue }
+            writes.removeAll { $0.register == name }  // the latest value of a register in one report wins
+            if node.store.state.registers[register]?.value == value { continue }
             writes.append(Write(name, node.config.schema.spec(for: register).policy == .device ? .report : .set, value))
         }
         guard !writes.isEmpty else { return true }
-        guard commit(writes) else { return false }
-        reported = next
-        return true
+        return commit(writes)
     }
 
     /// `$error`: the latest problem, or "" once it no longer holds.

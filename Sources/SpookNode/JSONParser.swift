@@ -102,8 +102,13 @@ struct JSONParser {
             isFloat = true
         }
         let text = String(decoding: bytes[start..<i], as: UTF8.self)
-        if !isFloat, let n = Int64(text) { return .int(n) }
-        guard let d = Double(text) else { throw error("number \(text) out of range") }
+        if !isFloat {
+            // An integer is an Int64 or nothing: never silently a float.
+            guard let n = Int64(text) else { throw error("integer \(text) is outside the 64-bit range -9223372036854775808…9223372036854775807") }
+            return .int(n)
+        }
+        // A float that overflows to infinity (1e400) is refused, not stored as inf.
+        guard let d = Double(text), d.isFinite else { throw error("number \(text) is outside the range of a 64-bit float") }
         return .double(d)
     }
 

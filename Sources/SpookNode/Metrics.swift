@@ -59,6 +59,13 @@ final class NodeMetrics: @unchecked Sendable {
         registry.makeCounter(descriptor: NodeMetrics.deviceErrorsName, labels: [("device", device)]).increment()
     }
 
+    static var internalErrorsName: MetricNameDescriptor { name("internal_errors", "total", "Store or status errors on paths that would otherwise be silent, by where") }
+
+    /// `place` is one of a fixed set of names in the code (never peer input).
+    func internalError(_ place: String) {
+        registry.makeCounter(descriptor: NodeMetrics.internalErrorsName, labels: [("where", place)]).increment()
+    }
+
     func refused(_ code: String) {
         registry.makeCounter(descriptor: NodeMetrics.refusedName, labels: [("code", code)]).increment()
     }

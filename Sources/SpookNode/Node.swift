@@ -552,9 +552,7 @@ public final class Node: @unchecked Sendable {
                 refuse(link, WireError(.timeout, "nothing heard for \(now - link.lastHeardMs) ms"))
             } else if link.peer != nil {
                 send(.heartbeat(sentMs: now), on: link)
-                var s = link.session
-                if let polled = try? s?.poll(store, nowMs: now) { for m in polled { send(m, on: link) } }
-                link.session = s
+                pollSession(link, nowMs: now)
             }
         }
     }
@@ -588,9 +586,7 @@ public final class Node: @unchecked Sendable {
             publishLag(u)
             if let id = upstream.link, let link = links[id] {
                 send(.heartbeat(sentMs: clock.nowMs()), on: link)
-                var s = link.session
-                if let polled = try? s?.poll(store, nowMs: clock.nowMs()) { for m in polled { send(m, on: link) } }
-                link.session = s
+                pollSession(link, nowMs: clock.nowMs())
             }
         case .startHeartbeatTimer:
             let interval = TimeAmount.milliseconds(Int64(config.heartbeatIntervalMs))
@@ -704,9 +700,30 @@ public final class Node: @unchecked Sendable {
         send(hello, on: link)
     }
 
-    /// Writes the substrate's own registers for an upstream HalfPair.
+    /// Writes the substrate's own registers for an upstream HalfPair. A
+    /// failure loses only this status write, but is said and counted.
     func publish(_ u: Int, _ writes: [Write]) {
-        _ = try? store.commitLocal([LocalWrite(group: upstreams[u].group, writes: writes)], origin: origin, physicalMs: clock.nowMs())
+        do {
+            for case .failure(let e) in try store.commitLocal([LocalWrite(group: upstreams[u].group, writes: writes)], origin: origin, physicalMs: clock.nowMs()) {
+                throw e
+            }
+        } catch {
+            metrics.internalError("status-commit")
+            logger.error("could not write the HalfPair's own registers", metadata: ["upstream": "\(upstreams[u].config.name)", "error": "\(error)"])
+        }
+    }
+
+    /// Lets a session send what its peer lacks; a store error closes that link (it reconnects and resumes from acknowledgements).
+    func pollSession(_ link: Link, nowMs: UInt64) {
+        guard var session = link.session else { return }
+        do {
+            for m in try session.poll(store, nowMs: nowMs) { send(m, on: link) }
+            link.session = session
+        } catch {
+            metrics.internalError("poll")
+            logger.error("could not read what a peer lacks: closing the link", metadata: ["link": "\(link.id)", "error": "\(error)"])
+            refuse(link, WireError(.internal, "this node could not read its store: \(error)"))
+        }
     }
 
     var lastLag: [Int: UInt64] = [:]

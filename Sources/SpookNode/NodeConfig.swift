@@ -76,6 +76,26 @@ struct EndpointError: Error, CustomStringConvertible {
 
 /// What both daemons share: identity, store, local API, timers, schema.
 public struct NodeConfig: Sendable {
+    /// Why a store at `path` could not be opened for writing, or nil: the
+    /// folder must exist and be writable, and an existing file must be a
+    /// regular file this user may read and write. check-config and run agree.
+    public static func storeProblem(_ path: String) -> String? {
+        guard !path.isEmpty else { return nil }
+        let folder = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+        var info = stat()
+        guard stat(folder.isEmpty ? "/" : folder, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+            return "\"data\" = \"\(path)\": the folder \(folder) does not exist (create it, owned by the user the daemon runs as)"
+        }
+        guard access(folder.isEmpty ? "/" : folder, W_OK | X_OK) == 0 else {
+            return "\"data\" = \"\(path)\": the folder \(folder) is not writable by this user (the store needs its -wal and -shm files beside it)"
+        }
+        if stat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFREG else { return "\"data\" = \"\(path)\" is not a regular file" }
+            guard access(path, R_OK | W_OK) == 0 else { return "\"data\" = \"\(path)\" exists but this user may not read and write it" }
+        }
+        return nil
+    }
+
     public var name = "spook"
     public var keyPath = ""
     public var dataPath = ""
@@ -166,6 +186,7 @@ extension ConfigReader {
             if c.name.utf8.count > 64 { fail("node.name", "\"name\" is \(c.name.utf8.count) bytes, the limit is 64") }
             c.keyPath = node.string("key", required: true) ?? ""
             c.dataPath = node.string("data", required: true) ?? ""
+            if checkFiles, let problem = NodeConfig.storeProblem(c.dataPath) { fail(node.key("data"), problem) }
             c.sync = node.choice("sync", SyncLevel.allCases.map { ($0.rawValue, $0) }) ?? c.sync
             c.historyLength = node.int("history", in: 1...4096) ?? c.historyLength
         } else {
@@ -236,12 +257,13 @@ extension ConfigReader {
 
 extension EdgeConfig {
     /// Reads and checks an edge config; throws every problem at once.
-    public static func load(path: String) throws -> EdgeConfig {
-        try parse(file: path, text: try ConfigFile.read(path))
+    /// `checkFiles`: also check the paths `run` opens (check-config and run do; tests of other machines' configs do not).
+    public static func load(path: String, checkFiles: Bool = true) throws -> EdgeConfig {
+        try parse(file: path, text: try ConfigFile.read(path), checkFiles: checkFiles)
     }
 
-    public static func parse(file: String, text: String) throws -> EdgeConfig {
-        let reader = ConfigReader(file: file, text: text)
+    public static func parse(file: String, text: String, checkFiles: Bool = false) throws -> EdgeConfig {
+        let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = EdgeConfig()
         if let doc = reader.document {
             doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "reconnect", "register", "upstream", "device"])
@@ -287,12 +309,12 @@ extension EdgeConfig {
 }
 
 extension DaemonConfig {
-    public static func load(path: String) throws -> DaemonConfig {
-        try parse(file: path, text: try ConfigFile.read(path))
+    public static func load(path: String, checkFiles: Bool = true) throws -> DaemonConfig {
+        try parse(file: path, text: try ConfigFile.read(path), checkFiles: checkFiles)
     }
 
-    public static func parse(file: String, text: String) throws -> DaemonConfig {
-        let reader = ConfigReader(file: file, text: text)
+    public static func parse(file: String, text: String, checkFiles: Bool = false) throws -> DaemonConfig {
+        let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = DaemonConfig()
         if let doc = reader.document {
             doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "reconnect", "register", "listen", "peer"])

@@ -132,6 +132,32 @@ extension Cluster {
         try c.waitFor("counter 7 upstream") { c.value("spookd", "site1.dev/s/counter") == .int(7) }
     }
 
+    /// Hardening 11: after `kill -9` the device's values, sent again when it
+    /// re-synchronises (an ack may have been lost with the agent), used to be
+    /// committed a second time. The commit is now judged against the store,
+    /// so a value the store holds makes no second delta.
+    @Test func aReportSentAgainAfterKillNineIsNotCommittedTwice() throws {
+        let dir = TemporaryDirectory()
+        let link = dir.file("ttySIM0")
+        let sim = try FirmwareSim(link: link, ["--count", "3"])
+        defer { sim.stop() }
+        let device = "[[device]]\nname = \"s\"\nkind = \"serial\"\nport = \"\(link)\"\ngroup = \"site1.dev/s\"\n"
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + device, directory: dir)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("counter 3 on the agent") { c.value("gw1", "site1.dev/s/counter") == .int(3) }
+        func reported() throws -> [JSONValue] {
+            try c.history("gw1", "site1.dev/s/counter").filter { $0["side"]?.string == "reported" }.compactMap { $0["value"] }
+        }
+        #expect(try Array(reported().reversed()) == [0, 1, 2, 3].map { JSONValue.int($0) })
+        c.edges["gw1"]?.signal(SIGKILL)
+        c.edges["gw1"]?.wait()
+        try c.startEdge()
+        try c.waitFor("the device online again") { c.value("gw1", "site1.dev/s/$online") == .bool(true) }
+        // The device re-sent its state on the new session; nothing new was committed.
+        #expect(try Array(reported().reversed()) == [0, 1, 2, 3].map { JSONValue.int($0) })
+    }
+
     /// `spookctl attach` / `detach` with a udev environment create and dissolve the HalfPair.
     @Test func udevAttachAndDetach() throws {
         let dir = TemporaryDirectory()

@@ -122,7 +122,8 @@ final class Bench: @unchecked Sendable {
             },
             ctx: me))
         device.initialize(to: sfb_device())
-        sfb_init(device, config)
+        let rc = sfb_init(device, config)
+        precondition(rc == SFB_OK, "sfb_init: \(String(cString: sfb_strerror(rc)))")
     }
 
     deinit {

@@ -7,7 +7,7 @@ import Testing
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     @Test func theShippedExamplesAreValid() throws {
-        let edge = try EdgeConfig.load(path: Self.repo.appendingPathComponent("configs/edge.toml").path)
+        let edge = try EdgeConfig.load(path: Self.repo.appendingPathComponent("configs/edge.toml").path, checkFiles: false)
         #expect(edge.node.name == "gw-17" && edge.node.sync == .full && edge.node.historyLength == 32)
         #expect(edge.upstreams.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400)])
         #expect(edge.upstreams.first?.domains.map(\.description) == ["site1.*"])
@@ -22,7 +22,7 @@ import Testing
             Issue.record("plc1 is not a modbus-tcp device")
         }
         #expect(edge.devices.last?.match?.vendor == "0483")
-        let daemon = try DaemonConfig.load(path: Self.repo.appendingPathComponent("configs/spookd.toml").path)
+        let daemon = try DaemonConfig.load(path: Self.repo.appendingPathComponent("configs/spookd.toml").path, checkFiles: false)
         #expect(daemon.listen.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400), .unix(path: "/run/spook/spookd.link")])
         #expect(edge.node.schema == daemon.node.schema, "replicas that share groups must declare them alike")
         #expect(daemon.peers.first?.grant.mayWrite(try QDomain("site1.l3")) == true)
@@ -135,6 +135,17 @@ import Testing
             "edge.toml:36:1: \"kind\" = \"teleport\" is not one of \"serial\", \"usb\", \"modbus-tcp\", \"modbus-rtu\"",
         ]
         #expect(lines.sorted() == expected.sorted(), "got:\n\(lines.joined(separator: "\n"))")
+    }
+
+    /// Hardening 11: check-config accepted a data path that run could not
+    /// open. Both now refuse it at the line of `data`.
+    @Test func aStorePathRunCannotOpenIsAConfigError() throws {
+        let text = "[node]\nname = \"gw\"\nkey = \"/tmp/k\"\ndata = \"/nonexistent-spook/dir/edge.db\"\n[api]\nsocket = \"/tmp/s\"\n"
+            + "[[upstream]]\nname = \"u\"\nurl = \"unix:///tmp/l\"\nkey = \"\(String(repeating: "ab", count: 32))\"\n"
+        let error = #expect(throws: ConfigError.self) { try EdgeConfig.parse(file: "e.toml", text: text, checkFiles: true) }
+        #expect(error?.description.contains("e.toml:4:") == true && error?.description.contains("/nonexistent-spook/dir does not exist") == true,
+                "\(error?.description ?? "-")")
+        _ = try EdgeConfig.parse(file: "e.toml", text: text, checkFiles: false)
     }
 
     @Test func aSyntaxErrorNamesItsPosition() {

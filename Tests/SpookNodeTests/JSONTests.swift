@@ -24,6 +24,9 @@ import Testing
         ("01", "leading zero"), ("1.", "expected digits"), ("tru", "expected true"), (#""abc"#, "unterminated string"),
         (#""\x""#, "unknown escape"), (#""\ud800""#, "expected \u{5C}u"), ("{} x", "unexpected bytes after the value"),
         (String(repeating: "[", count: 100), "nested deeper than 64"), ("\"a\u{1}\"", "control character"),
+        // Hardening 11: never silently a float, never infinity.
+        ("9223372036854775808", "outside the 64-bit range"), ("-9223372036854775809", "outside the 64-bit range"),
+        ("1e400", "outside the range of a 64-bit float"), ("-1e400", "outside the range of a 64-bit float"),
     ])
     func refusesWhatIsNotJSONAndSaysWhere(_ text: String, _ expected: String) {
         let error = #expect(throws: (any Error).self) { try Self.parse(text) }

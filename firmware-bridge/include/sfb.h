@@ -68,6 +68,19 @@ enum {
 enum { SFB_BOOL = 0, SFB_U16 = 1, SFB_I16 = 2, SFB_U32 = 3, SFB_I32 = 4, SFB_F32 = 5 };
 enum { SFB_READ = 0, SFB_READ_WRITE = 1 };
 
+/* Error codes: every entry point that can fail returns 0 or one of these
+ * (negative); sfb_strerror() says what it means. */
+enum {
+    SFB_OK = 0,
+    SFB_EID = -1,       /* no register with that id */
+    SFB_EARG = -2,      /* a NULL device, config or callback */
+    SFB_ECOUNT = -3,    /* config count > SFB_REGISTERS_MAX */
+    SFB_ENAME = -4,     /* a device, serial or register name NULL, empty or > SFB_NAME_MAX */
+    SFB_ETYPE = -5,     /* a register type or access out of range */
+    SFB_ESTATE = -6     /* the device was not initialised (or its sfb_init failed) */
+};
+const char *sfb_strerror(int code);
+
 /* Why a write was refused (SFB_REJECT). */
 enum { SFB_REJECT_UNKNOWN = 1, SFB_REJECT_READ_ONLY = 2, SFB_REJECT_RANGE = 3, SFB_REJECT_APPLICATION = 4 };
 
@@ -135,13 +148,15 @@ size_t sfb_cobs_decode(const uint8_t *in, size_t len, uint8_t *out, size_t cap);
  * wire length, or 0 if it does not fit in `cap` or the payload is too long. */
 size_t sfb_frame(uint8_t type, uint8_t seq, uint8_t ack, const uint8_t *payload, size_t len, uint8_t *out, size_t cap);
 
-/* Device. */
-void sfb_init(sfb_device *dev, const sfb_config *config);
+/* Device. Checks the config (counts, names, types, callbacks); on an error
+ * the device stays unusable (every other call does nothing) and the code says why. */
+int sfb_init(sfb_device *dev, const sfb_config *config);
 /* Feeds received bytes, any split; answers and applies writes as they complete. */
 void sfb_input(sfb_device *dev, const uint8_t *bytes, size_t len);
 /* Retransmits, sends reports and heartbeats; call often (every few ms). */
 void sfb_poll(sfb_device *dev);
-/* The application's value of register `id` changed; reported once the link is free. */
+/* The application's value of register `id` changed; reported once the link
+ * is free. Returns SFB_OK, SFB_EID or SFB_ESTATE. */
 int sfb_set(sfb_device *dev, uint8_t id, uint32_t raw);
 uint32_t sfb_get(const sfb_device *dev, uint8_t id);
 /* True when the host has welcomed the device and everything is reported and acknowledged. */

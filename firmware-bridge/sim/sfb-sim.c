@@ -166,7 +166,11 @@ int main(int argc, char **argv) {
     signal(SIGINT, on_signal);
 
     sfb_config config = {name, serial, registers, 5, write_out, now_ms, on_write, NULL};
-    sfb_init(&device, &config);
+    int rc = sfb_init(&device, &config);
+    if (rc != SFB_OK) {
+        fprintf(stderr, "sfb-sim: sfb_init: %s\n", sfb_strerror(rc));
+        return 2;
+    }
     sfb_set(&device, R_TEMPERATURE, sfb_from_f32(20.0f));
     long counted = 0;
     int announced = 0;

@@ -148,11 +148,48 @@ static void restart_session(sfb_device *dev) {
     dev->reject_reason = 0;
 }
 
-void sfb_init(sfb_device *dev, const sfb_config *config) {
+const char *sfb_strerror(int code) {
+    switch (code) {
+    case SFB_OK: return "ok";
+    case SFB_EID: return "no register with that id";
+    case SFB_EARG: return "a NULL device, config or callback";
+    case SFB_ECOUNT: return "more registers than SFB_REGISTERS_MAX";
+    case SFB_ENAME: return "a name is NULL, empty or longer than SFB_NAME_MAX";
+    case SFB_ETYPE: return "a register type or access is out of range";
+    case SFB_ESTATE: return "the device is not initialised";
+    default: return "unknown error";
+    }
+}
+
+static int name_ok(const char *name) {
+    if (!name || !name[0]) return 0;
+    for (size_t i = 0; i <= SFB_NAME_MAX; i++) {
+        if (!name[i]) return 1;
+    }
+    return 0;
+}
+
+static int check_config(const sfb_config *c) {
+    if (!c->write || !c->now_ms || (c->count && !c->registers)) return SFB_EARG;
+    if (c->count > SFB_REGISTERS_MAX) return SFB_ECOUNT;
+    if (!name_ok(c->name) || !name_ok(c->serial)) return SFB_ENAME;
+    for (uint8_t i = 0; i < c->count; i++) {
+        if (!name_ok(c->registers[i].name)) return SFB_ENAME;
+        if (c->registers[i].type > SFB_F32 || c->registers[i].access > SFB_READ_WRITE) return SFB_ETYPE;
+    }
+    return SFB_OK;
+}
+
+int sfb_init(sfb_device *dev, const sfb_config *config) {
+    if (!dev) return SFB_EARG;
     memset(dev, 0, sizeof *dev);
+    if (!config) return SFB_EARG;
+    int rc = check_config(config);
+    if (rc != SFB_OK) return rc; /* dev->config stays NULL: every other call does nothing */
     dev->config = config;
     restart_session(dev);
     dev->heard_at = dev->sent_at = now(dev);
+    return SFB_OK;
 }
 
 /* The host acknowledged the outstanding packet: move the session on. */
@@ -233,6 +270,7 @@ static void handle_packet(sfb_device *dev, const uint8_t *pkt, size_t len) {
 }
 
 void sfb_input(sfb_device *dev, const uint8_t *bytes, size_t len) {
+    if (!dev || !dev->config || (!bytes && len)) return;
     for (size_t i = 0; i < len; i++) {
         uint8_t b = bytes[i];
         if (b != 0) {
@@ -303,6 +341,7 @@ static void send_next(sfb_device *dev) {
 }
 
 void sfb_poll(sfb_device *dev) {
+    if (!dev || !dev->config) return;
     uint32_t t = now(dev);
     if (dev->tx_seq != 0) {
         if ((uint32_t)(t - dev->tx_at) >= SFB_RETRANSMIT_MS) {
@@ -317,7 +356,8 @@ void sfb_poll(sfb_device *dev) {
 }
 
 int sfb_set(sfb_device *dev, uint8_t id, uint32_t raw) {
-    if (id >= dev->config->count) return -1;
+    if (!dev || !dev->config) return SFB_ESTATE;
+    if (id >= dev->config->count) return SFB_EID;
     if (dev->values[id] != raw) {
         dev->values[id] = raw;
         dev->dirty |= 1u << id;
@@ -325,8 +365,10 @@ int sfb_set(sfb_device *dev, uint8_t id, uint32_t raw) {
     return 0;
 }
 
-uint32_t sfb_get(const sfb_device *dev, uint8_t id) { return id < dev->config->count ? dev->values[id] : 0; }
+uint32_t sfb_get(const sfb_device *dev, uint8_t id) { return dev && dev->config && id < dev->config->count ? dev->values[id] : 0; }
 
-int sfb_idle(const sfb_device *dev) { return dev->phase == PHASE_RUN && dev->tx_seq == 0 && dev->dirty == 0 && !dev->reject_reason; }
+int sfb_idle(const sfb_device *dev) {
+    return dev && dev->config && dev->phase == PHASE_RUN && dev->tx_seq == 0 && dev->dirty == 0 && !dev->reject_reason;
+}
 
-int sfb_online(const sfb_device *dev) { return dev->phase == PHASE_RUN; }
+int sfb_online(const sfb_device *dev) { return dev && dev->config && dev->phase == PHASE_RUN; }

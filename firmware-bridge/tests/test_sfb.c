@@ -324,6 +324,100 @@ static void test_heartbeat(void) {
     CHECK(next_packet(&p) == 1 && p.type == SFB_HEARTBEAT, "no heartbeat after %u ms of silence", SFB_HEARTBEAT_MS);
 }
 
+/* Hardening 11: sfb_init checks its config and says why it refuses. */
+static void test_init_checks(void) {
+    sfb_register many[SFB_REGISTERS_MAX + 1];
+    for (int i = 0; i <= SFB_REGISTERS_MAX; i++) many[i] = (sfb_register){"r", SFB_U16, SFB_READ};
+    sfb_config c = cfg;
+    c.registers = many;
+    c.count = SFB_REGISTERS_MAX + 1;
+    CHECK(sfb_init(&dev, &c) == SFB_ECOUNT, "count %d over the maximum was accepted", c.count);
+    CHECK(strcmp(sfb_strerror(SFB_ECOUNT), "more registers than SFB_REGISTERS_MAX") == 0, "strerror");
+    /* Refused: the device does nothing, writes nowhere, and says so. */
+    out_len = 0;
+    sfb_poll(&dev);
+    sfb_input(&dev, (const uint8_t *)"\x01\x02\x00", 3);
+    CHECK(out_len == 0 && sfb_set(&dev, 0, 1) == SFB_ESTATE && !sfb_online(&dev), "a refused device acted");
+    c.count = SFB_REGISTERS_MAX;
+    CHECK(sfb_init(&dev, &c) == SFB_OK, "the maximum count was refused");
+    c = cfg;
+    c.name = "a-name-longer-than-twenty-four";
+    CHECK(sfb_init(&dev, &c) == SFB_ENAME, "a long name was accepted");
+    c = cfg;
+    c.write = NULL;
+    CHECK(sfb_init(&dev, &c) == SFB_EARG, "a NULL write callback was accepted");
+    CHECK(sfb_init(NULL, &cfg) == SFB_EARG && sfb_init(&dev, NULL) == SFB_EARG, "NULL arguments");
+    sfb_register bad[] = {{"x", 9, SFB_READ}};
+    c = cfg;
+    c.registers = bad;
+    c.count = 1;
+    CHECK(sfb_init(&dev, &c) == SFB_ETYPE, "an unknown type was accepted");
+    CHECK(sfb_init(&dev, &cfg) == SFB_OK, "the test config was refused");
+    CHECK(sfb_set(&dev, 3, 1) == SFB_EID, "an unknown id");
+}
+
+/* Hardening 11: the 8-bit seq goes 255 → 1 (0 means "none") on both sides. */
+static void test_seq_wrap(void) {
+    packet p;
+    uint8_t host_seq = handshake();
+    uint8_t seen = 0;
+    int wrapped = 0;
+    for (int i = 0; i < 600; i++) {
+        sfb_set(&dev, 0, (uint32_t)i + 1000);
+        sfb_poll(&dev);
+        CHECK(next_packet(&p) == 1 && p.type == SFB_REPORT, "report %d", i);
+        CHECK(p.seq != 0, "seq 0 used");
+        if (seen == 255) {
+            CHECK(p.seq == 1, "after 255 came %u", p.seq);
+            wrapped++;
+        } else if (seen) {
+            CHECK(p.seq == seen + 1, "after %u came %u", seen, p.seq);
+        }
+        seen = p.seq;
+        CHECK(be32(p.payload + 1) == (uint32_t)i + 1000, "report %d carries %u", i, be32(p.payload + 1));
+        host_send(SFB_ACK, 0, p.seq, NULL, 0);
+        /* The host's own seq wraps too: its writes keep being taken. */
+        uint8_t w[5] = {1, 0, 0, 0, (uint8_t)(i & 0x7f)};
+        host_send(SFB_WRITE, host_seq, 0, w, sizeof w);
+        CHECK(next_packet(&p) == 1 && p.type == SFB_ACK && p.ack == host_seq, "write seq %u not acked", host_seq);
+        host_seq = host_seq == 255 ? 1 : (uint8_t)(host_seq + 1);
+        sfb_poll(&dev); /* the confirming report */
+        if (next_packet(&p) == 1) {
+            seen = p.seq;
+            host_send(SFB_ACK, 0, p.seq, NULL, 0);
+        }
+    }
+    CHECK(wrapped >= 1, "the device seq never wrapped");
+    CHECK(last_write_raw == (600 - 1) % 128, "the last write after the host's wrap was %u", last_write_raw);
+}
+
+/* Hardening 11: the millisecond clock wraps at 2^32; timers keep working across it. */
+static void test_clock_wrap(void) {
+    packet p;
+    handshake();
+    sfb_poll(&dev);
+    next_packet(&p);
+    host_send(SFB_ACK, 0, p.seq, NULL, 0);
+    drain();
+    clock_ms = 0xFFFFFFFFu - SFB_RETRANSMIT_MS / 2; /* just before the wrap */
+    sfb_set(&dev, 0, 7);
+    sfb_poll(&dev);
+    CHECK(next_packet(&p) == 1 && p.type == SFB_REPORT, "report before the wrap");
+    clock_ms += SFB_RETRANSMIT_MS; /* wraps past zero */
+    CHECK(clock_ms < 1000, "the test clock wrapped");
+    sfb_poll(&dev);
+    packet again;
+    CHECK(next_packet(&again) == 1 && again.seq == p.seq, "no retransmission across the clock wrap");
+    host_send(SFB_ACK, 0, p.seq, NULL, 0);
+    drain();
+    clock_ms += SFB_HEARTBEAT_MS - 1;
+    sfb_poll(&dev);
+    CHECK(next_packet(&p) == 0, "heartbeat too early after the wrap");
+    clock_ms += 1;
+    sfb_poll(&dev);
+    CHECK(next_packet(&p) == 1 && p.type == SFB_HEARTBEAT, "no heartbeat after the wrap");
+}
+
 int main(int argc, char **argv) {
     test_vectors(argc > 1 ? argv[1] : "tests/vectors.txt");
     test_report_on_change();
@@ -332,6 +426,9 @@ int main(int argc, char **argv) {
     test_bad_input();
     test_sync_restarts();
     test_heartbeat();
+    test_init_checks();
+    test_seq_wrap();
+    test_clock_wrap();
     printf("firmware-bridge: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
