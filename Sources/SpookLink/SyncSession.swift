@@ -30,6 +30,9 @@ public struct SyncSession: Sendable {
         /// Bytes of register encodings per SNAPSHOT chunk: with the vector it
         /// stays well inside a frame however large the values are.
         public var snapshotChunkBytesMax = 512 * 1024
+        /// Bytes of register encodings a snapshot being received may hold
+        /// before it is complete; past it the link is refused (`overloaded`).
+        public var snapshotBytesMax = 256 << 20
         /// A received delta or snapshot stamp more than this ahead of our clock
         /// is refused before it is stored (`clock-drift`); nil accepts any.
         public var remoteDriftMsMax: UInt64? = 60_000
@@ -49,6 +52,7 @@ public struct SyncSession: Sendable {
     private var knowsPeer = false
     private var snapshotVector: QStateVector?
     private var snapshotChunks: [UInt32: [QRegisterName: RegisterState]] = [:]
+    private var snapshotBytes = 0
 
     /// A paused session still answers (ACK, VECTOR) and receives, but sends
     /// no deltas: a standby link in a QRoute, ready to take over.
@@ -172,6 +176,16 @@ public struct SyncSession: Sendable {
             if snapshotVector != chunk.vector || snapshotChunks.keys.contains(where: { $0 >= chunk.count }) {
                 snapshotVector = chunk.vector
                 snapshotChunks = [:]
+                snapshotBytes = 0
+            }
+            if snapshotChunks[chunk.index] == nil {
+                snapshotBytes += chunk.registers.reduce(0) { $0 + 2 + $1.key.text.utf8.count + $1.value.encoded.count }
+            }
+            guard snapshotBytes <= options.snapshotBytesMax else {
+                let held = snapshotChunks.count
+                snapshotChunks = [:]
+                snapshotVector = nil
+                throw WireError(.overloaded, "a snapshot of more than \(options.snapshotBytesMax) bytes (\(held) of \(chunk.count) chunks held)")
             }
             snapshotChunks[chunk.index] = chunk.registers
             sent.merge(chunk.vector)
@@ -182,6 +196,7 @@ public struct SyncSession: Sendable {
                 snapshotsApplied += 1
                 snapshotVector = nil
                 snapshotChunks = [:]
+                snapshotBytes = 0
                 out.append(.ack(store.vector))
             }
         case .heartbeat:

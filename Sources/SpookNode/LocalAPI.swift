@@ -35,8 +35,23 @@ final class LocalAPI: @unchecked Sendable {
     func listen(path: String, group: EventLoopGroup) throws {
         self.path = path
         unlink(path)
+        let node = self.node
         server = try ServerBootstrap(group: group)
-            .childChannelInitializer { channel in channel.pipeline.addHandler(APIHandler(api: self)) }
+            .serverChannelOption(.backlog, value: NodeLimits.backlog)
+            .childChannelInitializer { channel in
+                guard node.budget.admitAPIClient() else {
+                    node.metrics.connectionRefused("api-clients")
+                    node.limitLog.warning("api clients", "local API connection refused: \(node.config.limits.apiClientsMax) clients already ([limits] api_clients_max)",
+                                          nowMs: node.clock.nowMs())
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in node.budget.releaseAPIClient() }
+                let budget = OutboundBudget(max: node.config.limits.apiClientBufferBytesMax, budget: node.budget, what: "local API client") { reason in
+                    node.metrics.connectionRefused("slow-reader")
+                    node.limitLog.warning("slow api client", "closing a local API client: \(reason) ([limits] api_client_buffer_bytes)", nowMs: node.clock.nowMs())
+                }
+                return channel.pipeline.addHandlers([budget, APIHandler(api: self)])
+            }
             .bind(unixDomainSocketPath: path)
             .wait()
         chmod(path, 0o660)
@@ -118,6 +133,12 @@ final class LocalAPI: @unchecked Sendable {
                 ok(client, id, ["watching": .string(client.watching!)])
             case "status":
                 ok(client, id, status())
+            case "peers":
+                ok(client, id, ["peers": .array(try node.peerList())])
+            case "forget":
+                let peer = try field(request, "peer")
+                guard try node.forgetPeer(peer) else { throw APIError("no peer \(peer) (spookctl peers lists them)") }
+                ok(client, id, ["forgotten": .string(peer)])
             case "attach", "detach":
                 // A udev rule's environment: DEVNAME, SUBSYSTEM, ID_VENDOR_ID, ID_MODEL_ID, ID_SERIAL_SHORT…
                 guard case .object(let o)? = request["device"] else { throw APIError("\"device\" must be an object of udev variables (DEVNAME, ID_VENDOR_ID, …)") }
@@ -131,7 +152,7 @@ final class LocalAPI: @unchecked Sendable {
                 }
                 ok(client, id, ["result": .string(op == "attach" ? host.attach(device) : host.detach(path: device.path))])
             default:
-                throw APIError("unknown op \"\(op)\": use get, set, list, history, watch, status, attach or detach")
+                throw APIError("unknown op \"\(op)\": use get, set, list, history, watch, status, peers, forget, attach or detach")
             }
         } catch let e as CoreError {
             fail(client, id, e.message)
@@ -170,6 +191,10 @@ final class LocalAPI: @unchecked Sendable {
             writes.append(Write(register, spec.policy == .device ? .desire : .set, value))
         }
         let write = LocalWrite(group: group, writes: writes)
+        guard pending.count < node.config.limits.pendingWritesMax else {
+            node.metrics.internalError("busy")
+            throw APIError("busy: \(pending.count) writes already wait for the next commit ([limits] pending_writes_max); try again")
+        }
         pending.append((write, { [self] result in
             switch result {
             case .success(let d): ok(client, id, ["origin": .string(d.origin.description), "seq": .int(Int64(d.seq))])
@@ -225,6 +250,7 @@ final class LocalAPI: @unchecked Sendable {
                 "deltas_received": .int(Int64(l.deltasReceived)), "snapshots_sent": .int(Int64(l.snapshotsSent)),
             ])
         }
+        let buffered = node.budget.snapshot
         let role: String
         switch node.role {
         case .edge: role = "edge"
@@ -235,20 +261,51 @@ final class LocalAPI: @unchecked Sendable {
             "epoch": .int(Int64(node.store.epoch)),
             "public_key": .string(node.identity.publicKey.hex), "vector": .object(vector),
             "registers": .int(Int64(node.store.state.registers.count)), "links": .array(links),
+            "buffered_bytes": .object(["outbound": .int(Int64(buffered.outbound)), "inbound": .int(Int64(buffered.inbound))]),
+            "api_clients": .int(Int64(buffered.apiClients)),
+            "log_deltas": .int(Int64(clamping: node.store.logDeltas)),
             "devices": .array(node.devices?.status() ?? []),
         ]
     }
 }
 
-/// Splits a client's bytes into lines (on the I/O loop).
-final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
+/// Splits a client's bytes into lines (on the I/O loop) and hands the node
+/// loop one batch per read; while `apiBatchesQueuedMax` batches wait there,
+/// it stops reading, so a client that writes faster than the store commits
+/// is slowed by its socket instead of growing the node's queue.
+final class APIHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     let api: LocalAPI
     var buffer: [UInt8] = []
     var client: LocalAPI.Client?
+    var queued = 0
+    var readHeld = false
+    var context: ChannelHandlerContext?
+    var bufferedReported = 0
 
     init(api: LocalAPI) { self.api = api }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        api.node.budget.inbound(-bufferedReported)
+        bufferedReported = 0
+        self.context = nil
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if queued >= NodeLimits.apiBatchesQueuedMax { readHeld = true } else { context.read() }
+    }
+
+    func handled() {
+        queued -= 1
+        if readHeld, queued < NodeLimits.apiBatchesQueuedMax / 2, let context {
+            readHeld = false
+            context.read()
+        }
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         let client = LocalAPI.Client(channel: context.channel)
@@ -261,7 +318,10 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         if let client {
             let api = self.api
-            api.node.loop.execute { api.clients[ObjectIdentifier(client)] = nil }
+            api.node.loop.execute {
+                api.clients[ObjectIdentifier(client)] = nil
+                api.unflushed[ObjectIdentifier(client)] = nil
+            }
         }
         context.fireChannelInactive()
     }
@@ -279,9 +339,15 @@ final class APIHandler: ChannelInboundHandler, @unchecked Sendable {
             requests.append(Result { try JSONValue.parse(line) })
         }
         buffer.removeFirst(start)
+        api.node.budget.inbound(buffer.count - bufferedReported)
+        bufferedReported = buffer.count
         if !requests.isEmpty, let client {
-            let (api, batch) = (self.api, requests)
-            api.node.loop.execute { api.handle(batch, from: client) }
+            queued += 1
+            let (api, batch, loop) = (self.api, requests, context.eventLoop)
+            api.node.loop.execute {
+                api.handle(batch, from: client)
+                loop.execute { self.handled() }
+            }
         }
         if buffer.count > LocalAPI.lineMax {
             let message = JSONValue.object(["ok": .bool(false), "error": .string("request line longer than \(LocalAPI.lineMax) bytes")]).serialized + [10]

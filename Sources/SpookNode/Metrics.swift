@@ -19,6 +19,12 @@ final class NodeMetrics: @unchecked Sendable {
     /// Remote deltas refused because their HLC was too far from our clock.
     let clockDriftRefused: Counter
     var lastHeld: UInt64 = 0
+    /// The gauges of each link now present, by its configured name.
+    var linkGauges: [String: [Gauge]] = [:]
+    let peersForgotten: Counter
+    let compactedDeltas: Counter
+    let bufferedOut: Gauge
+    let bufferedIn: Gauge
     var server: Channel?
 
     /// `spook_<metric>_<unit>`.
@@ -41,6 +47,10 @@ final class NodeMetrics: @unchecked Sendable {
         reconnects = registry.makeCounter(descriptor: NodeMetrics.name("reconnects", "total", "Reconnect attempts scheduled by upstream HalfPairs"))
         deltasHeld = registry.makeCounter(descriptor: NodeMetrics.name("deltas_held", "total", "Deltas held by this node's store (rate() is deltas/s)"))
         links = registry.makeGauge(descriptor: NodeMetrics.name("links", "", "Links past the handshake"))
+        peersForgotten = registry.makeCounter(descriptor: NodeMetrics.name("peers_forgotten", "total", "Peers removed by the retention or spookctl peers forget"))
+        compactedDeltas = registry.makeCounter(descriptor: NodeMetrics.name("compacted_deltas", "total", "Deltas removed from the log by compaction"))
+        bufferedOut = registry.makeGauge(descriptor: NodeMetrics.name("buffered_outbound", "bytes", "Bytes queued towards links and API clients, not yet taken by the kernel"))
+        bufferedIn = registry.makeGauge(descriptor: NodeMetrics.name("buffered_inbound", "bytes", "Bytes read from links and API clients, not yet handled"))
         reincarnations = registry.makeCounter(descriptor: NodeMetrics.name("incarnations_started", "total",
                                                                            "New incarnations started because the store was behind a peer"))
         seqConflicts = registry.makeCounter(descriptor: NodeMetrics.name("seq_conflicts", "total",
@@ -57,6 +67,15 @@ final class NodeMetrics: @unchecked Sendable {
 
     func deviceError(_ device: String) {
         registry.makeCounter(descriptor: NodeMetrics.deviceErrorsName, labels: [("device", device)]).increment()
+    }
+
+    static var connectionsRefusedName: MetricNameDescriptor {
+        name("connections_refused", "total", "Connections closed by a limit: limit (a cap), handshake-timeout, slow-reader, api-clients")
+    }
+
+    /// `reason` is one of the fixed names above.
+    func connectionRefused(_ reason: String) {
+        registry.makeCounter(descriptor: NodeMetrics.connectionsRefusedName, labels: [("reason", reason)]).increment()
     }
 
     static var internalErrorsName: MetricNameDescriptor { name("internal_errors", "total", "Store or status errors on paths that would otherwise be silent, by where") }
@@ -77,11 +96,26 @@ final class NodeMetrics: @unchecked Sendable {
         lastHeld = held
         let status = node.linkStatus()
         links.set(to: Double(status.filter { $0.peer != "-" }.count))
-        for l in status {
-            registry.makeGauge(descriptor: NodeMetrics.lagName, labels: [("link", l.name)]).set(to: Double(l.lag))
-            registry.makeGauge(descriptor: NodeMetrics.onlineName, labels: [("link", l.name)]).set(to: l.online ? 1.0 : 0.0)
-            registry.makeGauge(descriptor: NodeMetrics.bytesName, labels: [("link", l.name)]).set(to: Double(l.bytesSent))
+        // Series per link, labelled with configured names only (an upstream's,
+        // or a [[peer]]'s), and removed when the link goes: a flood of
+        // connections, or peers naming themselves, cannot grow the registry.
+        var present: [String: [Gauge]] = [:]
+        for l in status where l.peer != "-" {
+            let gauges = linkGauges[l.name] ?? [NodeMetrics.lagName, NodeMetrics.onlineName, NodeMetrics.bytesName].map {
+                registry.makeGauge(descriptor: $0, labels: [("link", l.name)])
+            }
+            gauges[0].set(to: Double(l.lag))
+            gauges[1].set(to: l.online ? 1.0 : 0.0)
+            gauges[2].set(to: Double(l.bytesSent))
+            present[l.name] = gauges
         }
+        for (name, gauges) in linkGauges where present[name] == nil {
+            for g in gauges { registry.unregisterGauge(g) }
+        }
+        linkGauges = present
+        let counts = node.budget.snapshot
+        bufferedOut.set(to: Double(counts.outbound))
+        bufferedIn.set(to: Double(counts.inbound))
         for d in node.devices?.devices ?? [] {
             registry.makeGauge(descriptor: NodeMetrics.deviceOnlineName, labels: [("device", d.spec.name)]).set(to: d.pair.state.isOnline ? 1.0 : 0.0)
             registry.makeGauge(descriptor: NodeMetrics.deviceTransactionsName, labels: [("device", d.spec.name)]).set(to: Double(d.transactionCount))

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -46,13 +47,19 @@ public final class Node: @unchecked Sendable {
         var bytesSent = 0
         /// Our HELLO, until the stream can carry it (after a WebSocket upgrade).
         var pendingHello: Message?
+        /// Set once the handshake succeeded: the listener's deadline reads it on the I/O loop.
+        let established: NIOLockedValueBox<Bool>
+        /// For logs and metrics: the configured peer or upstream name (never what the peer calls itself).
+        var name: String
 
-        init(id: Int, channel: Channel, handshake: Handshake, upstream: Int?, nowMs: UInt64) {
+        init(id: Int, channel: Channel, handshake: Handshake, upstream: Int?, nowMs: UInt64, established: NIOLockedValueBox<Bool> = .init(false), name: String) {
             self.id = id
             self.channel = channel
             self.handshake = handshake
             self.upstream = upstream
             self.lastHeardMs = nowMs
+            self.established = established
+            self.name = name
         }
     }
 
@@ -86,8 +93,13 @@ public final class Node: @unchecked Sendable {
     /// How `usb` devices are opened: libusb, unless a test (or a simulator) says otherwise. Set before `start`.
     public var openBulk: BulkOpener = { match, settings in try USBContext().open(match, settings) }
     var daemonTimer: RepeatedTask?
+    var compactionTimer: RepeatedTask?
     let authorisation: Authorisation?
+    /// Configured peer names by public key (hex), for logs and metric labels.
+    let peerNames: [String: String]
     let metrics = NodeMetrics()
+    let budget: NodeBudget
+    let limitLog: RateLimitedLog
 
     public init(role: Role, logger: Logger, clock: any PhysicalClock = SystemClock()) throws {
         self.role = role
@@ -111,8 +123,19 @@ public final class Node: @unchecked Sendable {
         }
         ioGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         nodeGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        if case .daemon(let c) = role { authorisation = c.authorisation } else { authorisation = nil }
+        if case .daemon(let c) = role {
+            authorisation = c.authorisation
+            peerNames = Dictionary(c.peers.map { ($0.key.hex, $0.name) }, uniquingKeysWith: { a, _ in a })
+        } else {
+            authorisation = nil
+            peerNames = [:]
+        }
+        budget = NodeBudget(limits: config.limits)
+        limitLog = RateLimitedLog(logger: logger)
     }
+
+    /// Nothing heard for this long ends a link, in every state, the handshake included.
+    var silenceMs: UInt64 { config.heartbeatIntervalMs * UInt64(config.heartbeatsMissedMax) }
 
     /// Our origin: the key's, in the store's incarnation (SUBSTRATE.md §6).
     public var origin: Origin { identity.origin(epoch: store.epoch) }
@@ -130,6 +153,13 @@ public final class Node: @unchecked Sendable {
             }
         }.wait()
         try api.listen(path: config.apiSocket, group: ioGroup)
+        try loop.submit {
+            // Retention counts from the last link, or from now for a peer never seen linked.
+            let now = self.clock.nowMs()
+            for peer in self.store.peers where (try self.store.peerSeen(peer)) == nil { try self.store.recordPeerSeen(peer, ms: now) }
+            let every = TimeAmount.milliseconds(Int64(self.config.compactionIntervalMs))
+            self.compactionTimer = self.loop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in self.compactionStep() }
+        }.wait()
         if let m = config.metricsListen {
             try metrics.listen(host: m.host, port: m.port, group: ioGroup, node: self)
             logger.info("metrics", metadata: ["listen": "http://\(m.host):\(m.port)/metrics"])
@@ -139,10 +169,30 @@ public final class Node: @unchecked Sendable {
             for listener in c.listen {
                 let endpoint = listener.endpoint
                 let tls = try listener.certPath.map { certPath in try Node.serverTLS(cert: certPath, key: listener.keyPath ?? "") }
+                let name = "\(endpoint)"
+                let deadline = TimeAmount.milliseconds(Int64(silenceMs))
                 let channel = try ServerBootstrap(group: ioGroup)
-                    .serverChannelOption(.backlog, value: 64)
+                    .serverChannelOption(.backlog, value: NodeLimits.backlog)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelInitializer { channel in
+                        // Caps first: a connection over them is closed before it costs anything.
+                        let source = channel.remoteAddress?.ipAddress ?? "unix"
+                        if let refusal = self.budget.admit(listener: name, source: source) {
+                            self.metrics.connectionRefused("limit")
+                            self.limitLog.warning("limit \(name)", "connection refused: \(refusal)", nowMs: self.clock.nowMs())
+                            return channel.close()
+                        }
+                        channel.closeFuture.whenComplete { _ in self.budget.release(listener: name, source: source) }
+                        // A connection that has not authenticated within the deadline (an
+                        // unfinished WebSocket upgrade, a slowloris, a silent socket) is closed.
+                        let established = NIOLockedValueBox(false)
+                        channel.eventLoop.scheduleTask(in: deadline) {
+                            guard !established.withLockedValue({ $0 }) else { return }
+                            self.metrics.connectionRefused("handshake-timeout")
+                            self.limitLog.warning("deadline \(name)", "connection closed: no handshake within \(deadline.nanoseconds / 1_000_000) ms on \(name) "
+                                                  + "(from \(channel.remoteAddress.map { "\($0)" } ?? "a local socket"))", nowMs: self.clock.nowMs())
+                            channel.close(promise: nil)
+                        }
                         // TLS first, so the HELLO `accepted` writes goes out encrypted.
                         let secured: EventLoopFuture<Void>
                         if let tls {
@@ -152,8 +202,8 @@ public final class Node: @unchecked Sendable {
                         }
                         // The link starts (HELLO goes out) once the stream can carry frames.
                         let start: @Sendable (Channel) -> EventLoopFuture<Void> = { channel in
-                            self.loop.submit { self.accepted(channel) }.flatMap { id in
-                                channel.pipeline.addHandler(FrameHandler(node: self, link: id))
+                            self.loop.submit { self.accepted(channel, established: established) }.flatMap { id in
+                                channel.pipeline.addHandlers([self.outboundBudget(link: id), FrameHandler(node: self, link: id)])
                             }
                         }
                         if case .websocket(_, _, let path, _) = endpoint {
@@ -203,6 +253,7 @@ public final class Node: @unchecked Sendable {
     public func shutdown() {
         try? loop.submit {
             self.daemonTimer?.cancel()
+            self.compactionTimer?.cancel()
             for i in self.upstreams.indices {
                 self.upstreams[i].reconnect?.cancel()
                 self.upstreams[i].heartbeat?.cancel()
@@ -219,15 +270,82 @@ public final class Node: @unchecked Sendable {
         try? nodeGroup.syncShutdownGracefully()
     }
 
+    // MARK: compaction
+
+    /// The background compaction (on the node loop, bounded per step by
+    /// `compactionBlocksMax`): peers silent past the retention stop holding
+    /// the horizon back, then what every remaining peer acknowledged leaves
+    /// the log.
+    func compactionStep() {
+        let now = clock.nowMs()
+        let linked = Set(links.values.compactMap { $0.session?.peer })
+        do {
+            for peer in store.peers {
+                if linked.contains(peer) {
+                    try store.recordPeerSeen(peer, ms: now)
+                    continue
+                }
+                let seen = try store.peerSeen(peer) ?? now
+                if now > seen, (now - seen) / 1000 >= config.peerRetentionS {
+                    try store.removePeer(peer)
+                    metrics.peersForgotten.increment()
+                    logger.notice("forgetting a peer silent past the retention: it no longer holds back compaction, and gets a snapshot if it returns",
+                                  metadata: ["peer": "\(peer)", "silent_s": "\((now - seen) / 1000)", "retention_s": "\(config.peerRetentionS)"])
+                }
+            }
+            let report = try store.compact()
+            if report.deltasRemoved > 0 {
+                metrics.compactedDeltas.increment(by: Int64(report.deltasRemoved))
+                logger.debug("compacted", metadata: ["deltas": "\(report.deltasRemoved)", "log": "\(store.logDeltas)"])
+            }
+        } catch {
+            metrics.internalError("compaction")
+            logger.error("compaction failed; the log keeps its deltas and the next step tries again", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// `spookctl peers forget`: the peer no longer holds back compaction.
+    func forgetPeer(_ peer: String) throws -> Bool {
+        guard store.peers.contains(peer) else { return false }
+        if let link = links.values.first(where: { $0.session?.peer == peer }) {
+            throw APIError("\(peer) is linked now (\(link.name)): stop it first, or let the retention forget it once it is silent")
+        }
+        try store.removePeer(peer)
+        metrics.peersForgotten.increment()
+        logger.notice("peer forgotten by request: it gets a snapshot if it returns", metadata: ["peer": "\(peer)"])
+        return true
+    }
+
+    func peerList() throws -> [JSONValue] {
+        let linked = Dictionary(links.values.compactMap { l in l.session.map { ($0.peer, l.name) } }, uniquingKeysWith: { a, _ in a })
+        return try store.peers.map { peer in
+            var acked: [String: JSONValue] = [:]
+            let v = store.peerVector(peer)
+            for o in v.origins { acked[o.description] = .int(Int64(clamping: v[o])) }
+            return .object([
+                "peer": .string(peer), "link": .string(linked[peer] ?? "-"), "linked": .bool(linked[peer] != nil),
+                "last_seen_ms": .int(Int64(clamping: try store.peerSeen(peer) ?? 0)), "acknowledged": .object(acked),
+            ])
+        }
+    }
+
     // MARK: links
 
-    func accepted(_ channel: Channel) -> Int {
+    /// The first outbound handler of every link: a peer that stops reading is closed past `link_buffer_bytes`.
+    func outboundBudget(link id: Int) -> OutboundBudget {
+        OutboundBudget(max: config.limits.linkBufferBytesMax, budget: budget, what: "link \(id)") { reason in
+            self.metrics.connectionRefused("slow-reader")
+            self.limitLog.warning("slow link", "closing a link: \(reason) ([limits] link_buffer_bytes)", nowMs: self.clock.nowMs())
+        }
+    }
+
+    func accepted(_ channel: Channel, established: NIOLockedValueBox<Bool>) -> Int {
         let id = nextID
         nextID += 1
         let auth = authorisation
         let handshake = Handshake(side: .responder, identity: identity, role: .daemon, nonce: Node.nonce(), subscriptions: [try! QDomainPattern("*")],
                                   node: config.name, epoch: store.epoch, isAuthorised: { auth?.grant(for: $0) != nil })
-        let link = Link(id: id, channel: channel, handshake: handshake, upstream: nil, nowMs: clock.nowMs())
+        let link = Link(id: id, channel: channel, handshake: handshake, upstream: nil, nowMs: clock.nowMs(), established: established, name: "link \(id)")
         links[id] = link
         send(link.handshake.start(), on: link)
         logger.debug("link accepted", metadata: ["link": "\(id)", "remote": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
@@ -308,7 +426,7 @@ public final class Node: @unchecked Sendable {
                     }
                     if let refusal {
                         forbidden = forbidden ?? WireError(.forbidden, refusal)
-                        metrics.refusedWrite(peer.node)
+                        metrics.refusedWrite(link.name)
                         logger.warning("write refused, held withheld", metadata: ["link": "\(id)", "delta": "\(d.id)", "reason": "\(refusal)"])
                         checked.append(Withheld.redact(d))
                     } else {
@@ -322,7 +440,7 @@ public final class Node: @unchecked Sendable {
                 if !refused.isEmpty {
                     let refusal = "\(peer.origin) may not write \(refused[0]) (and \(refused.count - 1) more) sent in a snapshot: outside its write grant or \"owns\""
                     forbidden = WireError(.forbidden, refusal)
-                    metrics.refusedWrite(peer.node)
+                    metrics.refusedWrite(link.name)
                     logger.warning("snapshot refused in part", metadata: ["link": "\(id)", "reason": "\(refusal)"])
                 }
                 message = .snapshot(admitted)
@@ -411,10 +529,18 @@ public final class Node: @unchecked Sendable {
 
     func established(_ link: Link, _ peer: Handshake.Peer) throws {
         link.peer = peer
+        link.established.withLockedValue { $0 = true }
+        link.channel.pipeline.handler(type: FrameHandler.self).whenSuccess { $0.authenticated() }
+        if let u = link.upstream {
+            link.name = upstreams[u].config.name
+        } else {
+            link.name = peerNames[peer.publicKey.hex] ?? "link \(link.id)"
+        }
         if let auth = authorisation { link.grant = auth.grant(for: peer.publicKey) }
         logger.info("link entangling", metadata: ["link": "\(link.id)", "peer": "\(peer.origin)", "node": "\(peer.node)"])
         var options = SyncSession.Options()
         options.remoteDriftMsMax = config.clockDriftMsMax
+        options.snapshotBytesMax = config.limits.snapshotBytesMax
         var session = SyncSession(peer: peer.origin.description, options: options)
         session.ownOrigin = origin
         session.peerOrigin = peer.origin
@@ -535,6 +661,12 @@ public final class Node: @unchecked Sendable {
     func closed(_ id: Int) {
         conflictsSeen[id] = nil
         guard let link = links.removeValue(forKey: id) else { return }
+        if let peer = link.session?.peer {
+            do { try store.recordPeerSeen(peer, ms: clock.nowMs()) } catch {
+                metrics.internalError("peer-seen")
+                logger.error("could not record when a peer was last linked", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            }
+        }
         logger.info("link closed", metadata: ["link": "\(id)", "peer": "\(link.peer.map { "\($0.origin)" } ?? "-")"])
         if let u = link.upstream, upstreams[u].link == id || upstreams[u].link == nil {
             upstreams[u].link = nil
@@ -546,7 +678,7 @@ public final class Node: @unchecked Sendable {
 
     func daemonHeartbeat() {
         let now = clock.nowMs()
-        let silence = config.heartbeatIntervalMs * UInt64(config.heartbeatsMissedMax)
+        let silence = silenceMs
         for link in links.values where link.upstream == nil {
             if now > link.lastHeardMs + silence {
                 refuse(link, WireError(.timeout, "nothing heard for \(now - link.lastHeardMs) ms"))
@@ -649,7 +781,7 @@ public final class Node: @unchecked Sendable {
                     let handshake = Handshake(side: .initiator, identity: self.identity, role: .agent, nonce: Node.nonce(),
                                               subscriptions: self.upstreams[u].config.domains, node: self.config.name, epoch: self.store.epoch,
                                               isAuthorised: { $0 == pinned })
-                    let link = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs())
+                    let link = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs(), name: self.upstreams[u].config.name)
                     link.pendingHello = link.handshake.start()
                     self.links[id] = link
                 } }
@@ -659,13 +791,13 @@ public final class Node: @unchecked Sendable {
                     // Frames flow, and HELLO goes out, only once the upgrade succeeded.
                     return register.flatMap {
                         WebSocketLink.configureClient(channel, host: host, path: path) { channel in
-                            channel.pipeline.addHandler(FrameHandler(node: self, link: id)).flatMap {
+                            channel.pipeline.addHandlers([self.outboundBudget(link: id), FrameHandler(node: self, link: id)]).flatMap {
                                 self.loop.submit { if let link = self.links[id] { self.sendPendingHello(link) } }
                             }
                         }
                     }
                 }
-                return register.flatMap { channel.pipeline.addHandler(FrameHandler(node: self, link: id)) }
+                return register.flatMap { channel.pipeline.addHandlers([self.outboundBudget(link: id), FrameHandler(node: self, link: id)]) }
             }
         let connecting: EventLoopFuture<Channel>
         switch endpoint {
@@ -774,7 +906,7 @@ public final class Node: @unchecked Sendable {
         case .daemon:
             return links.values.sorted { $0.id < $1.id }.map { l in
                 let caughtUp = l.session?.isCaughtUp(store) ?? false
-                var status = LinkStatus(name: l.peer?.node ?? "link \(l.id)", state: caughtUp ? "coherent" : "entangling",
+                var status = LinkStatus(name: l.name, state: caughtUp ? "coherent" : "entangling",
                                         online: caughtUp, peer: l.peer.map { "\($0.origin)" } ?? "-", lag: l.session?.lag(store) ?? 0)
                 counters(&status, l)
                 return status
@@ -798,17 +930,62 @@ extension ServerBootstrap {
     }
 }
 
-/// Cuts a link's bytes into frames (on the I/O loop) and hands them to the node.
-final class FrameHandler: ChannelInboundHandler, @unchecked Sendable {
+/// Cuts a link's bytes into frames (on the I/O loop) and hands them to the
+/// node loop, with back-pressure: while the node loop has not handled
+/// `linkFramesQueuedMax` frames (or `linkBytesQueuedMax` bytes) of this link,
+/// the handler stops asking the socket for more, so a fast or hostile sender
+/// is slowed by TCP instead of growing the process. Until the peer has
+/// authenticated, a frame may be at most `unauthenticatedFrameMax` bytes.
+final class FrameHandler: ChannelDuplexHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
     let node: Node
     let link: Int
-    var decoder = FrameDecoder()
+    var decoder = FrameDecoder(payloadMax: NodeLimits.unauthenticatedFrameMax)
     var failed = false
+    /// Frames and bytes handed to the node loop and not yet handled (I/O loop only).
+    var queuedFrames = 0
+    var queuedBytes = 0
+    /// A read the pipeline asked for while the queue was full.
+    var readHeld = false
+    var context: ChannelHandlerContext?
+    /// Bytes of partial frames held by the decoder, as last told to the budget.
+    var bufferedReported = 0
 
     init(node: Node, link: Int) {
         self.node = node
         self.link = link
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        node.budget.inbound(-bufferedReported)
+        bufferedReported = 0
+        self.context = nil
+    }
+
+    /// The peer authenticated: frames up to the full limit from now on.
+    func authenticated() { decoder.payloadMax = Frame.payloadMaxDefault }
+
+    func read(context: ChannelHandlerContext) {
+        if queuedFrames >= NodeLimits.linkFramesQueuedMax || queuedBytes >= NodeLimits.linkBytesQueuedMax {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// The node loop handled one of our frames (called on the I/O loop).
+    func handled(bytes: Int) {
+        queuedFrames -= 1
+        queuedBytes -= bytes
+        node.budget.inbound(-bytes)
+        if readHeld, queuedFrames < NodeLimits.linkFramesQueuedMax / 2, queuedBytes < NodeLimits.linkBytesQueuedMax / 2, let context {
+            readHeld = false
+            context.read()
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -818,13 +995,23 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable {
         do {
             while let frame = try decoder.next() {
                 let message = try Message(frame: frame)
-                let (node, link) = (self.node, self.link)
-                node.loop.execute { node.received(message, on: link) }
+                let bytes = frame.payload.count
+                queuedFrames += 1
+                queuedBytes += bytes
+                node.budget.inbound(bytes)
+                let (node, link, loop) = (self.node, self.link, context.eventLoop)
+                node.loop.execute {
+                    node.received(message, on: link)
+                    loop.execute { self.handled(bytes: bytes) }
+                }
             }
+            node.budget.inbound(decoder.buffered - bufferedReported)
+            bufferedReported = decoder.buffered
         } catch let e as WireError {
             failed = true
             let (node, link) = (self.node, self.link)
             node.logger.warning("malformed input, closing the link", metadata: ["link": "\(link)", "code": "\(e.code)", "reason": "\(e.message)"])
+            node.metrics.refused(e.code.name)
             let bytes = Message.error(code: e.code, message: e.message).frame.encoded
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
             context.close(promise: nil)
@@ -844,6 +1031,4 @@ final class FrameHandler: ChannelInboundHandler, @unchecked Sendable {
         node.logger.warning("link transport error", metadata: ["link": "\(link)", "error": "\(error)"])
         context.close(promise: nil)
     }
-
-    typealias OutboundOut = ByteBuffer
 }

@@ -108,6 +108,13 @@ public struct NodeConfig: Sendable {
     public var reconnectCapMs: UInt64 = 30_000
     /// A peer's HLC stamp more than this ahead of our clock is refused ([clock] drift_max_ms).
     public var clockDriftMsMax: UInt64 = 60_000
+    /// Bounds on connections, queues and buffers ([limits]).
+    public var limits = NodeLimits()
+    /// How often the background compaction runs ([compaction] interval_ms).
+    public var compactionIntervalMs: UInt64 = 10_000
+    /// A peer not linked for this long no longer holds back compaction; it
+    /// gets a snapshot when it returns ([compaction] peer_retention_s).
+    public var peerRetentionS: UInt64 = 7 * 24 * 3600
     /// Where to serve Prometheus metrics (`GET /metrics`); nil: not served.
     public var metricsListen: (host: String, port: Int)?
     public var schema = Schema()
@@ -213,6 +220,22 @@ extension ConfigReader {
             c.heartbeatIntervalMs = UInt64(hb.int("interval_ms", in: 50...600_000) ?? Int(c.heartbeatIntervalMs))
             c.heartbeatsMissedMax = UInt32(hb.int("missed_max", in: 1...100) ?? Int(c.heartbeatsMissedMax))
         }
+        if let l = doc.table("limits") {
+            l.rejectUnknownKeys(["connections_max", "connections_per_source_max", "api_clients_max", "api_client_buffer_bytes",
+                                 "link_buffer_bytes", "pending_writes_max", "snapshot_bytes_max"])
+            c.limits.connectionsMax = l.int("connections_max", in: 1...1_000_000) ?? c.limits.connectionsMax
+            c.limits.connectionsPerSourceMax = l.int("connections_per_source_max", in: 1...1_000_000) ?? c.limits.connectionsPerSourceMax
+            c.limits.apiClientsMax = l.int("api_clients_max", in: 1...100_000) ?? c.limits.apiClientsMax
+            c.limits.apiClientBufferBytesMax = l.int("api_client_buffer_bytes", in: (64 << 10)...(1 << 30)) ?? c.limits.apiClientBufferBytesMax
+            c.limits.linkBufferBytesMax = l.int("link_buffer_bytes", in: (4 << 20)...(4 << 30)) ?? c.limits.linkBufferBytesMax
+            c.limits.pendingWritesMax = l.int("pending_writes_max", in: 1...10_000_000) ?? c.limits.pendingWritesMax
+            c.limits.snapshotBytesMax = l.int("snapshot_bytes_max", in: (1 << 20)...(16 << 30)) ?? c.limits.snapshotBytesMax
+        }
+        if let k = doc.table("compaction") {
+            k.rejectUnknownKeys(["interval_ms", "peer_retention_s"])
+            c.compactionIntervalMs = UInt64(k.int("interval_ms", in: 50...86_400_000) ?? Int(c.compactionIntervalMs))
+            c.peerRetentionS = UInt64(k.int("peer_retention_s", in: 1...(10 * 365 * 24 * 3600)) ?? Int(c.peerRetentionS))
+        }
         if let clock = doc.table("clock") {
             clock.rejectUnknownKeys(["drift_max_ms"])
             c.clockDriftMsMax = UInt64(clock.int("drift_max_ms", in: 100...86_400_000) ?? Int(c.clockDriftMsMax))
@@ -266,7 +289,7 @@ extension EdgeConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = EdgeConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "reconnect", "register", "upstream", "device"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "reconnect", "register", "upstream", "device"])
             c.node = reader.nodeConfig(doc)
             // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
             if (try? QDomain("spook.\(c.node.name)")) == nil {
@@ -317,7 +340,7 @@ extension DaemonConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = DaemonConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "reconnect", "register", "listen", "peer"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "reconnect", "register", "listen", "peer"])
             c.node = reader.nodeConfig(doc)
             for l in doc.tables("listen") {
                 l.rejectUnknownKeys(["url", "cert", "key"])

@@ -646,7 +646,21 @@ public final class SQLiteStore: Store {
         peerVectors[peer] = new
     }
 
+    /// When `peer` was last linked (Unix ms), as recorded by `recordPeerSeen`; durable, so a
+    /// retention counts across restarts.
+    public func peerSeen(_ peer: String) throws -> UInt64? { try meta("seen " + peer) }
+
+    public func recordPeerSeen(_ peer: String, ms: UInt64) throws {
+        try db.transaction { try setMeta("seen " + peer, Int64(bitPattern: ms)) }
+    }
+
+    /// Deltas in the log (per origin, horizon+1 … vector).
+    public var logDeltas: UInt64 { vector.origins.reduce(0) { $0 + vector[$1] - min(vector[$1], horizon[$1]) } }
+
     public func removePeer(_ peer: String) throws {
+        let m = try db.statement("DELETE FROM meta WHERE key = ?")
+        m.bind(1, "seen " + peer)
+        try m.step()
         let s = try db.statement("DELETE FROM peers WHERE peer = ?")
         s.bind(1, peer)
         try s.step()

@@ -122,7 +122,8 @@ public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
 /// frames, a frame and a half); take frames with `next()` until it returns
 /// nil. After an error the stream is unusable: close the link.
 public struct FrameDecoder: Sendable {
-    public let payloadMax: Int
+    /// May be raised between frames (a link allows larger frames once its peer authenticated).
+    public var payloadMax: Int
     private var buffer: [UInt8] = []
     private var start = 0
     private var failed: WireError?

@@ -63,8 +63,33 @@ struct Spookctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spookctl",
         abstract: "Read and write registers of a running spook-edge or spookd.",
-        subcommands: [Get.self, Set.self, List.self, History.self, Watch.self, Status.self, Attach.self, Detach.self, Keygen.self]
+        subcommands: [Get.self, Set.self, List.self, History.self, Watch.self, Status.self, Peers.self, Attach.self, Detach.self, Keygen.self]
     )
+
+    struct Peers: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the peers whose acknowledgements hold back compaction, or forget one.",
+            discussion: "spookctl peers forget PEER: the peer (an origin, as listed) no longer holds back compaction; if it returns it gets a snapshot.")
+        @OptionGroup var options: Options
+        @Argument(help: "\"forget\" and a peer, or nothing to list") var words: [String] = []
+        func run() throws {
+            switch words.first {
+            case nil:
+                let a = try options.call(.object(["op": .string("peers")]))
+                if options.json { return options.show(a) }
+                guard case .array(let peers)? = a["peers"] else { return }
+                for p in peers {
+                    let seen: Int64 = p["last_seen_ms"].flatMap { if case .int(let ms) = $0 { ms } else { nil } } ?? 0
+                    print("\(p["peer"]?.string ?? "?")  \(p["linked"] == .bool(true) ? "linked (\(p["link"]?.string ?? "?"))" : "not linked")  last seen \(seen) ms")
+                }
+            case "forget" where words.count == 2:
+                let a = try options.call(.object(["op": .string("forget"), "peer": .string(words[1])]))
+                if options.json { options.show(a) } else { print("forgot \(words[1]): it no longer holds back compaction") }
+            default:
+                throw ValidationError("usage: spookctl peers [forget PEER]")
+            }
+        }
+    }
 
     struct Get: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print one register.")

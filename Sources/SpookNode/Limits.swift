@@ -1,0 +1,168 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Every bound a running node keeps on what others can make it hold
+/// (`[limits]` in the config; docs/configuration.md). Reaching one is a log
+/// line, a metric and a handled event, never growth.
+public struct NodeLimits: Sendable, Hashable {
+    /// Open connections per listener (links and the WebSocket upgrade before them).
+    public var connectionsMax = 1_024
+    /// Open connections per listener from one source address (every Unix socket client is one source).
+    public var connectionsPerSourceMax = 64
+    /// Local API clients at once.
+    public var apiClientsMax = 1_024
+    /// Bytes queued towards one local API client (a `watch` that does not
+    /// read); past it the client is closed, with the reason logged.
+    public var apiClientBufferBytesMax = 4 << 20
+    /// Bytes queued towards one link's peer; past it the link is closed and
+    /// resumes from acknowledgements when it returns.
+    public var linkBufferBytesMax = 64 << 20
+    /// Writes waiting for the next group commit; past it `set` answers `busy`.
+    public var pendingWritesMax = 50_000
+    /// Bytes of one snapshot being reassembled from its chunks.
+    public var snapshotBytesMax = 256 << 20
+
+    /// Frames a link's reader hands the node loop before it stops reading
+    /// (TCP then pushes back on the sender), and bytes of them.
+    public static let linkFramesQueuedMax = 64
+    public static let linkBytesQueuedMax = 8 << 20
+    /// Request batches an API connection hands the node loop before it stops reading.
+    public static let apiBatchesQueuedMax = 16
+    /// The frame size a peer may send before it has authenticated: a HELLO
+    /// with every subscription pattern fits; nothing much larger is buffered
+    /// for a stranger.
+    public static let unauthenticatedFrameMax = 80 * 1024
+    /// The listen backlog of every listener and the API socket (the kernel caps it at somaxconn).
+    public static let backlog: Int32 = 1_024
+
+    public init() {}
+}
+
+/// Connection counts and buffered bytes, shared by the I/O loop (which
+/// admits connections and queues bytes) and the node loop (which reports
+/// them in `status` and metrics).
+final class NodeBudget: Sendable {
+    struct Counts {
+        var connections: [String: Int] = [:]
+        var perSource: [String: Int] = [:]
+        var apiClients = 0
+        /// Bytes written to sockets and not yet taken by the kernel.
+        var outbound = 0
+        /// Bytes read and not yet handled: partial frames and lines, frames queued for the node loop.
+        var inbound = 0
+    }
+
+    let limits: NodeLimits
+    private let counts = NIOLockedValueBox(Counts())
+
+    init(limits: NodeLimits) { self.limits = limits }
+
+    var snapshot: Counts { counts.withLockedValue { $0 } }
+
+    /// Takes a connection slot for `listener` and `source`, or says why not.
+    func admit(listener: String, source: String) -> String? {
+        counts.withLockedValue { c in
+            if c.connections[listener, default: 0] >= limits.connectionsMax {
+                return "\(listener) already has \(limits.connectionsMax) connections ([limits] connections_max)"
+            }
+            let key = "\(listener) \(source)"
+            if c.perSource[key, default: 0] >= limits.connectionsPerSourceMax {
+                return "\(source) already has \(limits.connectionsPerSourceMax) connections to \(listener) ([limits] connections_per_source_max)"
+            }
+            c.connections[listener, default: 0] += 1
+            c.perSource[key, default: 0] += 1
+            return nil
+        }
+    }
+
+    func release(listener: String, source: String) {
+        counts.withLockedValue { c in
+            c.connections[listener, default: 1] -= 1
+            let key = "\(listener) \(source)"
+            c.perSource[key, default: 1] -= 1
+            if c.perSource[key] == 0 { c.perSource[key] = nil }
+        }
+    }
+
+    func admitAPIClient() -> Bool {
+        counts.withLockedValue { c in
+            guard c.apiClients < limits.apiClientsMax else { return false }
+            c.apiClients += 1
+            return true
+        }
+    }
+
+    func releaseAPIClient() { counts.withLockedValue { $0.apiClients -= 1 } }
+    func outbound(_ delta: Int) { counts.withLockedValue { $0.outbound += delta } }
+    func inbound(_ delta: Int) { counts.withLockedValue { $0.inbound += delta } }
+}
+
+/// Counts the bytes written to a channel until the kernel takes them, and
+/// closes a channel whose peer lets more than `max` pile up (a slow reader
+/// cannot grow the process). The first handler on the outbound path.
+final class OutboundBudget: ChannelOutboundHandler, @unchecked Sendable {
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let max: Int
+    let budget: NodeBudget
+    let what: String
+    let onExceeded: @Sendable (String) -> Void
+    private var pending = 0
+    private var exceeded = false
+
+    init(max: Int, budget: NodeBudget, what: String, onExceeded: @escaping @Sendable (String) -> Void) {
+        self.max = max
+        self.budget = budget
+        self.what = what
+        self.onExceeded = onExceeded
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let bytes = unwrapOutboundIn(data).readableBytes
+        guard !exceeded else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        pending += bytes
+        budget.outbound(bytes)
+        if pending > max {
+            exceeded = true
+            onExceeded("\(what): \(pending) bytes queued for a peer that does not read, the limit is \(max)")
+            context.close(promise: nil)
+        }
+        let done = promise ?? context.eventLoop.makePromise()
+        done.futureResult.whenComplete { [self] _ in
+            pending -= bytes
+            budget.outbound(-bytes)
+        }
+        context.write(data, promise: done)
+    }
+}
+
+/// Says a limit was reached once per `intervalMs` per kind (with how many
+/// times since), so a flood cannot flood the log too.
+final class RateLimitedLog: Sendable {
+    let logger: Logger
+    let intervalMs: UInt64
+    private let last = NIOLockedValueBox<[String: (atMs: UInt64, suppressed: Int)]>([:])
+
+    init(logger: Logger, intervalMs: UInt64 = 10_000) {
+        self.logger = logger
+        self.intervalMs = intervalMs
+    }
+
+    func warning(_ kind: String, _ message: String, nowMs: UInt64) {
+        let suppressed: Int? = last.withLockedValue { seen in
+            if let previous = seen[kind], nowMs < previous.atMs + intervalMs {
+                seen[kind] = (previous.atMs, previous.suppressed + 1)
+                return nil
+            }
+            let count = seen[kind]?.suppressed ?? 0
+            seen[kind] = (nowMs, 0)
+            return count
+        }
+        guard let suppressed else { return }
+        logger.warning("\(message)", metadata: suppressed > 0 ? ["also": "\(suppressed) more like it not logged"] : [:])
+    }
+}
