@@ -20,6 +20,10 @@ final class LocalAPI: @unchecked Sendable {
         let channel: Channel
         /// Register-name prefix this client watches, if it asked to.
         var watching: String?
+        /// `latest` (the default): one event per changed register per commit,
+        /// with its state; `every`: one event per value a register took, in
+        /// order, with the stamp of the write that set it.
+        var everyChange = false
         init(channel: Channel) { self.channel = channel }
     }
 
@@ -129,8 +133,13 @@ final class LocalAPI: @unchecked Sendable {
                 let all = node.store.state.registers.filter { $0.key.text.hasPrefix(prefix) && $0.key.group != Withheld.group }
                 ok(client, id, ["registers": .array(all.keys.sorted().map { all[$0]!.json($0) })])
             case "watch":
+                let mode = request["mode"]?.string ?? "latest"
+                guard mode == "latest" || mode == "every" else {
+                    throw APIError("\"mode\" is \"latest\" (the state after each commit, for dashboards) or \"every\" (every value in order, for historians)")
+                }
                 client.watching = request["prefix"]?.string ?? ""
-                ok(client, id, ["watching": .string(client.watching!)])
+                client.everyChange = mode == "every"
+                ok(client, id, ["watching": .string(client.watching!), "mode": .string(mode)])
             case "status":
                 ok(client, id, status())
             case "peers":
@@ -228,10 +237,21 @@ final class LocalAPI: @unchecked Sendable {
     }
 
     /// Called by the store after every commit (on the node loop).
-    func changed(_ names: [QRegisterName]) {
+    func changed(_ names: [QRegisterName], _ changes: [RegisterChange]) {
         guard clients.values.contains(where: { $0.watching != nil }) else { return }
+        let sides = ["value", "reported", "desired"]
         for client in clients.values {
             guard let prefix = client.watching else { continue }
+            if client.everyChange {
+                for c in changes where c.name.text.hasPrefix(prefix) && c.name.group != Withheld.group {
+                    reply(client, .object([
+                        "event": .string("change"), "mode": .string("every"), "register": .string(c.name.text),
+                        "side": .string(sides[Int(c.entry.side.rawValue)]), "value": c.entry.versioned.value.json,
+                        "stamp": .string(c.entry.versioned.stamp.description),
+                    ]))
+                }
+                continue
+            }
             for name in names where name.text.hasPrefix(prefix) && name.group != Withheld.group {
                 guard let state = node.store.state.registers[name] else { continue }
                 reply(client, .object(["event": .string("change"), "register": state.json(name)]))

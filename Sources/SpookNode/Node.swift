@@ -147,8 +147,8 @@ public final class Node: @unchecked Sendable {
         api = LocalAPI(node: self)
         if case .edge(let c) = role, !c.devices.isEmpty { devices = DeviceHost(node: self, specs: c.devices) }
         try loop.submit {
-            self.store.onChange = { [unowned self] changed in
-                self.api.changed(changed)
+            self.store.onChange = { [unowned self] changed, changes in
+                self.api.changed(changed, changes)
                 self.devices?.changed(changed)
             }
         }.wait()

@@ -42,8 +42,9 @@ public final class SQLiteStore: Store {
     public private(set) var openedEmptyFile = false
 
     /// Called after every successful commit or snapshot with the registers
-    /// whose state changed (for watchers); runs on the caller's thread.
-    public var onChange: (([QRegisterName]) -> Void)?
+    /// whose state changed, and every value they took in order (for
+    /// watchers); runs on the caller's thread.
+    public var onChange: (([QRegisterName], [RegisterChange]) -> Void)?
 
     private let db: SQLiteConnection
     private let logger: Logger
@@ -268,9 +269,15 @@ public final class SQLiteStore: Store {
             nextHigh = max(nextHigh, delta.hlc)
             var refusal: CoreError?
             do {
-                for change in try nextState.apply(delta) where before[change.name] == nil {
-                    before[change.name] = .some(change.previous)
-                    result.changed.append(change.name)
+                for change in try nextState.apply(delta) {
+                    if before[change.name] == nil {
+                        before[change.name] = .some(change.previous)
+                        result.changed.append(change.name)
+                    }
+                    guard let now = nextState.registers[change.name] else { continue }
+                    for (side, v) in SQLiteStore.changedSides(old: change.previous, new: now) {
+                        result.changes.append(RegisterChange(name: change.name, entry: HistoryEntry(side: side, versioned: v)))
+                    }
                 }
             } catch let e as CoreError {
                 precondition(!local, "a local delta was checked before stamping: \(e)")
@@ -310,7 +317,8 @@ public final class SQLiteStore: Store {
                 try d.step()
             }
             try writeVector(table: "vector", old: vector, new: nextVector)
-            try writeRegisters(result.changed, state: nextState, before: before)
+            try writeRegisters(result.changed, state: nextState)
+            try appendHistory(result.changes)
             if nextHigh > hlcHigh { try setMeta("hlc_high", Int64(bitPattern: nextHigh.rawValue)) }
             try also?()
             return id
@@ -320,7 +328,7 @@ public final class SQLiteStore: Store {
         hlcHigh = nextHigh
         result.block = blockID
         try trimHistoryIfDue()
-        if !result.changed.isEmpty { onChange?(result.changed) }
+        if !result.changed.isEmpty { onChange?(result.changed, result.changes) }
         return result
     }
 
@@ -360,32 +368,36 @@ public final class SQLiteStore: Store {
         }
     }
 
-    /// Upserts changed registers and appends what changed to their histories.
-    /// Appending (not a ring updated in place) keeps the pages a commit dirties
-    /// few and sequential; `trimHistoryIfDue` bounds the table.
-    private func writeRegisters(_ changed: [QRegisterName], state: CollapseState, before: [QRegisterName: RegisterState?]) throws {
-        let h = try db.statement("INSERT INTO history(name, side, body) VALUES (?, ?, ?)")
+    /// Upserts changed registers.
+    private func writeRegisters(_ changed: [QRegisterName], state: CollapseState) throws {
         let s = try db.statement("INSERT INTO registers(name, body) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET body = excluded.body")
         for name in changed {
             guard let new = state.registers[name] else { continue }
-            let text = name.description
-            for (side, v) in SQLiteStore.changedSides(old: before[name] ?? nil, new: new) {
-                h.reset()
-                h.bind(1, text)
-                h.bind(2, Int64(side.rawValue))
-                var w = ByteWriter()
-                v.value.encode(into: &w)
-                w.write(v.stamp.hlc.rawValue)
-                w.write(v.stamp.origin.rawValue)
-                w.write(v.stamp.seq)
-                h.bind(3, w.bytes)
-                try h.step()
-                historyUntrimmed += 1
-            }
             s.reset()
-            s.bind(1, text)
+            s.bind(1, name.description)
             s.bind(2, new.encoded)
             try s.step()
+        }
+    }
+
+    /// Appends every value registers took to their histories. Appending
+    /// (not a ring updated in place) keeps the pages a commit dirties few and
+    /// sequential; `trimHistoryIfDue` bounds the table.
+    private func appendHistory(_ changes: [RegisterChange]) throws {
+        let h = try db.statement("INSERT INTO history(name, side, body) VALUES (?, ?, ?)")
+        for change in changes {
+            let v = change.entry.versioned
+            h.reset()
+            h.bind(1, change.name.description)
+            h.bind(2, Int64(change.entry.side.rawValue))
+            var w = ByteWriter()
+            v.value.encode(into: &w)
+            w.write(v.stamp.hlc.rawValue)
+            w.write(v.stamp.origin.rawValue)
+            w.write(v.stamp.seq)
+            h.bind(3, w.bytes)
+            try h.step()
+            historyUntrimmed += 1
         }
     }
 
@@ -564,8 +576,15 @@ public final class SQLiteStore: Store {
     public func apply(_ snapshot: Snapshot) throws -> [QRegisterName] {
         var nextState = state
         let changed = nextState.merge(snapshot: snapshot.registers)
-        var before: [QRegisterName: RegisterState?] = [:]
-        for name in changed { before[name] = .some(state.registers[name]) }
+        // A snapshot carries only the collapsed state: each changed register's
+        // history gains its new value, not the values it skipped.
+        var snapshotChanges: [RegisterChange] = []
+        for name in changed {
+            guard let new = nextState.registers[name] else { continue }
+            for (side, v) in SQLiteStore.changedSides(old: state.registers[name], new: new) {
+                snapshotChanges.append(RegisterChange(name: name, entry: HistoryEntry(side: side, versioned: v)))
+            }
+        }
         // Seqs the snapshot covers but we never held as deltas can no longer be
         // served to others: they join our horizon.
         // Deltas we did hold of such an origin are dropped too, so the log keeps
@@ -587,13 +606,14 @@ public final class SQLiteStore: Store {
             for block in touched.sorted() { try resealBlock(block) }
             try writeVector(table: "vector", old: vector, new: nextVector)
             try writeVector(table: "horizon", old: horizon, new: nextHorizon)
-            try writeRegisters(changed, state: nextState, before: before)
+            try writeRegisters(changed, state: nextState)
+            try appendHistory(snapshotChanges)
         }
         state = nextState
         vector = nextVector
         horizon = nextHorizon
         try trimHistoryIfDue()
-        if !changed.isEmpty { onChange?(changed) }
+        if !changed.isEmpty { onChange?(changed, snapshotChanges) }
         return changed
     }
 

@@ -50,6 +50,10 @@ public struct CommitResult: Sendable {
     public var conflicts: [DeltaID] = []
     /// Registers whose collapsed state changed, in order of first change.
     public var changed: [QRegisterName] = []
+    /// Every value a register took in this block, in the order the deltas
+    /// were applied (a register written by ten deltas of the block appears
+    /// ten times): what history records and `watch` in "every" mode shows.
+    public var changes: [RegisterChange] = []
 }
 
 /// A snapshot replaces deltas a peer lacks behind the compaction horizon:
@@ -69,6 +73,16 @@ public struct Snapshot: Sendable, Hashable {
 public enum CatchUp: Sendable {
     case deltas([Delta])
     case snapshot(Snapshot)
+}
+
+/// One value a register took, with the stamp of the write that set it.
+public struct RegisterChange: Hashable, Sendable {
+    public var name: QRegisterName
+    public var entry: HistoryEntry
+    public init(name: QRegisterName, entry: HistoryEntry) {
+        self.name = name
+        self.entry = entry
+    }
 }
 
 /// One entry of a QRegister's bounded history.

@@ -145,9 +145,11 @@ struct Spookctl: ParsableCommand {
         @OptionGroup var options: Options
         @Argument(help: "A name prefix.") var prefix: String = ""
         @Option(help: "Stop after this many changes (default: never).") var count: Int?
+        @Flag(help: "Every value each register takes, in order, with its stamp (for historians); default: the latest state after each commit.")
+        var every = false
         func run() throws {
             let client = try APIClient(socket: options.path)
-            let first = try client.call(.object(["op": .string("watch"), "prefix": .string(prefix)]))
+            let first = try client.call(.object(["op": .string("watch"), "prefix": .string(prefix), "mode": .string(every ? "every" : "latest")]))
             guard case .bool(true)? = first["ok"] else {
                 FileOutput.error("spookctl: \(first["error"]?.string ?? "failed")")
                 throw ExitCode(1)
@@ -159,7 +161,13 @@ struct Spookctl: ParsableCommand {
             }
             var seen = 0
             while let event = try client.next() {
-                if options.json { options.show(event) } else { print(describe(event["register"] ?? .null)) }
+                if options.json {
+                    options.show(event)
+                } else if every {
+                    print("\(event["register"]?.string ?? "?") \(event["side"]?.string ?? "value") = \(text(event["value"])) @\(event["stamp"]?.string ?? "-")")
+                } else {
+                    print(describe(event["register"] ?? .null))
+                }
                 fflush(nil)
                 seen += 1
                 if let count, seen >= count { return }

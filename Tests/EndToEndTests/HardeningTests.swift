@@ -235,3 +235,47 @@ import Testing
         #expect(c.value("spookd", "site1.l1/clock/r") == .int(2))
     }
 }
+
+@Suite(.serialized) struct EveryValueTests {
+    /// Hardening defect 10: values that arrived in a catch-up were invisible:
+    /// `watch` showed the last value per register of each StateBlock, and
+    /// history kept one per block. Now history keeps every value (bounded by
+    /// [node] history) and `watch` in "every" mode shows each, in order.
+    @Test func everyValueOfACatchUpReachesHistoryAndAnEveryWatcher() throws {
+        let port = try CuttableProxy.freePort()
+        let proxy = try CuttableProxy(to: port)
+        let c = try Cluster(daemonLink: "tcp://127.0.0.1:\(port)", edgeLink: "tcp://127.0.0.1:\(proxy.port)", history: 4096)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("the edge to be coherent") { c.coherent() }
+        let watcher = try APIClient(socket: c.socket("spookd"))
+        let ack = try watcher.call(.object(["op": .string("watch"), "prefix": .string("site1.l1/meter/"), "mode": .string("every")]))
+        #expect(ack["mode"] == .string("every"))
+        let latest = try APIClient(socket: c.socket("spookd"))
+        #expect(try latest.call(.object(["op": .string("watch"), "prefix": .string("site1.l1/meter/")]))["mode"] == .string("latest"))
+        proxy.partition()
+        try c.waitFor("the edge to notice the cut") { !c.coherent() }
+        let writer = try c.api("gw1")
+        for i in 1...500 { try writer.send(.object(["op": .string("set"), "register": .string("site1.l1/meter/kwh"), "value": .int(Int64(i))])) }
+        for _ in 1...500 { #expect(try writer.next(timeoutMs: 20_000)?["ok"] == .bool(true)) }
+        proxy.heal()
+        try c.waitFor("the backlog upstream") { c.value("spookd", "site1.l1/meter/kwh") == .int(500) }
+        // Every value, in order, each with its stamp.
+        var seen: [JSONValue] = []
+        while seen.count < 500, let event = try watcher.next(timeoutMs: 20_000) {
+            #expect(event["mode"] == .string("every") && event["stamp"]?.string != nil)
+            if let v = event["value"] { seen.append(v) }
+        }
+        #expect(seen == (1...500).map { JSONValue.int(Int64($0)) }, "an every-watcher saw \(seen.count) of 500 values")
+        let history = try c.history("spookd", "site1.l1/meter/kwh").compactMap { $0["value"] }
+        #expect(Array(history.reversed()) == (1...500).map { JSONValue.int(Int64($0)) }, "history holds \(history.count) of 500 values")
+        // The latest-state watcher is coalesced: it saw the final value, in fewer events.
+        var last: JSONValue?
+        var events = 0
+        while last != .int(500), let event = try latest.next(timeoutMs: 20_000) {
+            events += 1
+            last = event["register"]?["value"]
+        }
+        #expect(last == .int(500) && events < 500, "latest mode: \(events) events")
+    }
+}
