@@ -111,7 +111,9 @@ let package = Package(
             dependencies: ["SpookNode", "SpookLink", "SpookWire", "SpookStore", "SpookCore", "SpookDevices", "SpookTestSupport", "spookd", "spook-edge", "spookctl"]
         ),
         .testTarget(name: "SpookLinkTests", dependencies: ["SpookLink", "SpookWire", "SpookCore", "SpookTestSupport"]),
-        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "SpookTestSupport", "spook-crash-writer"]),
+        // A test-only SQLite VFS that simulates power cuts (unsynced writes undone).
+        .target(name: "CPowerCut", dependencies: ["CSQLite"], path: "Tests/Helpers/CPowerCut"),
+        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",
             dependencies: ["SpookCore", "SpookStore"],

@@ -62,7 +62,7 @@ public final class SQLiteStore: Store {
             openedEmptyFile = true
             logger.error("the store file is empty: everything it held is gone; starting an empty store", metadata: ["path": "\(path)"])
         }
-        db = try SQLiteConnection(path: path)
+        db = try SQLiteConnection(path: path, vfs: options.vfs)
         try db.exec("PRAGMA journal_mode=WAL")
         try db.exec("PRAGMA synchronous=\(options.sync.rawValue.uppercased())")
         // Keep the WAL file from growing without bound between checkpoints.

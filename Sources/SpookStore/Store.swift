@@ -23,6 +23,9 @@ public struct StoreOptions: Sendable {
 
     public var schema: Schema = Schema()
     public var rule: any CollapseRule = QSCS()
+    /// The SQLite VFS to open the file with (nil: the default). Tests name a
+    /// fault-injecting one (power cuts); production never sets it.
+    public var vfs: String?
 
     public init(sync: SyncLevel = .full, historyLength: Int = 32, schema: Schema = Schema()) {
         precondition(historyLength >= 1, "historyLength must be at least 1")
