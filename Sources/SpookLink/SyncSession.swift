@@ -148,9 +148,10 @@ public struct SyncSession: Sendable {
                     throw OriginConflict(origin: own, verdict: verdict, peerHolds: theirs[own], acknowledged: store.peerVector(peer)[own])
                 }
             }
-            // A (re)start from the peer: it holds exactly this.
+            // A (re)start from the peer: it holds exactly this, which may be
+            // less than it once acknowledged (its store went back in time).
             if theirStart == nil { theirStart = theirs }
-            try store.recordAck(peer: peer, vector: theirs)
+            try learn(theirs, store, current: true)
             sent = theirs
             inFlight = 0
             knowsPeer = true
@@ -158,9 +159,11 @@ public struct SyncSession: Sendable {
             out.append(.ack(store.vector))
         case .ack(let theirs):
             if theirStart == nil { theirStart = theirs }
-            knowsPeer = true
             let before = store.peerVector(peer)
-            try store.recordAck(peer: peer, vector: theirs)
+            // The first ACK of a session (before any VECTOR got through) is as
+            // current as a VECTOR: the peer sent it after this session began.
+            try learn(theirs, store, current: !knowsPeer)
+            knowsPeer = true
             if store.peerVector(peer) != before { lastProgressMs = nowMs }
             inFlight = max(0, inFlight - 1)
         case .deltas(let deltas):
@@ -205,6 +208,18 @@ public struct SyncSession: Sendable {
             throw WireError(.unexpected, "\(message.type) is not expected after the handshake")
         }
         return out + (try poll(store, nowMs: nowMs))
+    }
+
+    /// Records what the peer holds. A `current` report (a VECTOR, or the
+    /// first ACK of the session) replaces what the store recorded when it is
+    /// lower: the peer's store went back in time and must be sent again what
+    /// it lost. Any other ACK only adds (ACKs may arrive out of order).
+    mutating func learn(_ theirs: QStateVector, _ store: any Store, current: Bool) throws {
+        if current, store.peerVector(peer).merged(theirs) != theirs {
+            try store.replaceAck(peer: peer, vector: theirs)
+        } else {
+            try store.recordAck(peer: peer, vector: theirs)
+        }
     }
 
     /// Refuses the frame when any stamp is too far ahead of our clock: nothing

@@ -38,6 +38,15 @@ public final class Simulation {
         public var snapshotChunkRegisters = 7
         public var compactEverySteps: Int = 25
         public var healStepsMax: Int = 4_000
+        /// Chance that a crash of the reset-prone replica comes back with its
+        /// store restored from its last backup (a store that went back in
+        /// time). Only star topologies, for the last leaf, which has no device
+        /// owner rule (a new incarnation is a new origin).
+        public var resetRate: Double = 0
+        public var backupEverySteps = 30
+        /// The canary for seq reuse: a node that never compares what a peer
+        /// holds of its origin (no VECTOR tips, no new incarnation).
+        public var checksOrigins = true
 
         public enum Topology: String, Sendable { case star, ring, mesh }
 
@@ -56,10 +65,17 @@ public final class Simulation {
             writeRate = 0.05 + Double(r.next() % 20) / 100
             topology = [Topology.star, .ring, .mesh][Int(r.next() % 3)]
             lateJoiner = r.next() % 3 == 0 ? replicas - 1 : nil
+            if topology == .star, lateJoiner == nil, r.next() % 2 == 0 {
+                resetRate = 0.5
+                crashRate = max(crashRate, 0.02)
+            }
         }
 
+        /// The replica whose store may be reset (see `resetRate`).
+        public var resetProne: Int? { resetRate > 0 ? replicas - 1 : nil }
+
         public var description: String {
-            "replicas=\(replicas) steps=\(steps) topology=\(topology) drop=\(dropRate) dup=\(duplicateRate) delay≤\(delayStepsMax) partition=\(partitionRate) crash=\(crashRate) write=\(writeRate) lateJoiner=\(lateJoiner.map(String.init) ?? "none")"
+            "replicas=\(replicas) steps=\(steps) topology=\(topology) drop=\(dropRate) dup=\(duplicateRate) delay≤\(delayStepsMax) partition=\(partitionRate) crash=\(crashRate) write=\(writeRate) lateJoiner=\(lateJoiner.map(String.init) ?? "none") reset=\(resetRate)"
         }
     }
 
@@ -74,6 +90,11 @@ public final class Simulation {
         public var crashes = 0
         public var partitions = 0
         public var snapshots = 0
+        /// Stores restored from a backup, new incarnations started, and
+        /// acknowledged deltas the restore lost (held by no other replica).
+        public var resets = 0
+        public var incarnations = 0
+        public var lostByRestore = 0
         public var bytesSent = 0
         public var healSteps = 0
         /// FNV-1a over every event in order: equal digests mean identical runs.
@@ -87,13 +108,16 @@ public final class Simulation {
         var deliverAt: Int
         var from: Int
         var to: Int
+        /// The ends' generations when sent: a message from or to a session
+        /// that ended (a crash, a new incarnation) is never delivered, as a
+        /// closed connection delivers nothing.
+        var generations: (from: Int, to: Int)
         /// One encoded frame.
         var bytes: [UInt8]
     }
 
     final class Replica {
         let index: Int
-        let origin: Origin
         let path: String
         var store: (any Store)?
         var joined: Bool
@@ -101,10 +125,24 @@ public final class Simulation {
         var clockSkewMs: Int64
         /// One ESTP session per neighbour, lost with a crash.
         var sessions: [Int: SyncSession] = [:]
+        /// The store's incarnation, kept across crashes (read when the store reopens).
+        var epoch: UInt32 = 0
+        /// The vector when the store last closed (what a down replica holds).
+        var lastVector = QStateVector()
+        var hasBackup = false
+        /// The vector and the highest epoch when the backup was taken.
+        var backupVector = QStateVector()
+        /// Every epoch this replica has used (its origins).
+        var epochsUsed: Set<UInt32> = [0]
+        /// The neighbour whose copies orphans wait for.
+        var orphanSource: Int?
+        /// Bumped at every crash and new incarnation: its sessions end.
+        var generation = 0
+
+        var origin: Origin { Simulation.origin(index, epoch: epoch) }
 
         init(index: Int, path: String, joined: Bool, clockSkewMs: Int64) {
             self.index = index
-            self.origin = Origin(0x5100_0000_0000_0000 | UInt64(index + 1))
             self.path = path
             self.joined = joined
             self.clockSkewMs = clockSkewMs
@@ -124,6 +162,11 @@ public final class Simulation {
     var outcome: Outcome
     var now = 0
     var healing = false
+
+    /// A replica's origin in incarnation `epoch` (the node derives it from its key; the simulation from its index).
+    static func origin(_ index: Int, epoch: UInt32) -> Origin {
+        Origin(0x5100_0000_0000_0000 | UInt64(epoch) << 32 | UInt64(index + 1))
+    }
 
     static let domain = try! QDomain("sim")
     static let registerNames = ["a", "b", "c"]
@@ -146,7 +189,7 @@ public final class Simulation {
         for k in 0..<config.replicas {
             let sel = RegisterSelector(domain: try! QDomainPattern("sim"), group: "dev\(k)")
             registers.insert((sel, RegisterSpec(type: .int, policy: .device)), at: 0)
-            owners.append((sel, Origin(0x5100_0000_0000_0000 | UInt64(k + 1))))
+            if k != config.resetProne { owners.append((sel, Simulation.origin(k, epoch: 0))) }
         }
         self.schema = Schema(registers: registers, owners: owners)
     }
@@ -168,7 +211,7 @@ public final class Simulation {
         }
         for r in replicas { r.store?.close() }
         for r in replicas {
-            for suffix in ["", "-wal", "-shm"] { unlink(r.path + suffix) }
+            for suffix in ["", "-wal", "-shm", ".backup"] { unlink(r.path + suffix) }
         }
         return outcome
     }
@@ -206,6 +249,7 @@ public final class Simulation {
     private func open(_ r: Replica) throws {
         let store = try SQLiteStore(path: r.path, options: options())
         r.store = store
+        r.epoch = store.epoch
         for peer in neighbours[r.index] where replicas[peer].joined {
             if !store.peers.contains("\(peer)") { try store.recordAck(peer: "\(peer)", vector: QStateVector()) }
             startSession(r, with: peer)
@@ -219,11 +263,17 @@ public final class Simulation {
         options.resendAfterMs = UInt64(config.resendAfterSteps) * Simulation.stepMs
         options.snapshotChunkRegistersMax = config.snapshotChunkRegisters
         var session = SyncSession(peer: "\(peer)", options: options)
+        if config.checksOrigins {
+            session.ownOrigin = r.origin
+            session.peerOrigin = replicas[peer].origin
+        }
         for m in session.start(r.store!, nowMs: nowMs) { post(m, from: r.index, to: peer) }
         r.sessions[peer] = session
     }
 
     static let stepMs: UInt64 = 10
+    /// SPOOK_SIM_TRACE=1 prints every traced event (for replaying a failing seed by hand).
+    static let printTrace = getenv("SPOOK_SIM_TRACE") != nil
     var nowMs: UInt64 { UInt64(now) * Simulation.stepMs }
 
     // MARK: one step
@@ -243,6 +293,8 @@ public final class Simulation {
         try faults()
         try deliver()
         for r in replicas where r.store != nil {
+            if r.index == config.resetProne, now % config.backupEverySteps == 0 { try backup(r) }
+            if r.store!.orphanCount > 0 { try settle(r) }
             if !healing, random.chance(config.writeRate) { try write(r) }
             try send(r)
             if now % config.compactEverySteps == r.index {
@@ -256,8 +308,11 @@ public final class Simulation {
         guard !healing else { return }
         for r in replicas where r.joined {
             if r.store != nil, random.chance(config.crashRate) {
+                r.lastVector = r.store!.vector
+                r.generation += 1
                 r.store!.close()
                 r.store = nil
+                if r.index == config.resetProne, r.hasBackup, random.chance(config.resetRate) { try restoreBackup(r) }
                 r.sessions = [:]
                 r.downUntil = now + 1 + Int(random.next() % 40)
                 outcome.crashes += 1
@@ -291,14 +346,15 @@ public final class Simulation {
         if copies == 2 { outcome.duplicated += 1 }
         for _ in 0..<copies {
             let delay = 1 + Int(random.next() % UInt64(healing ? 1 : config.delayStepsMax))
-            inFlight.append(InFlight(deliverAt: now + delay, from: from, to: to, bytes: bytes))
+            inFlight.append(InFlight(deliverAt: now + delay, from: from, to: to,
+                                     generations: (replicas[from].generation, replicas[to].generation), bytes: bytes))
         }
     }
 
     private func deliver() throws {
         let due = inFlight.filter { $0.deliverAt <= now }
         inFlight.removeAll { $0.deliverAt <= now }
-        for m in due {
+        for m in due where m.generations == (replicas[m.from].generation, replicas[m.to].generation) {
             let r = replicas[m.to]
             guard let store = r.store, var session = r.sessions[m.from] else { continue }
             outcome.delivered += 1
@@ -307,7 +363,13 @@ public final class Simulation {
             guard let frame = try decoder.next() else { throw SimulationError("a whole frame did not decode") }
             let message = try Message(frame: frame)
             let applied = session.snapshotsApplied
-            let replies = try session.receive(message, store, nowMs: nowMs, physicalMs: physicalMs(r))
+            let replies: [Message]
+            do {
+                replies = try session.receive(message, store, nowMs: nowMs, physicalMs: physicalMs(r))
+            } catch let conflict as OriginConflict {
+                try reincarnate(r, conflict, found: m.from)
+                continue
+            }
             if session.snapshotsApplied > applied {
                 outcome.snapshots += 1
                 trace("snapshot \(m.to)<-\(m.from) \(store.vector)")
@@ -371,6 +433,91 @@ public final class Simulation {
         }
     }
 
+    // MARK: store resets
+
+    /// A backup: the store's files as they are after a checkpoint.
+    private func backup(_ r: Replica) throws {
+        guard let store = r.store as? SQLiteStore else { return }
+        try store.checkpoint()
+        try Simulation.copyFile(r.path, r.path + ".backup")
+        r.hasBackup = true
+        r.backupVector = store.vector
+    }
+
+    /// The store goes back to its backup. Deltas of its origin that no other
+    /// replica holds are lost with it: the restore is the operator's doing,
+    /// and the check no longer expects them.
+    private func restoreBackup(_ r: Replica) throws {
+        for suffix in ["-wal", "-shm"] { unlink(r.path + suffix) }
+        try Simulation.copyFile(r.path + ".backup", r.path)
+        let before = acknowledged.count
+        for epoch in r.epochsUsed.sorted() {
+            let origin = Simulation.origin(r.index, epoch: epoch)
+            let kept = replicas.filter { $0.index != r.index }.map { ($0.store?.vector ?? $0.lastVector)[origin] }.max() ?? 0
+            let survives = max(kept, r.backupVector[origin])
+            acknowledged.removeAll { $0.origin == origin && $0.seq > survives }
+        }
+        outcome.lostByRestore += before - acknowledged.count
+        outcome.resets += 1
+        trace("reset \(r.index) lost \(before - acknowledged.count)")
+    }
+
+    /// A peer holds more of our origin than we do, or another delta under one
+    /// of its seqs: a new incarnation, our unconfirmed deltas set aside, every
+    /// session of ours restarted under the new origin.
+    private func reincarnate(_ r: Replica, _ conflict: OriginConflict, found peer: Int) throws {
+        _ = try r.store!.reincarnate(origin: conflict.origin, keepThrough: conflict.acknowledged, waitThrough: conflict.peerHolds)
+        r.epoch = r.store!.epoch
+        r.epochsUsed.insert(r.epoch)
+        r.orphanSource = peer
+        r.generation += 1
+        outcome.incarnations += 1
+        trace("reincarnate \(r.index) epoch \(r.epoch) \(conflict.verdict)")
+        inFlight.removeAll { $0.to == r.index || $0.from == r.index }
+        r.sessions = [:]
+        for n in neighbours[r.index] {
+            startSession(r, with: n)
+            if replicas[n].store != nil { startSession(replicas[n], with: r.index) }
+        }
+        try settle(r)
+    }
+
+    /// Settles set-aside deltas: those the peer sent back are dropped, the
+    /// others are written again under the new origin (the check follows).
+    private func settle(_ r: Replica) throws {
+        let store = r.store!
+        let force = r.orphanSource.map { r.sessions[$0]?.isCaughtUp(store) == true } ?? true
+        let settled = try store.settleOrphans(newOrigin: r.origin, physicalMs: physicalMs(r), force: force)
+        for (orphan, delta) in settled.rewritten {
+            // A write made after the restore, under a seq the peers held for
+            // another delta: it lives on as the rewrite. (An orphan that was
+            // the real delta stays acknowledged as it is, and gains a copy.)
+            let heldElsewhere = replicas.contains { other in
+                other.index != r.index && (try? other.store?.heldHLC(origin: orphan.origin, seq: orphan.seq)) == orphan.hlc
+            }
+            if !heldElsewhere { acknowledged.removeAll { $0.id == orphan.id && $0.hlc == orphan.hlc } }
+            acknowledged.append(delta)
+            trace("rewrite \(orphan.id) as \(delta.id)")
+        }
+        if let first = settled.refused.first { throw SimulationError("orphan \(first.id) refused by the schema: \(first.error)") }
+    }
+
+    static func copyFile(_ from: String, _ to: String) throws {
+        let input = Glibc.open(from, O_RDONLY)
+        guard input >= 0 else { throw SimulationError("open \(from): errno \(errno)") }
+        defer { Glibc.close(input) }
+        let output = Glibc.open(to, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard output >= 0 else { throw SimulationError("open \(to): errno \(errno)") }
+        defer { Glibc.close(output) }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = Glibc.read(input, &buffer, buffer.count)
+            guard n >= 0 else { throw SimulationError("read \(from): errno \(errno)") }
+            if n == 0 { return }
+            guard Glibc.write(output, buffer, n) == n else { throw SimulationError("write \(to): errno \(errno)") }
+        }
+    }
+
     // MARK: heal and check
 
     private func heal() throws {
@@ -425,6 +572,7 @@ public final class Simulation {
     }
 
     private func trace(_ event: String) {
+        if Simulation.printTrace { print("\(now) \(event)") }
         for b in "\(now) \(event)\n".utf8 {
             outcome.traceDigest = (outcome.traceDigest ^ UInt64(b)) &* 0x100_0000_01B3
         }

@@ -519,7 +519,7 @@ public final class SQLiteStore: Store {
         for (r, orphan) in zip(results, rewrite) {
             settled.append(orphan.id)
             switch r {
-            case .success(let d): settlement.rewritten.append(d)
+            case .success(let d): settlement.rewritten.append((orphan.delta, d))
             case .failure(let e): settlement.refused.append((orphan.delta.id, e))
             }
         }
@@ -664,6 +664,29 @@ public final class SQLiteStore: Store {
             }
         }
         peerVectors[peer] = new
+    }
+
+    public func replaceAck(peer: String, vector: QStateVector) throws {
+        guard peerVectors[peer] != vector else { return }
+        try db.transaction {
+            let d = try db.statement("DELETE FROM peers WHERE peer = ?")
+            d.bind(1, peer)
+            try d.step()
+            let s = try db.statement("INSERT INTO peers(peer, origin, seq) VALUES (?, ?, ?)")
+            for o in vector.origins {
+                s.reset()
+                s.bind(1, peer)
+                s.bind(2, o.rawValue)
+                s.bind(3, vector[o])
+                try s.step()
+            }
+            if vector.entries.isEmpty {
+                let z = try db.statement("INSERT OR IGNORE INTO peers(peer, origin, seq) VALUES (?, 0, 0)")
+                z.bind(1, peer)
+                try z.step()
+            }
+        }
+        peerVectors[peer] = vector
     }
 
     /// When `peer` was last linked (Unix ms), as recorded by `recordPeerSeen`; durable, so a

@@ -173,6 +173,10 @@ public protocol Store: AnyObject {
     /// Records (merges) a peer's acknowledgement. Registering a peer holds
     /// back compaction of everything it has not acknowledged.
     func recordAck(peer: String, vector: QStateVector) throws
+    /// Sets what `peer` holds to exactly `vector` (its VECTOR at a session
+    /// start): a peer whose store went back in time holds less than it once
+    /// acknowledged, and must be sent again what it lost.
+    func replaceAck(peer: String, vector: QStateVector) throws
     func removePeer(_ peer: String) throws
     var peers: [String] { get }
 
@@ -202,8 +206,8 @@ public struct LocalWrite: Sendable, Hashable {
 public struct OrphanSettlement: Sendable {
     /// Orphans the peer held too (same origin, seq and HLC).
     public var dropped = 0
-    /// Orphans written again under the new origin.
-    public var rewritten: [Delta] = []
+    /// Orphans written again under the new origin: the orphan, then its new delta.
+    public var rewritten: [(orphan: Delta, delta: Delta)] = []
     /// Orphans the schema now refuses (kept out, with the reason).
     public var refused: [(id: DeltaID, error: CoreError)] = []
     public init() {}

@@ -143,4 +143,25 @@ import Testing
         #expect(distinct.count > 150)
         #expect(b.delayMs(origin: Origin(1), attempt: .max) < 30_000)
     }
+
+    /// Hardening defect 2: silence while entangling or reentangling (link
+    /// up, catch-up running) ends the link after `heartbeatsMissedMax`
+    /// intervals, as in coherent; anything heard resets the count.
+    @Test func silenceDuringCatchUpEndsTheLink() throws {
+        var pair = HalfPair(origin: Origin(1), heartbeatsMissedMax: 3)
+        _ = try pair.handle(.connect)
+        _ = try pair.handle(.linkUp)
+        #expect(try pair.handle(.heartbeatTimerFired) == [.sendHeartbeat])
+        #expect(try pair.handle(.heartbeatTimerFired) == [.sendHeartbeat])
+        _ = try pair.handle(.peerHeard)
+        #expect(try pair.handle(.heartbeatTimerFired) == [.sendHeartbeat], "heard: the count starts again")
+        #expect(try pair.handle(.heartbeatTimerFired) == [.sendHeartbeat])
+        let actions = try pair.handle(.heartbeatTimerFired)
+        #expect(actions.first == .closeLink(.heartbeatTimeout) && pair.state == .decoherent(attempt: 0), "\(actions)")
+        _ = try pair.handle(.reconnectTimerFired)
+        _ = try pair.handle(.linkUp)
+        for _ in 0..<2 { _ = try pair.handle(.heartbeatTimerFired) }
+        #expect(try pair.handle(.heartbeatTimerFired).first == .closeLink(.heartbeatTimeout))
+        #expect(pair.state == .decoherent(attempt: 1), "a failed reentangling counts as an attempt")
+    }
 }
