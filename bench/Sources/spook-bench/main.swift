@@ -4,7 +4,7 @@
 //
 //     bench/run              (release build, then this)
 //     bench/run --quick      (smaller counts, for a smoke run)
-//     bench/run --only P     one part: core, store, link or devices
+//     bench/run --only P     one part: core, store, link, longrun or devices
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +14,7 @@ import SpookStore
 
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
-/// `--only core`, `store`, `link` or `devices` runs one part.
+/// `--only core`, `store`, `link`, `longrun` or `devices` runs one part.
 let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
     i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
 }
@@ -168,6 +168,14 @@ if runs("link") {
     let linkDir = "\(dir)/link"
     mkdir(linkDir, 0o700)
     rows += try LinkBench.run(dir: linkDir, binaries: binaries, edgeBinary: edgeBinary, count: 100_000 / scale)
+}
+
+// MARK: the long run (a million writes, a watcher, compaction)
+
+if runs("longrun") {
+    let longDir = "\(dir)/longrun"
+    mkdir(longDir, 0o700)
+    rows += try LongRunBench.run(dir: longDir, binaries: binaries, edgeBinary: edgeBinary, count: 1_000_000 / scale)
 }
 
 // MARK: devices (real processes, libmodbus server, firmware simulator)
