@@ -132,3 +132,10 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// A call that resolves to an extension from a module this file does not
+// import (Foundation's, made visible by a dependency's re-export) is a
+// compile error, so Foundation cannot slip into the agent unnoticed.
+for target in package.targets where target.type != .system {
+    target.swiftSettings = (target.swiftSettings ?? []) + [.enableUpcomingFeature("MemberImportVisibility")]
+}

@@ -61,10 +61,10 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unix(let path): "unix://\(path)"
-        case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
-        case .tls(let host, let port): host.contains(":") ? "tls://[\(host)]:\(port)" : "tls://\(host):\(port)"
+        case .tcp(let host, let port): host.contains(Character(":")) ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
+        case .tls(let host, let port): host.contains(Character(":")) ? "tls://[\(host)]:\(port)" : "tls://\(host):\(port)"
         case .websocket(let host, let port, let path, let tls):
-            "\(tls ? "wss" : "ws")://\(host.contains(":") ? "[\(host)]" : host):\(port)\(path)"
+            "\(tls ? "wss" : "ws")://\(host.contains(Character(":")) ? "[\(host)]" : host):\(port)\(path)"
         }
     }
 }
