@@ -19,6 +19,9 @@ public struct DaemonCommand<Kind: DaemonKind>: ParsableCommand {
 
     public init() {}
 
+    /// Parses the command line and runs (the executables need not import ArgumentParser).
+    public static func start() { main() }
+
     public struct Run: ParsableCommand {
         public static var configuration: CommandConfiguration {
             CommandConfiguration(abstract: "Run with a config file (refuses to start on a config check-config rejects).")

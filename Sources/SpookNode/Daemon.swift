@@ -2,6 +2,9 @@
 import Glibc
 #endif
 import Logging
+import NIOCore
+import SpookCore
+import SpookLink
 
 /// What `spookd run` and `spook-edge run` share: start the node, say so on
 /// stdout (unbuffered, for supervisors and tests), wait for SIGTERM or

@@ -1,8 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Logging
 import NIOCore
 import NIOPosix
+import Prometheus
 import SpookCore
 import SpookDevices
 import SpookLink

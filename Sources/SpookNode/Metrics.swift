@@ -2,6 +2,9 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Prometheus
+import SpookCore
+import SpookDevices
+import SpookStore
 
 /// The node's Prometheus metrics (swift-prometheus), served as text on
 /// `GET /metrics` when `[metrics] listen` is set. Counters are bumped where

@@ -6,6 +6,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import Prometheus
 import SpookCore
 import SpookDevices
 import SpookLink

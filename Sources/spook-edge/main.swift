@@ -8,4 +8,4 @@ enum SpookEdge: DaemonKind {
     static func role(_ config: EdgeConfig) -> Node.Role { .edge(config) }
 }
 
-DaemonCommand<SpookEdge>.main()
+DaemonCommand<SpookEdge>.start()

@@ -8,4 +8,4 @@ enum Spookd: DaemonKind {
     static func role(_ config: DaemonConfig) -> Node.Role { .daemon(config) }
 }
 
-DaemonCommand<Spookd>.main()
+DaemonCommand<Spookd>.start()

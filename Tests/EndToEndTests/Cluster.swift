@@ -5,6 +5,7 @@ import SpookLink
 import SpookNode
 import SpookTestSupport
 import Testing
+import SpookCore
 
 /// Real `spookd` and `spook-edge` processes on Unix sockets in a temporary
 /// folder, with configs written for them, stopped when the value goes away.

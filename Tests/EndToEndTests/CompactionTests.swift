@@ -4,6 +4,8 @@ import Glibc
 import SpookNode
 import SpookTestSupport
 import Testing
+import SpookCore
+import SpookLink
 
 /// Hardening defect 5: compaction only ever ran in the simulation; every
 /// delta stayed on disk for ever, and a peer that never returned pinned the

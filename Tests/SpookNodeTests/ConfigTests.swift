@@ -1,5 +1,8 @@
 import Foundation
 import SpookCore
+import SpookDevices
+import SpookLink
+import SpookStore
 import SpookNode
 import Testing
 
