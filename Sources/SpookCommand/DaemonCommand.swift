@@ -14,7 +14,7 @@ public protocol DaemonKind {
 /// `NAME run -c FILE [--log-level L]` and `NAME check-config FILE`, for `spookd` and `spook-edge`.
 public struct DaemonCommand<Kind: DaemonKind>: ParsableCommand {
     public static var configuration: CommandConfiguration {
-        CommandConfiguration(commandName: Kind.name, abstract: Kind.abstract, subcommands: [Run.self, CheckConfig.self])
+        CommandConfiguration(commandName: Kind.name, abstract: Kind.abstract, version: SpookVersion.string, subcommands: [Run.self, CheckConfig.self])
     }
 
     public init() {}
@@ -27,13 +27,17 @@ public struct DaemonCommand<Kind: DaemonKind>: ParsableCommand {
             CommandConfiguration(abstract: "Run with a config file (refuses to start on a config check-config rejects).")
         }
         @Option(name: .shortAndLong, help: "The config file (TOML).") var config: String
-        @Option(help: "trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+        @Option(help: "trace, debug, info, notice, warning, error, critical (default: [log] level, else info).") var logLevel: String?
 
         public init() {}
 
         public func run() throws {
-            let status = try DaemonMain.run(config: config, logLevel: logLevel, name: Kind.name, Kind.load, role: Kind.role)
-            if status != 0 { throw ExitCode(status) }
+            do {
+                let status = try DaemonMain.run(config: config, logLevel: logLevel, name: Kind.name, Kind.load, role: Kind.role)
+                if status != 0 { throw ExitCode(status) }
+            } catch let e as ExitStatus {
+                throw ExitCode(e.code)
+            }
         }
     }
 

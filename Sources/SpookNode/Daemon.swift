@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import SpookCore
 import SpookLink
@@ -10,32 +11,47 @@ import SpookLink
 /// stdout (unbuffered, for supervisors and tests), wait for SIGTERM or
 /// SIGINT, shut down cleanly.
 public enum DaemonMain {
-    /// Blocks SIGTERM and SIGINT in this thread before any other starts, so
-    /// every thread inherits the mask and only `sigwait` below sees them.
-    public static func blockTerminationSignals() -> sigset_t {
+    /// Blocks SIGTERM, SIGINT and SIGHUP in this thread before any other
+    /// starts, so every thread inherits the mask and only `sigwait` below sees them.
+    public static func blockSignals() -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGHUP)
         pthread_sigmask(SIG_BLOCK, &set, nil)
         return set
     }
 
-    public static func run(_ role: Node.Role, name: String, logLevel: Logger.Level) throws {
-        var signals = blockTerminationSignals()
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = logLevel
-            return h
-        }
+    /// Runs a node until SIGTERM or SIGINT; SIGHUP reloads the config file
+    /// through `reload` (nil: the file no longer loads; the reason was logged).
+    public static func run(_ role: Node.Role, name: String, logLevel: Logger.Level, reload: @escaping () -> Node.Role?) throws {
+        var signals = blockSignals()
+        SpookLogHandler.level.withLockedValue { $0 = logLevel }
+        LoggingSystem.bootstrap { label in SpookLogHandler(label: label) }
         let logger = Logger(label: name)
-        let node = try Node(role: role, logger: logger)
+        let node: Node
+        do { node = try Node(role: role, logger: logger) } catch let e as StoreLockError {
+            logger.error("\(e.description)")
+            FileOutput.error("\(name): \(e.description)")
+            throw ExitStatus(73)  // EX_CANTCREAT: the store is taken
+        }
         try node.start()
         let watchdog = SystemdNotify.startWatchdog(on: node.loop)
         SystemdNotify.send("READY=1\nSTATUS=origin \(node.origin), api \(node.config.apiSocket)")
-        say("\(name): ready origin=\(node.origin) public_key=\(node.identity.publicKey.hex) api=\(node.config.apiSocket)")
+        say("\(name): ready origin=\(node.origin) public_key=\(node.identity.publicKey.hex) api=\(node.config.apiSocket) version=\(SpookVersion.string)")
         var caught: Int32 = 0
-        sigwait(&signals, &caught)
+        while true {
+            sigwait(&signals, &caught)
+            guard caught == SIGHUP else { break }
+            SystemdNotify.send("RELOADING=1")
+            if let next = reload() {
+                node.reload(next)
+            } else {
+                logger.error("reload refused: the config file has errors (above); the running config stays")
+            }
+            SystemdNotify.send("READY=1")
+        }
         logger.notice("stopping", metadata: ["signal": "\(caught)"])
         SystemdNotify.send("STOPPING=1")
         watchdog?.cancel()
@@ -53,14 +69,30 @@ public enum DaemonMain {
         return 0
     }
 
-    /// `run --config FILE`: refuses (exit 78) a config `check-config` would reject, then runs.
-    public static func run<C>(config path: String, logLevel: String, name: String, _ load: (String) throws -> C, role: (C) -> Node.Role) throws -> Int32 {
+    /// `run --config FILE`: refuses (exit 78) a config `check-config` would
+    /// reject, or an unknown `--log-level`, then runs. The level on the
+    /// command line wins over `[log] level`.
+    public static func run<C>(config path: String, logLevel: String?, name: String, _ load: @escaping (String) throws -> C,
+                              role: @escaping (C) -> Node.Role) throws -> Int32 {
         let config: C
         do { config = try load(path) } catch let e as ConfigError {
             FileOutput.error(e.description)
             return ConfigError.exitCode
         }
-        try run(role(config), name: name, logLevel: Logger.Level(rawValue: logLevel) ?? .info)
+        let first = role(config)
+        var level = first.node.logLevel
+        if let logLevel {
+            do { level = try Logger.Level.named(logLevel) } catch {
+                FileOutput.error("\(name): --log-level: \(error)")
+                return ConfigError.exitCode
+            }
+        }
+        try run(first, name: name, logLevel: level) {
+            do { return role(try load(path)) } catch {
+                FileOutput.error("\(error)")
+                return nil
+            }
+        }
         return 0
     }
 
@@ -68,6 +100,12 @@ public enum DaemonMain {
         let text = line + "\n"
         _ = text.withCString { write(1, $0, strlen($0)) }
     }
+}
+
+/// A status the command line exits with.
+public struct ExitStatus: Error {
+    public let code: Int32
+    public init(_ code: Int32) { self.code = code }
 }
 
 /// Writes to stderr without buffering.

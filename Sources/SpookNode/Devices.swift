@@ -17,7 +17,7 @@ import SpookStore
 /// their results to the loop.
 final class DeviceHost: @unchecked Sendable {
     unowned let node: Node
-    let specs: [DeviceSpec]
+    var specs: [DeviceSpec]
     var devices: [Device] = []
 
     init(node: Node, specs: [DeviceSpec]) {
@@ -37,6 +37,33 @@ final class DeviceHost: @unchecked Sendable {
             }
         }
         for found in SerialPort.list() { _ = attach(found) }
+    }
+
+    /// A reload: devices whose `[[device]]` is gone or changed are dissolved
+    /// (their groups keep their values, `$state` "closed"); new and changed
+    /// fixed-port devices start; matched ones attach on the next udev event
+    /// (an attached device whose table changed is re-attached now).
+    func reload(_ next: [DeviceSpec]) -> [String] {
+        var changes: [String] = []
+        let old = specs
+        specs = next
+        var reattach: [AttachedDevice] = []
+        for device in devices where !next.contains(device.spec) {
+            device.drive(.dissolve)
+            changes.append(next.contains { $0.name == device.spec.name } ? "device \(device.spec.name) changed" : "device \(device.spec.name) removed")
+            if let a = device.attached { reattach.append(a) }
+        }
+        devices.removeAll { !next.contains($0.spec) }
+        for spec in next where spec.match == nil && !devices.contains(where: { $0.spec == spec }) {
+            do {
+                start(try Device(spec: spec, group: try GroupTemplate.expand(spec.groupTemplate, name: spec.name, device: nil), attached: nil, host: self))
+                if !old.contains(where: { $0.name == spec.name }) { changes.append("device \(spec.name) added") }
+            } catch {
+                logger.error("device not started", metadata: ["device": "\(spec.name)", "error": "\(error)"])
+            }
+        }
+        for a in reattach { _ = attach(a) }
+        return changes
     }
 
     func start(_ device: Device) {

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -164,5 +167,46 @@ final class RateLimitedLog: Sendable {
         }
         guard let suppressed else { return }
         logger.warning("\(message)", metadata: suppressed > 0 ? ["also": "\(suppressed) more like it not logged"] : [:])
+    }
+}
+
+/// One process per store: an exclusive `flock` on `<data>.lock`, which holds
+/// the owner's pid. A second daemon started on the same store stops before
+/// it touches anything (the store, the API socket) and names the first.
+public final class StoreLock {
+    let fd: Int32
+    public let path: String
+
+    public init(data: String, name: String) throws {
+        path = data + ".lock"
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw StoreLockError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var buffer = [UInt8](repeating: 0, count: 64)
+            let n = pread(fd, &buffer, buffer.count, 0)
+            let owner = String(decoding: buffer[..<max(0, n)], as: UTF8.self).trimmingSpaces
+            close(fd)
+            throw StoreLockError("\(data) is in use by another \(name) (\(owner.isEmpty ? "pid unknown" : "pid \(owner)"), lock \(path)): "
+                                 + "one process per store; this one stops and leaves it running")
+        }
+        let pid = "\(getpid())\n"
+        _ = ftruncate(fd, 0)
+        _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
+    }
+
+    deinit { close(fd) }
+}
+
+public struct StoreLockError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while let c = s.first, c.isWhitespace { s.removeFirst() }
+        while let c = s.last, c.isWhitespace { s.removeLast() }
+        return String(s)
     }
 }

@@ -280,6 +280,7 @@ final class LocalAPI: @unchecked Sendable {
         }
         return [
             "node": .string(node.config.name), "role": .string(role), "origin": .string(node.origin.description),
+            "version": .string(SpookVersion.string),
             "epoch": .int(Int64(node.store.epoch)),
             "public_key": .string(node.identity.publicKey.hex), "vector": .object(vector),
             "registers": .int(Int64(node.store.state.registers.count)), "links": .array(links),

@@ -31,6 +31,26 @@ public final class Node: @unchecked Sendable {
     public enum Role: Sendable {
         case edge(EdgeConfig)
         case daemon(DaemonConfig)
+
+        public var node: NodeConfig {
+            switch self {
+            case .edge(let c): c.node
+            case .daemon(let c): c.node
+            }
+        }
+
+        /// What a reload cannot change on a running node, as text: the node
+        /// table (but its log level), upstreams, listeners and peers.
+        var fixedPart: String {
+            var node = self.node
+            node.logLevel = .info
+            switch self {
+            case .edge(let c): return "\(node) \(c.upstreams)"
+            case .daemon(let c): return "\(node) \(c.listen) \(c.peers)"
+            }
+        }
+
+        var devices: [DeviceSpec] { if case .edge(let c) = self { c.devices } else { [] } }
     }
 
     /// Confined to the node loop.
@@ -73,10 +93,11 @@ public final class Node: @unchecked Sendable {
         let group: QGroupName
     }
 
-    public let role: Role
+    public private(set) var role: Role
     public let config: NodeConfig
     public let identity: Identity
     let store: SQLiteStore
+    let storeLock: StoreLock
     let logger: Logger
     let clock: any PhysicalClock
     let ioGroup: MultiThreadedEventLoopGroup
@@ -110,6 +131,8 @@ public final class Node: @unchecked Sendable {
         }
         self.logger = logger
         self.clock = clock
+        // Before the key, the store or the API socket is touched: one process per store.
+        storeLock = try StoreLock(data: config.dataPath, name: { if case .edge = role { "spook-edge" } else { "spookd" } }())
         let (identity, created) = try Identity.loadOrCreate(path: config.keyPath)
         self.identity = identity
         if created { logger.notice("created a new key", metadata: ["path": "\(config.keyPath)", "public": "\(identity.publicKey.hex)"]) }
@@ -269,6 +292,32 @@ public final class Node: @unchecked Sendable {
         try? loop.submit { self.store.close() }.wait()
         try? ioGroup.syncShutdownGracefully()
         try? nodeGroup.syncShutdownGracefully()
+    }
+
+    // MARK: reload (SIGHUP)
+
+    /// Applies what can change on a running node: the log level, and an
+    /// agent's devices (removed ones dissolved, new ones started, changed
+    /// ones restarted). A config that changes anything else is refused
+    /// whole, with a log line that says what, and the running one stays.
+    public func reload(_ next: Role) {
+        try? loop.submit {
+            guard next.fixedPart == self.role.fixedPart else {
+                self.logger.error("reload refused: only [log] level and [[device]] tables can change while running; restart for the rest. The running config stays")
+                return
+            }
+            let level = next.node.logLevel
+            SpookLogHandler.level.withLockedValue { $0 = level }
+            var changes = ["log level \(level)"]
+            if case .edge = next {
+                if self.devices == nil, !next.devices.isEmpty {
+                    self.devices = DeviceHost(node: self, specs: [])
+                }
+                changes += self.devices?.reload(next.devices) ?? []
+            }
+            self.role = next
+            self.logger.notice("reloaded", metadata: ["changes": "\(changes.joined(separator: "; "))"])
+        }.wait()
     }
 
     // MARK: compaction

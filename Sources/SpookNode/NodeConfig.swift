@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Logging
 import SpookCore
 import SpookDevices
 import SpookLink
@@ -110,6 +111,8 @@ public struct NodeConfig: Sendable {
     public var clockDriftMsMax: UInt64 = 60_000
     /// Bounds on connections, queues and buffers ([limits]).
     public var limits = NodeLimits()
+    /// `[log] level`; `run --log-level` overrides it.
+    public var logLevel: Logger.Level = .info
     /// How often the background compaction runs ([compaction] interval_ms).
     public var compactionIntervalMs: UInt64 = 10_000
     /// A peer not linked for this long no longer holds back compaction; it
@@ -231,6 +234,10 @@ extension ConfigReader {
             c.limits.pendingWritesMax = l.int("pending_writes_max", in: 1...10_000_000) ?? c.limits.pendingWritesMax
             c.limits.snapshotBytesMax = l.int("snapshot_bytes_max", in: (1 << 20)...(16 << 30)) ?? c.limits.snapshotBytesMax
         }
+        if let l = doc.table("log") {
+            l.rejectUnknownKeys(["level"])
+            c.logLevel = l.choice("level", Logger.Level.allCases.map { ($0.rawValue, $0) }) ?? c.logLevel
+        }
         if let k = doc.table("compaction") {
             k.rejectUnknownKeys(["interval_ms", "peer_retention_s"])
             c.compactionIntervalMs = UInt64(k.int("interval_ms", in: 50...86_400_000) ?? Int(c.compactionIntervalMs))
@@ -289,7 +296,7 @@ extension EdgeConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = EdgeConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "reconnect", "register", "upstream", "device"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "upstream", "device"])
             c.node = reader.nodeConfig(doc)
             // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
             if (try? QDomain("spook.\(c.node.name)")) == nil {
@@ -340,7 +347,7 @@ extension DaemonConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = DaemonConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "reconnect", "register", "listen", "peer"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer"])
             c.node = reader.nodeConfig(doc)
             for l in doc.tables("listen") {
                 l.rejectUnknownKeys(["url", "cert", "key"])

@@ -63,6 +63,7 @@ struct Spookctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "spookctl",
         abstract: "Read and write registers of a running spook-edge or spookd.",
+        version: SpookVersion.string,
         subcommands: [Get.self, Set.self, List.self, History.self, Watch.self, Status.self, Peers.self, Attach.self, Detach.self, Keygen.self]
     )
 

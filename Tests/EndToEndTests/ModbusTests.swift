@@ -11,9 +11,10 @@ final class PymodbusServer {
     let process: ChildProcess
 
     init(_ arguments: [String]) throws {
-        process = try ChildProcess("/usr/bin/env", ["python3", "\(repositoryRoot)/Tests/Helpers/modbus/pymodbus-server.py"] + arguments)
+        // scripts/install-deps puts pymodbus in the repository's virtual environment.
+        process = try ChildProcess("\(repositoryRoot)/.venv/bin/python3", ["\(repositoryRoot)/Tests/Helpers/modbus/pymodbus-server.py"] + arguments)
         guard try process.readLine(timeoutMs: 20_000) == "ready" else {
-            throw ChildProcess.Failure("the pymodbus server did not start: is pymodbus installed (pip install pymodbus; scripts/test does)?")
+            throw ChildProcess.Failure("the pymodbus server did not start: is pymodbus in .venv (scripts/install-deps installs it)?")
         }
     }
 

@@ -11,8 +11,10 @@ public final class ChildProcess {
     private var buffer: [UInt8] = []
     public private(set) var exited = false
 
-    /// - Parameter environment: variables to add to (or replace in) the test's own environment.
-    public init(_ path: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    /// - Parameters:
+    ///   - environment: variables to add to (or replace in) the test's own environment.
+    ///   - stderrPath: a file for the child's stderr (default: the test's own).
+    public init(_ path: String, _ arguments: [String], environment: [String: String] = [:], stderrPath: String? = nil) throws {
         // A test that writes to a child's socket after the child died must see
         // EPIPE, not die of SIGPIPE (which would orphan the other children).
         _ = Glibc.signal(SIGPIPE, SIG_IGN)
@@ -23,6 +25,7 @@ public final class ChildProcess {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
         posix_spawn_file_actions_addclose(&actions, fds[0])
+        if let stderrPath { posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_APPEND, 0o600) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -89,6 +92,12 @@ public final class ChildProcess {
     }
 
     public func signal(_ signal: Int32) { kill(pid, signal) }
+
+    /// Waits for the child to end; returns its exit code (-1 if a signal ended it).
+    public func exitCode() -> Int32 {
+        let status = wait()
+        return status & 0x7f == 0 ? (status >> 8) & 0xff : -1
+    }
 
     /// Waits for the child to end; returns its wait status.
     @discardableResult

@@ -1,0 +1,109 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SpookCore
+import SpookLink
+import SpookNode
+import SpookTestSupport
+import Testing
+
+/// Everyday operator actions on a running agent (issue "Ready for a real gateway").
+@Suite(.serialized) struct OperatorTests {
+    static func device(_ name: String, _ link: String) -> String {
+        "[[device]]\nname = \"\(name)\"\nkind = \"serial\"\nport = \"\(link)\"\ngroup = \"site1.dev/\(name)\"\n"
+    }
+
+    func rewriteEdge(_ c: Cluster, _ extra: String) throws {
+        try c.write("gw1.toml", c.edgeToml("gw1", upstreams: [("primary", c.edgeLink, c.daemonKey, 0, "")], extra: extra))
+    }
+
+    /// SIGHUP reloads the config: a device added and one removed while the
+    /// agent runs; a config with errors, or one that changes what cannot
+    /// change live, is refused and the running one stays. (SIGHUP used to
+    /// kill the agent: exit 129, no CLOSE, its socket left behind.)
+    @Test func sighupReloadsDevicesAndRefusesWhatItCannotApply() throws {
+        let dir = TemporaryDirectory()
+        let simA = try FirmwareSim(link: dir.file("ttyA"), ["--count", "3"])
+        defer { simA.stop() }
+        let simB = try FirmwareSim(link: dir.file("ttyB"), ["--count", "5"])
+        defer { simB.stop() }
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema,
+                            edgeExtra: deviceSchema + Self.device("a", dir.file("ttyA")), directory: dir)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("device a upstream") { c.value("spookd", "site1.dev/a/counter") == .int(3) }
+        // b added, a removed.
+        try rewriteEdge(c, deviceSchema + Self.device("b", dir.file("ttyB")) + "[log]\nlevel = \"debug\"\n")
+        c.edges["gw1"]?.signal(SIGHUP)
+        try c.waitFor("device b upstream after the reload") { c.value("spookd", "site1.dev/b/counter") == .int(5) }
+        try c.waitFor("device a dissolved") { c.value("gw1", "site1.dev/a/$state") == .string("closed") }
+        #expect(c.value("gw1", "site1.dev/a/counter") == .int(3), "a dissolved device keeps its values")
+        // A config with an error: refused, nothing changes, the agent serves on.
+        try c.write("gw1.toml", "[node]\nname = \"gw1\"\nthis is not TOML\n")
+        c.edges["gw1"]?.signal(SIGHUP)
+        // A config that changes the node's name cannot be applied live: refused too.
+        try rewriteEdge(c, deviceSchema + Self.device("a", dir.file("ttyA")))
+        try c.write("gw1.toml", String(try String(contentsOfFile: dir.file("gw1.toml")).replacingOccurrences(of: "name = \"gw1\"", with: "name = \"gw9\"")))
+        c.edges["gw1"]?.signal(SIGHUP)
+        try c.set("gw1", "site1.l1/after/reload", .int(1))
+        try c.waitFor("the agent still serves and syncs") { c.value("spookd", "site1.l1/after/reload") == .int(1) }
+        #expect(try c.status("gw1")["node"] == .string("gw1"))
+        #expect(c.value("gw1", "site1.dev/b/$online") == .bool(true), "device b still runs: the refused configs changed nothing")
+        #expect(c.value("gw1", "site1.dev/a/$state") == .string("closed"))
+    }
+
+    /// One instance per store: a second agent on the same `data` stops with
+    /// a message naming the running one (pid), and never disturbs it (it
+    /// used to take the API socket away).
+    @Test func aSecondAgentOnTheSameStoreRefusesAndLeavesTheFirstRunning() throws {
+        let c = try Cluster()
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("the edge to be coherent") { c.coherent() }
+        let log = c.dir.file("second.stderr")
+        let second = try ChildProcess(Cluster.binary("spook-edge"), ["run", "-c", c.dir.file("gw1.toml")], stderrPath: log)
+        #expect(second.exitCode() == 73)
+        let text = (try? String(contentsOfFile: log)) ?? ""
+        #expect(text.contains("is in use by another spook-edge (pid \(c.edges["gw1"]!.pid)"), "\(text)")
+        try c.set("gw1", "site1.l1/still/here", .int(1))
+        try c.waitFor("the first agent still serves") { c.value("spookd", "site1.l1/still/here") == .int(1) }
+    }
+
+    /// `--version` on every binary, and in `status`.
+    @Test func everyBinaryTellsItsVersion() throws {
+        for binary in ["spookd", "spook-edge", "spookctl"] {
+            let p = try ChildProcess(Cluster.binary(binary), ["--version"])
+            #expect(try p.readLine() == SpookVersion.string, "\(binary) --version")
+            #expect(p.wait() == 0)
+        }
+        let c = try Cluster()
+        try c.startDaemon()
+        #expect(try c.status("spookd")["version"] == .string(SpookVersion.string))
+    }
+
+    /// Under systemd (JOURNAL_STREAM names stderr) every log line starts with
+    /// its sd-daemon priority; `[log] level` sets the level, and an unknown
+    /// `--log-level` is a config error (exit 78), not `info`.
+    @Test func logLinesCarryJournalPrioritiesAndLevelsAreChecked() throws {
+        let c = try Cluster(edgeExtra: "[log]\nlevel = \"debug\"\n")
+        let log = c.dir.file("edge.stderr")
+        close(open(log, O_WRONLY | O_CREAT, 0o600))
+        var info = stat()
+        stat(log, &info)
+        let edge = try ChildProcess(Cluster.binary("spook-edge"), ["run", "-c", c.dir.file("gw1.toml")],
+                                    environment: ["JOURNAL_STREAM": "\(info.st_dev):\(info.st_ino)"], stderrPath: log)
+        #expect(try edge.readLine(timeoutMs: 20_000)?.contains("ready") == true)
+        // No daemon is up: the agent logs its failed connects (info) and debug lines.
+        try waitUntil("journal lines") { ((try? String(contentsOfFile: log)) ?? "").contains("<7>debug") }
+        edge.signal(SIGTERM)
+        #expect(edge.wait() == 0)
+        let lines = ((try? String(contentsOfFile: log)) ?? "").split(separator: "\n")
+        #expect(!lines.isEmpty && lines.allSatisfy { $0.hasPrefix("<") }, "every line has a priority: \(lines.prefix(3))")
+        #expect(lines.contains { $0.hasPrefix("<5>notice") }, "stopping is a notice")
+        let bad = try ChildProcess(Cluster.binary("spook-edge"), ["run", "-c", c.dir.file("gw1.toml"), "--log-level", "loud"],
+                                   stderrPath: c.dir.file("bad.stderr"))
+        #expect(bad.exitCode() == 78)
+        #expect(((try? String(contentsOfFile: c.dir.file("bad.stderr"))) ?? "").contains("unknown log level \"loud\""))
+    }
+}
