@@ -116,6 +116,7 @@ public final class Node: @unchecked Sendable {
     public var openBulk: BulkOpener = { match, settings in try USBContext().open(match, settings) }
     var daemonTimer: RepeatedTask?
     var compactionTimer: RepeatedTask?
+    var compactionFollowUp: Scheduled<Void>?
     let authorisation: Authorisation?
     /// Configured peer names by public key (hex), for logs and metric labels.
     let peerNames: [String: String]
@@ -136,7 +137,10 @@ public final class Node: @unchecked Sendable {
         let (identity, created) = try Identity.loadOrCreate(path: config.keyPath)
         self.identity = identity
         if created { logger.notice("created a new key", metadata: ["path": "\(config.keyPath)", "public": "\(identity.publicKey.hex)"]) }
-        store = try SQLiteStore(path: config.dataPath, options: StoreOptions(sync: config.sync, historyLength: config.historyLength, schema: config.schema), logger: logger)
+        var storeOptions = StoreOptions(sync: config.sync, historyLength: config.historyLength, schema: config.schema)
+        // A compaction step runs on the node loop between frames and writes: keep it short.
+        storeOptions.compactionDeltasMax = Node.compactionStepDeltas
+        store = try SQLiteStore(path: config.dataPath, options: storeOptions, logger: logger)
         if store.openedEmptyFile && !created {
             // The key wrote before and its store is gone: never reuse its seqs.
             var g = SystemRandomNumberGenerator()
@@ -278,6 +282,7 @@ public final class Node: @unchecked Sendable {
         try? loop.submit {
             self.daemonTimer?.cancel()
             self.compactionTimer?.cancel()
+            self.compactionFollowUp?.cancel()
             for i in self.upstreams.indices {
                 self.upstreams[i].reconnect?.cancel()
                 self.upstreams[i].heartbeat?.cancel()
@@ -326,6 +331,11 @@ public final class Node: @unchecked Sendable {
     /// `compactionBlocksMax`): peers silent past the retention stop holding
     /// the horizon back, then what every remaining peer acknowledged leaves
     /// the log.
+    /// Deltas one compaction step removes at most (whole StateBlocks): a step
+    /// costs the node loop a few milliseconds, and a log that is far behind
+    /// is worked off in steps 50 ms apart rather than in one long stall.
+    static let compactionStepDeltas = 2_000
+
     func compactionStep() {
         let now = clock.nowMs()
         let linked = Set(links.values.compactMap { $0.session?.peer })
@@ -347,6 +357,10 @@ public final class Node: @unchecked Sendable {
             if report.deltasRemoved > 0 {
                 metrics.compactedDeltas.increment(by: Int64(report.deltasRemoved))
                 logger.debug("compacted", metadata: ["deltas": "\(report.deltasRemoved)", "log": "\(store.logDeltas)"])
+            }
+            if report.more && report.deltasRemoved > 0 {
+                // More is due: the next step soon, after whatever else waits on the loop.
+                compactionFollowUp = loop.scheduleTask(in: .milliseconds(50)) { self.compactionStep() }
             }
         } catch {
             metrics.internalError("compaction")

@@ -23,7 +23,7 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Parses `unix:///run/spook/spookd.link` or `tcp://127.0.0.1:7400`.
+    /// Parses `unix:///run/spookd/spookd.link` or `tcp://127.0.0.1:7400`.
     public static func parse(_ text: String) throws -> Endpoint {
         if text.hasPrefix("unix://") {
             let path = String(text.dropFirst(7))

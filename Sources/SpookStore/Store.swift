@@ -18,6 +18,8 @@ public struct StoreOptions: Sendable {
     public var historyLength: Int = 32
     /// StateBlocks examined per `compact()` call, so one call never stalls writers for long.
     public var compactionBlocksMax: Int = 10_000
+    /// Deltas removed per `compact()` call at most (whole blocks: at least one).
+    public var compactionDeltasMax: Int = Int.max
     /// Largest catch-up batch `catchUp(for:limit:)` accepts.
     public static let catchUpLimitMax = 100_000
 
@@ -99,6 +101,8 @@ public struct CompactionReport: Sendable, Hashable {
     public var blocksRemoved: Int
     public var deltasRemoved: Int
     public var horizon: QStateVector
+    /// The step stopped at its bound: more may be removable now.
+    public var more = false
 }
 
 public struct VerifyReport: Sendable, Hashable {

@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 struct Options: ParsableArguments {
-    @Option(help: "The local API socket (default: $SPOOK_SOCKET, else /run/spook/edge.sock).")
+    @Option(help: "The local API socket (default: $SPOOK_SOCKET, else /run/spook-edge/edge.sock).")
     var socket: String?
 
     @Flag(help: "Print the daemon's JSON answers as they are.")
@@ -17,7 +17,7 @@ struct Options: ParsableArguments {
     var path: String {
         if let socket { return socket }
         if let env = getenv("SPOOK_SOCKET") { return String(cString: env) }
-        return "/run/spook/edge.sock"
+        return "/run/spook-edge/edge.sock"
     }
 
     func call(_ request: JSONValue) throws -> JSONValue {

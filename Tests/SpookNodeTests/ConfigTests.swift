@@ -26,7 +26,7 @@ import Testing
         }
         #expect(edge.devices.last?.match?.vendor == "0483")
         let daemon = try DaemonConfig.load(path: Self.repo.appendingPathComponent("configs/spookd.toml").path, checkFiles: false)
-        #expect(daemon.listen.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400), .unix(path: "/run/spook/spookd.link")])
+        #expect(daemon.listen.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400), .unix(path: "/run/spookd/spookd.link")])
         #expect(edge.node.schema == daemon.node.schema, "replicas that share groups must declare them alike")
         #expect(daemon.peers.first?.grant.mayWrite(try QDomain("site1.l3")) == true)
         #expect(daemon.peers.first?.grant.mayWrite(try QDomain("site2")) == false)
