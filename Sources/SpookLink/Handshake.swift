@@ -18,6 +18,39 @@ public struct Authorisation: Sendable {
         public func mayWrite(_ domain: QDomain) -> Bool { write.contains { $0.matches(domain) } }
         public func owns(_ domain: QDomain) -> Bool { owns.contains { $0.matches(domain) } }
 
+        /// Checks a DELTAS batch from `origin`, a peer with this grant (pure;
+        /// the node and the simulation both call it). A delta already held
+        /// passes (a relay or a resend); one of another origin that is not
+        /// held is refused whole (a peer speaks for itself). A delta outside
+        /// the write grant, or with `report` writes outside `owns`, is kept
+        /// *withheld* (its place in the origin's sequence, not its content)
+        /// and listed with the reason, so the writer's later deltas are not
+        /// blocked behind it.
+        public func check(_ deltas: [Delta], from origin: Origin, holds: (DeltaID) -> Bool) throws -> (checked: [Delta], refusals: [(DeltaID, String)]) {
+            var checked: [Delta] = []
+            var refusals: [(DeltaID, String)] = []
+            for d in deltas {
+                if holds(d.id) || Withheld.isWithheld(d) && d.origin == origin {
+                    checked.append(d)
+                    continue
+                }
+                guard d.origin == origin else {
+                    throw WireError(.forbidden, "\(origin) sent delta \(d.id) of another origin that this node does not hold")
+                }
+                if !mayWrite(d.group.domain) {
+                    refusals.append((d.id, "\(origin) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)"))
+                    checked.append(Withheld.redact(d))
+                } else if d.writes.contains(where: { $0.kind == .report }), !owns(d.group.domain) {
+                    // The device policy: only the agent that hosts a device reports its state.
+                    refusals.append((d.id, "\(origin) may not write reported values in \(d.group) (domain \(d.group.domain) is not in its \"owns\")"))
+                    checked.append(Withheld.redact(d))
+                } else {
+                    checked.append(d)
+                }
+            }
+            return (checked, refusals)
+        }
+
         /// What of a snapshot chunk from `origin` (a peer with this grant) may
         /// be taken: every state-changing frame passes the same grant as
         /// DELTAS. A peer speaks only for its own origin: the vector keeps only

@@ -467,37 +467,14 @@ public final class Node: @unchecked Sendable {
             var message = message
             var forbidden: WireError?
             if case .deltas(let deltas) = message, let grant = link.grant, let peer = link.peer {
-                var checked: [Delta] = []
-                for d in deltas {
-                    guard !store.vector.contains(d.id) else {
-                        checked.append(d)
-                        continue
-                    }
-                    guard d.origin == peer.origin else {
-                        throw WireError(.forbidden, "\(peer.origin) sent delta \(d.id) of another origin that this daemon does not hold")
-                    }
-                    // A peer may withhold its own deltas from us (its route's domains): nothing to check.
-                    if Withheld.isWithheld(d) {
-                        checked.append(d)
-                        continue
-                    }
-                    var refusal: String?
-                    if !grant.mayWrite(d.group.domain) {
-                        refusal = "\(peer.origin) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)"
-                    } else if d.writes.contains(where: { $0.kind == .report }), !grant.owns(d.group.domain) {
-                        // The device policy: only the agent that hosts a device reports its state.
-                        refusal = "\(peer.origin) may not write reported values in \(d.group) (domain \(d.group.domain) is not in its \"owns\")"
-                    }
-                    if let refusal {
-                        forbidden = forbidden ?? WireError(.forbidden, refusal)
-                        metrics.refusedWrite(link.name)
-                        logger.warning("write refused, held withheld", metadata: ["link": "\(id)", "delta": "\(d.id)", "reason": "\(refusal)"])
-                        checked.append(Withheld.redact(d))
-                    } else {
-                        checked.append(d)
-                    }
+                let store = self.store
+                let (checked, refusals) = try grant.check(deltas, from: peer.origin, holds: { store.vector.contains($0) })
+                for (delta, refusal) in refusals {
+                    forbidden = forbidden ?? WireError(.forbidden, refusal)
+                    metrics.refusedWrite(link.name)
+                    logger.warning("write refused, held withheld", metadata: ["link": "\(id)", "delta": "\(delta)", "reason": "\(refusal)"])
                 }
-                if forbidden != nil { message = .deltas(checked) }
+                if !refusals.isEmpty { message = .deltas(checked) }
             }
             if case .snapshot(let chunk) = message, let grant = link.grant, let peer = link.peer {
                 let (admitted, refused) = grant.admit(chunk, from: peer.origin)

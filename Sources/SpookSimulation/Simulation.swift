@@ -47,6 +47,15 @@ public final class Simulation {
         /// The canary for seq reuse: a node that never compares what a peer
         /// holds of its origin (no VECTOR tips, no new incarnation).
         public var checksOrigins = true
+        /// Write grants at a star's hub: leaves may write domain `sim` (and
+        /// report there), not `simr`, which only the hub writes. A leaf's
+        /// write to `simr` is held withheld at the hub (the node's own
+        /// `Grant.check`), so only the leaf itself keeps its value.
+        /// (Not with store resets: a reset leaf writes under several
+        /// incarnations, which one grant per link does not describe.)
+        public var grants: Bool { topology == .star && resetRate == 0 }
+        /// The canary for grants: a hub that does not check them.
+        public var grantCanary = false
 
         public enum Topology: String, Sendable { case star, ring, mesh }
 
@@ -95,6 +104,8 @@ public final class Simulation {
         public var resets = 0
         public var incarnations = 0
         public var lostByRestore = 0
+        /// Leaf writes the hub held withheld (outside the leaf's grant).
+        public var withheld = 0
         public var bytesSent = 0
         public var healSteps = 0
         /// FNV-1a over every event in order: equal digests mean identical runs.
@@ -169,6 +180,14 @@ public final class Simulation {
     }
 
     static let domain = try! QDomain("sim")
+    static let restricted = try! QGroupName("simr/x")
+    static let hubGrant = Authorisation.Grant(read: [try! QDomainPattern("*")], write: [try! QDomainPattern("sim")], owns: [try! QDomainPattern("sim")])
+
+    /// The replica an origin belongs to (any incarnation).
+    static func index(of origin: Origin) -> Int { Int(origin.rawValue & 0xffff_ffff) - 1 }
+
+    /// A leaf's write to the hub-only domain: refused by the hub's grant.
+    static func forbidden(_ d: Delta) -> Bool { d.group == restricted && index(of: d.origin) != 0 }
     static let registerNames = ["a", "b", "c"]
     static let lwwGroups = (0..<4).map { try! QGroupName(domain: domain, name: "g\($0)") }
 
@@ -361,8 +380,26 @@ public final class Simulation {
             var decoder = FrameDecoder()
             decoder.feed(m.bytes)
             guard let frame = try decoder.next() else { throw SimulationError("a whole frame did not decode") }
-            let message = try Message(frame: frame)
+            var message = try Message(frame: frame)
             let applied = session.snapshotsApplied
+            if config.grants, !config.grantCanary, m.to == 0, m.from != 0, case .deltas(let deltas) = message {
+                // The hub's grant for the leaf, as spookd applies it, to the leaf's own deltas (others are relays).
+                message = .deltas(try deltas.map { d in
+                    guard Simulation.index(of: d.origin) == m.from else { return d }
+                    let (checked, refusals) = try Simulation.hubGrant.check([d], from: d.origin, holds: { store.vector.contains($0) })
+                    if !refusals.isEmpty {
+                        outcome.withheld += 1
+                        trace("withheld \(d.id)")
+                    }
+                    return checked[0]
+                })
+            }
+            if config.grants, !config.grantCanary, m.to == 0, m.from != 0, case .snapshot(let chunk) = message {
+                // A leaf's snapshot passes the same grant: only its own origin's stamps and vector entry.
+                let (admitted, refused) = Simulation.hubGrant.admit(chunk, from: replicas[m.from].origin)
+                outcome.withheld += refused.count
+                message = .snapshot(admitted)
+            }
             let replies: [Message]
             do {
                 replies = try session.receive(message, store, nowMs: nowMs, physicalMs: physicalMs(r))
@@ -389,7 +426,10 @@ public final class Simulation {
         let physical = physicalMs(r)
         var requests: [LocalWrite] = []
         for _ in 0..<(1 + Int(random.next() % 3)) {
-            if random.chance(0.3) {
+            if config.grants, random.chance(0.05) {
+                // The hub-only domain: allowed for the hub, withheld for a leaf.
+                requests.append(LocalWrite(group: Simulation.restricted, writes: [Write("a", .set, randomValue())]))
+            } else if random.chance(0.3) {
                 // A device group: its owner reports, anyone may desire.
                 let k = Int(random.next() % UInt64(config.replicas))
                 let group = try QGroupName(domain: Simulation.domain, name: "dev\(k)")
@@ -540,19 +580,30 @@ public final class Simulation {
 
     private func check() throws {
         var failures: [String] = []
-        let reference = referenceState()
-        let referenceBytes = reference.canonicalBytes()
         for r in replicas {
             let store = r.store!
+            var reference = referenceState(for: r.index) { d in
+                // The writer keeps its forbidden value, unless a restore lost it and
+                // the hub's placeholder came back instead.
+                guard let held = try? store.deltas(origin: d.origin, seqs: d.seq...d.seq).first else { return true }
+                return !Withheld.isWithheld(held)
+            }
+            // The placeholders' own register is bookkeeping (the local API hides it), not state.
+            var actual = store.state
+            if config.grants {
+                reference = CollapseState(schema: schema, registers: reference.registers.filter { $0.key.group != Withheld.group })
+                actual = CollapseState(schema: schema, registers: actual.registers.filter { $0.key.group != Withheld.group })
+            }
+            let referenceBytes = reference.canonicalBytes()
             let missing = acknowledged.filter { !store.vector.contains($0.id) }
             if let first = missing.first {
                 failures.append("replica \(r.index) lacks \(missing.count) acknowledged deltas, first \(first.id) (vector \(store.vector))")
             }
-            let bytes = store.state.canonicalBytes()
+            let bytes = actual.canonicalBytes()
             if bytes != referenceBytes {
-                let diff = reference.registers.keys.sorted().first { store.state.registers[$0] != reference.registers[$0] }
-                    ?? store.state.registers.keys.sorted().first { reference.registers[$0] == nil }
-                let shown = diff.map { "\($0): has \(store.state.registers[$0].map(\.description) ?? "nothing"), expected \(reference.registers[$0].map(\.description) ?? "nothing")" } ?? "?"
+                let diff = reference.registers.keys.sorted().first { actual.registers[$0] != reference.registers[$0] }
+                    ?? actual.registers.keys.sorted().first { reference.registers[$0] == nil }
+                let shown = diff.map { "\($0): has \(actual.registers[$0].map(\.description) ?? "nothing"), expected \(reference.registers[$0].map(\.description) ?? "nothing")" } ?? "?"
                 failures.append("replica \(r.index) diverged from the collapse of all acknowledged deltas; first difference \(shown)")
             }
             do { _ = try store.verify() } catch { failures.append("replica \(r.index) store: \(error)") }
@@ -565,9 +616,14 @@ public final class Simulation {
 
     /// The state every replica must hold: QSCS over the set of acknowledged
     /// deltas, computed without stores, links or the rule under test.
-    func referenceState() -> CollapseState {
+    /// With grants, a leaf's forbidden write counts as itself only on that
+    /// leaf; everywhere else as its withheld placeholder.
+    func referenceState(for index: Int, writerKeeps: (Delta) -> Bool = { _ in true }) -> CollapseState {
         var s = CollapseState(schema: schema)
-        for d in acknowledged { _ = try? s.apply(d) }
+        for d in acknowledged {
+            let withheld = config.grants && Simulation.forbidden(d) && (Simulation.index(of: d.origin) != index || !writerKeeps(d))
+            _ = try? s.apply(withheld ? Withheld.redact(d) : d)
+        }
         return s
     }
 

@@ -146,3 +146,38 @@ struct FirstArrivalOnClockTies: CollapseRule {
         if let caught { print("canary no-origin-check caught at seed \(caught.seed): \(caught.failure ?? "")") }
     }
 }
+
+/// Grants in the simulation: a star's hub applies the node's own
+/// `Grant.check` to what its leaves write; a leaf's write to the hub-only
+/// domain is held withheld, so only that leaf keeps its value.
+@Suite struct GrantSimulationTests {
+    static func starSeeds(_ count: Int, canary: Bool = false) -> [Simulation.Outcome] {
+        let dir = TemporaryDirectory()
+        var outcomes: [Simulation.Outcome] = []
+        var seed: UInt64 = 1
+        while outcomes.count < count && seed < 2_000 {
+            var config = Simulation.Config(seed: seed)
+            seed += 1
+            guard config.grants else { continue }
+            config.grantCanary = canary
+            outcomes.append(Simulation(config: config, directory: dir.path).run())
+        }
+        return outcomes
+    }
+
+    @Test func forbiddenWritesStayWithTheirWriter() {
+        let outcomes = Self.starSeeds(20)
+        for o in outcomes { #expect(o.failure == nil, "\(o.failure ?? "")") }
+        let withheld = outcomes.map(\.withheld).reduce(0, +)
+        #expect(withheld > 0, "no leaf wrote outside its grant: the runs test nothing")
+        print("grants: \(outcomes.count) star seeds, \(withheld) writes held withheld by the hub")
+    }
+
+    /// The canary: a hub that does not check grants lets forbidden values
+    /// spread, and the simulation must catch it.
+    @Test func theCanaryUncheckedGrantsIsCaught() {
+        let caught = Self.starSeeds(20, canary: true).first { !$0.passed }
+        #expect(caught != nil, "a hub without grant checks went unnoticed in 20 seeds")
+        if let caught { print("canary unchecked grants caught at seed \(caught.seed): \(caught.failure?.prefix(300) ?? "")") }
+    }
+}
