@@ -4,7 +4,7 @@ import SpookNode
 /// What differs between the two daemons' command lines: their name, what
 /// they are, and how their config becomes a node role.
 public protocol DaemonKind {
-    associatedtype Config
+    associatedtype Config: WarningConfig
     static var name: String { get }
     static var abstract: String { get }
     static func load(_ path: String) throws -> Config

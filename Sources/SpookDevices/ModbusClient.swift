@@ -50,6 +50,9 @@ public final class ModbusClient: @unchecked Sendable {
         guard !connected else { return }
         guard modbus_connect(ctx) == 0 else { throw DeviceError("\(endpoint): connect: \(ModbusClient.lastError())") }
         connected = true
+        // Bytes left on the line (a reply that came after its timeout, a reply
+        // from before a restart) would put every later read one reply behind.
+        modbus_flush(ctx)
     }
 
     public func close() {
@@ -110,7 +113,13 @@ public final class ModbusClient: @unchecked Sendable {
             let message = ModbusClient.lastError()
             // Lost connections and timeouts mean: reconnect. The rest is one bad transaction.
             let keeps = ModbusClient.keepsConnection(code)
-            if !keeps { close() }
+            if keeps {
+                // A garbled or mismatched answer: drop what is left of it on the line,
+                // so the next request is answered by its own reply.
+                modbus_flush(ctx)
+            } else {
+                close()
+            }
             throw ModbusError(what: "\(endpoint): \(what)", message: message, exception: keeps)
         }
     }

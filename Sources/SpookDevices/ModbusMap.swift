@@ -10,12 +10,13 @@ public struct ModbusPoint: Hashable, Sendable {
     }
 
     public enum DataType: String, Sendable, CaseIterable {
-        case bool, u16, i16, u32, i32, f32
+        case bool, u16, i16, u32, i32, f32, u64, i64, f64
 
         public var words: Int {
             switch self {
             case .bool, .u16, .i16: 1
             case .u32, .i32, .f32: 2
+            case .u64, .i64, .f64: 4
             }
         }
     }
@@ -27,21 +28,32 @@ public struct ModbusPoint: Hashable, Sendable {
         case little
     }
 
+    /// The order of the two bytes within each register.
+    public enum ByteOrder: String, Sendable {
+        /// High byte first (the Modbus convention).
+        case big
+        /// Low byte first ("BADC" with big word order, "DCBA" with little).
+        case little
+    }
+
     public var name: String
     public var table: Table
     public var address: Int
     public var type: DataType
     public var wordOrder: WordOrder = .big
+    public var byteOrder: ByteOrder = .big
     /// value = raw · scale; a scale other than 1 makes the register a float.
     public var scale: Double = 1
     public var writable: Bool = false
 
-    public init(name: String, table: Table, address: Int, type: DataType, wordOrder: WordOrder = .big, scale: Double = 1, writable: Bool = false) {
+    public init(name: String, table: Table, address: Int, type: DataType, wordOrder: WordOrder = .big, byteOrder: ByteOrder = .big,
+                scale: Double = 1, writable: Bool = false) {
         self.name = name
         self.table = table
         self.address = address
         self.type = table.isBits ? .bool : type
         self.wordOrder = wordOrder
+        self.byteOrder = byteOrder
         self.scale = scale
         self.writable = writable
     }
@@ -53,16 +65,25 @@ public struct ModbusPoint: Hashable, Sendable {
     public func decode(_ words: ArraySlice<UInt16>) -> Value {
         let w = Array(words)
         if table.isBits || type == .bool { return .bool(w[0] != 0) }
-        let raw32: UInt32 = type.words == 2
-            ? (wordOrder == .big ? UInt32(w[0]) << 16 | UInt32(w[1]) : UInt32(w[1]) << 16 | UInt32(w[0]))
-            : UInt32(w[0])
+        // Words as they are on the wire, each byte-swapped if the device stores
+        // low bytes first, then joined most significant first.
+        let ordered = (wordOrder == .big ? w : w.reversed()).map { byteOrder == .big ? $0 : $0.byteSwapped }
+        let raw = ordered.reduce(UInt64(0)) { $0 << 16 | UInt64($1) }
         let number: Double
         switch type {
-        case .u16: number = Double(raw32 & 0xFFFF)
-        case .i16: number = Double(Int16(truncatingIfNeeded: raw32))
-        case .u32: number = Double(raw32)
-        case .i32: number = Double(Int32(bitPattern: raw32))
-        case .f32: return .float(scaled(Float(bitPattern: raw32).shortestDouble))
+        case .u16: number = Double(raw & 0xFFFF)
+        case .i16: number = Double(Int16(truncatingIfNeeded: raw))
+        case .u32: number = Double(raw & 0xFFFF_FFFF)
+        case .i32: number = Double(Int32(truncatingIfNeeded: raw))
+        case .f32: return .float(scaled(Float(bitPattern: UInt32(truncatingIfNeeded: raw)).shortestDouble))
+        case .f64: return .float(scaled(Double(bitPattern: raw)))
+        case .i64:
+            if scale == 1 { return .int(Int64(bitPattern: raw)) }
+            number = Double(Int64(bitPattern: raw))
+        case .u64:
+            // Above Int64.max a u64 can only be a float.
+            if scale == 1 { return raw <= UInt64(Int64.max) ? .int(Int64(raw)) : .float(Double(raw)) }
+            number = Double(raw)
         case .bool: number = 0
         }
         if scale == 1 { return .int(Int64(number)) }
@@ -92,26 +113,38 @@ public struct ModbusPoint: Hashable, Sendable {
         }
         let inverse = 1 / scale
         let scaled = scale < 1 && inverse == inverse.rounded() ? number * inverse : number / scale
-        let raw: UInt32
-        switch type {
-        case .f32: raw = Float(scaled).bitPattern
-        case .u16:
+        let raw: UInt64
+        switch (type, value) {
+        case (.i64, .int(let i)) where scale == 1: raw = UInt64(bitPattern: i)
+        case (.u64, .int(let i)) where scale == 1:
+            guard i >= 0 else { return nil }
+            raw = UInt64(i)
+        case (.f64, _): raw = scaled.bitPattern
+        case (.f32, _): raw = UInt64(Float(scaled).bitPattern)
+        case (.u16, _):
             guard let v = UInt16(exactly: scaled.rounded()) else { return nil }
-            raw = UInt32(v)
-        case .i16:
+            raw = UInt64(v)
+        case (.i16, _):
             guard let v = Int16(exactly: scaled.rounded()) else { return nil }
-            raw = UInt32(UInt16(bitPattern: v))
-        case .u32:
+            raw = UInt64(UInt16(bitPattern: v))
+        case (.u32, _):
             guard let v = UInt32(exactly: scaled.rounded()) else { return nil }
-            raw = v
-        case .i32:
+            raw = UInt64(v)
+        case (.i32, _):
             guard let v = Int32(exactly: scaled.rounded()) else { return nil }
-            raw = UInt32(bitPattern: v)
-        case .bool: return nil
+            raw = UInt64(UInt32(bitPattern: v))
+        case (.u64, _):
+            guard let v = UInt64(exactly: scaled.rounded()) else { return nil }
+            raw = v
+        case (.i64, _):
+            guard let v = Int64(exactly: scaled.rounded()) else { return nil }
+            raw = UInt64(bitPattern: v)
+        case (.bool, _): return nil
         }
-        if type.words == 1 { return [UInt16(raw & 0xFFFF)] }
-        let hi = UInt16(raw >> 16), lo = UInt16(raw & 0xFFFF)
-        return wordOrder == .big ? [hi, lo] : [lo, hi]
+        let n = type.words
+        let mostSignificantFirst = (0..<n).map { i in UInt16(truncatingIfNeeded: raw >> (16 * UInt64(n - 1 - i))) }
+        let swapped = mostSignificantFirst.map { byteOrder == .big ? $0 : $0.byteSwapped }
+        return wordOrder == .big ? swapped : swapped.reversed()
     }
 }
 

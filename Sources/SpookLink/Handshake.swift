@@ -38,7 +38,10 @@ public struct Authorisation: Sendable {
                     throw WireError(.forbidden, "\(origin) sent delta \(d.id) of another origin that this node does not hold")
                 }
                 if !mayWrite(d.group.domain) {
-                    refusals.append((d.id, "\(origin) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)"))
+                    let hint = d.group.domain.description.hasPrefix("spook.")
+                        ? ": an agent's own status registers are granted when its [[peer]] name equals its [node] name, else add \"\(d.group.domain)\" to the peer's write"
+                        : ""
+                    refusals.append((d.id, "\(origin) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)\(hint)"))
                     checked.append(Withheld.redact(d))
                 } else if d.writes.contains(where: { $0.kind == .report }), !owns(d.group.domain) {
                     // The device policy: only the agent that hosts a device reports its state.

@@ -118,6 +118,14 @@ public final class ConfigReader {
         }
     }
 
+    /// Problems that do not stop a daemon (check-config prints them, run logs them).
+    public private(set) var warnings: [ConfigDiagnostic] = []
+
+    public func warn(_ path: String, _ message: String) {
+        let (line, column) = locator.position(path)
+        warnings.append(ConfigDiagnostic(file: file, line: line, column: column, message: "warning: " + message))
+    }
+
     public func fail(_ path: String, _ message: String) {
         let (line, column) = locator.position(path)
         diagnostics.append(ConfigDiagnostic(file: file, line: line, column: column, message: message))
@@ -174,6 +182,15 @@ public final class ConfigReader {
                 return nil
             }
             return i
+        }
+
+        public func bool(_ k: String) -> Bool? {
+            guard let v = table[k] else { return nil }
+            guard let b = v.bool else {
+                reader.fail(key(k), "\"\(k)\" must be true or false, not \(v.type)")
+                return nil
+            }
+            return b
         }
 
         /// A number written as an integer or a float.

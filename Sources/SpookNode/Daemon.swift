@@ -60,25 +60,28 @@ public enum DaemonMain {
     }
 
     /// `check-config FILE`: every problem on stderr and exit 78, or "FILE: ok".
-    public static func checkConfig<C>(_ file: String, _ load: (String) throws -> C) throws -> Int32 {
-        do { _ = try load(file) } catch let e as ConfigError {
+    public static func checkConfig<C: WarningConfig>(_ file: String, _ load: (String) throws -> C) throws -> Int32 {
+        let config: C
+        do { config = try load(file) } catch let e as ConfigError {
             FileOutput.error(e.description)
             return ConfigError.exitCode
         }
-        say("\(file): ok")
+        for w in config.warnings { FileOutput.error(w) }
+        say("\(file): ok\(config.warnings.isEmpty ? "" : " (\(config.warnings.count) warning\(config.warnings.count == 1 ? "" : "s"))")")
         return 0
     }
 
     /// `run --config FILE`: refuses (exit 78) a config `check-config` would
     /// reject, or an unknown `--log-level`, then runs. The level on the
     /// command line wins over `[log] level`.
-    public static func run<C>(config path: String, logLevel: String?, name: String, _ load: @escaping (String) throws -> C,
+    public static func run<C: WarningConfig>(config path: String, logLevel: String?, name: String, _ load: @escaping (String) throws -> C,
                               role: @escaping (C) -> Node.Role) throws -> Int32 {
         let config: C
         do { config = try load(path) } catch let e as ConfigError {
             FileOutput.error(e.description)
             return ConfigError.exitCode
         }
+        for w in config.warnings { FileOutput.error(w) }
         let first = role(config)
         var level = first.node.logLevel
         if let logLevel {

@@ -18,7 +18,7 @@ extension ConfigReader {
                 if !d.has("kind") { fail(d.path, "[\(d.path)] needs \"kind\": one of \(ConfigReader.deviceKinds.joined(separator: ", "))") }
                 continue
             }
-            var known = ["name", "kind", "group", "match"]
+            var known = ["name", "kind", "group", "match", "enabled"]
             switch kind {
             case "serial": known += ["port", "baud", "parity", "data_bits", "stop_bits"]
             case "usb": known += ["interface", "endpoint_in", "endpoint_out"]
@@ -88,7 +88,9 @@ extension ConfigReader {
                 let modbus = modbusSettings(d, name: name)
                 spec = serial(d, name: name, match: match, ports: &ports).map { .modbusRTU($0, modbus: modbus) }
             }
-            if let spec, !name.isEmpty, !template.isEmpty { out.append(DeviceSpec(name: name, kind: spec, groupTemplate: template, match: match)) }
+            // `enabled = false` keeps a device's table (checked like any other) without starting it.
+            let enabled = d.bool("enabled") ?? true
+            if enabled, let spec, !name.isEmpty, !template.isEmpty { out.append(DeviceSpec(name: name, kind: spec, groupTemplate: template, match: match)) }
         }
         return out
     }
@@ -120,7 +122,7 @@ extension ConfigReader {
         m.timeoutMs = d.int("timeout_ms", in: 10...60_000) ?? 1_000
         var seen = Set<String>()
         for r in d.tables("register") {
-            r.rejectUnknownKeys(["name", "table", "address", "type", "word_order", "scale", "access"])
+            r.rejectUnknownKeys(["name", "table", "address", "type", "word_order", "byte_order", "scale", "access"])
             let pname = r.string("name", required: true) ?? ""
             if !pname.isEmpty {
                 if (try? QRegisterName("x/y/\(pname)")) == nil || pname.hasPrefix("$") {
@@ -136,15 +138,16 @@ extension ConfigReader {
             let address = r.int("address", in: 0...65535, required: true) ?? 0
             let type = r.choice("type", ModbusPoint.DataType.allCases.map { ($0.rawValue, $0) }) ?? (table.isBits ? .bool : .u16)
             if table.isBits && type != .bool { fail(r.key("type"), "a \(table) is one bit: its type is bool, not \(type)") }
-            if !table.isBits && type == .bool { fail(r.key("type"), "type bool belongs to coils and discrete inputs; a \(table) register is u16, i16, u32, i32 or f32") }
+            if !table.isBits && type == .bool { fail(r.key("type"), "type bool belongs to coils and discrete inputs; a \(table) register is u16, i16, u32, i32, f32, u64, i64 or f64") }
             if address + (table.isBits ? 1 : type.words) > 65536 { fail(r.key("address"), "\"\(pname)\" runs past address 65535") }
             let order = r.choice("word_order", [("big", ModbusPoint.WordOrder.big), ("little", .little)]) ?? .big
+            let bytes = r.choice("byte_order", [("big", ModbusPoint.ByteOrder.big), ("little", .little)]) ?? .big
             let scale = r.double("scale") ?? 1
             if scale == 0 || !scale.isFinite { fail(r.key("scale"), "\"scale\" must be a finite number other than 0") }
             let access = r.choice("access", [("r", false), ("rw", true)]) ?? false
             if access && !table.isWritable { fail(r.key("access"), "\"\(pname)\": the \(table) table is read-only; access must be \"r\"") }
             if !pname.isEmpty {
-                m.points.append(ModbusPoint(name: pname, table: table, address: address, type: type, wordOrder: order, scale: scale, writable: access))
+                m.points.append(ModbusPoint(name: pname, table: table, address: address, type: type, wordOrder: order, byteOrder: bytes, scale: scale, writable: access))
             }
         }
         if d.tables("register").isEmpty { fail(d.path, "device \"\(name)\" maps no registers: add [[device.register]] tables") }

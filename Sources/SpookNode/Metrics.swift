@@ -54,6 +54,8 @@ final class NodeMetrics: @unchecked Sendable {
         compactedDeltas = registry.makeCounter(descriptor: NodeMetrics.name("compacted_deltas", "total", "Deltas removed from the log by compaction"))
         bufferedOut = registry.makeGauge(descriptor: NodeMetrics.name("buffered_outbound", "bytes", "Bytes queued towards links and API clients, not yet taken by the kernel"))
         bufferedIn = registry.makeGauge(descriptor: NodeMetrics.name("buffered_inbound", "bytes", "Bytes read from links and API clients, not yet handled"))
+        // The running build, as Prometheus conventions have it: a gauge of 1 labelled with the version.
+        registry.makeGauge(descriptor: NodeMetrics.name("build", "info", "This build (version label)"), labels: [("version", SpookVersion.string)]).set(to: 1)
         reincarnations = registry.makeCounter(descriptor: NodeMetrics.name("incarnations_started", "total",
                                                                            "New incarnations started because the store was behind a peer"))
         seqConflicts = registry.makeCounter(descriptor: NodeMetrics.name("seq_conflicts", "total",
@@ -156,14 +158,22 @@ final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
             break
         case .end:
             let channel = context.channel
-            let found = path == "/metrics"
+            let path = self.path
             let node = self.node
-            node.loop.submit { found ? node.metrics.scrape(node) : Array("not found; try /metrics\n".utf8) }.whenSuccess { body in
+            node.loop.submit { () -> (HTTPResponseStatus, String, [UInt8]) in
+                switch path {
+                case "/metrics": return (.ok, "text/plain; version=0.0.4", node.metrics.scrape(node))
+                case "/healthz":
+                    let (healthy, body) = node.health()
+                    return (healthy ? .ok : .serviceUnavailable, "application/json", body.serialized + [10])
+                default: return (.notFound, "text/plain", Array("not found; try /metrics or /healthz\n".utf8))
+                }
+            }.whenSuccess { status, type, body in
                 var headers = HTTPHeaders()
-                headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4" : "text/plain")
+                headers.add(name: "Content-Type", value: type)
                 headers.add(name: "Content-Length", value: "\(body.count)")
                 headers.add(name: "Connection", value: "close")
-                channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers)), promise: nil)
+                channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)), promise: nil)
                 channel.write(HTTPServerResponsePart.body(.byteBuffer(channel.allocator.buffer(bytes: body))), promise: nil)
                 channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
             }

@@ -299,6 +299,32 @@ public final class Node: @unchecked Sendable {
         try? nodeGroup.syncShutdownGracefully()
     }
 
+    // MARK: health (GET /healthz)
+
+    /// Healthy when the store answers (its log verifies as readable: a cheap
+    /// query) and, on an agent, at least one upstream is coherent; the body
+    /// says which links are in which state. On the node loop.
+    func health() -> (Bool, JSONValue) {
+        var storeOK = true
+        var storeError = ""
+        do { _ = try store.heldHLC(origin: origin, seq: store.vector[origin]) } catch {
+            storeOK = false
+            storeError = "\(error)"
+        }
+        let links = linkStatus()
+        let linksOK: Bool
+        switch role {
+        case .edge: linksOK = links.contains { $0.online }
+        case .daemon: linksOK = true
+        }
+        let body = JSONValue.object([
+            "healthy": .bool(storeOK && linksOK), "version": .string(SpookVersion.string),
+            "store": .string(storeOK ? "ok" : storeError),
+            "links": .array(links.map { .object(["name": .string($0.name), "state": .string($0.state)]) }),
+        ])
+        return (storeOK && linksOK, body)
+    }
+
     // MARK: reload (SIGHUP)
 
     /// Applies what can change on a running node: the log level, and an

@@ -77,6 +77,27 @@ struct EndpointError: Error, CustomStringConvertible {
 
 /// What both daemons share: identity, store, local API, timers, schema.
 public struct NodeConfig: Sendable {
+    /// An earlier rule takes registers a later rule was meant for: the two
+    /// share registers, the later is narrower in domain, and the earlier is
+    /// narrower in group or name (so it is not an exception carved out of
+    /// the later one, which is what "first match wins" is for).
+    static func shadows(_ earlier: RegisterSelector, _ later: RegisterSelector) -> Bool {
+        func covers(_ outer: QDomainPattern, _ inner: QDomainPattern) -> Bool {
+            if outer.description == "*" || outer == inner { return true }
+            if outer.wildcard { return inner.prefix.count > outer.prefix.count && inner.prefix.starts(with: outer.prefix) }
+            return false
+        }
+        let compatible = { (a: String?, b: String?) in a == nil || b == nil || a == b }
+        guard compatible(earlier.group, later.group), compatible(earlier.register, later.register) else { return false }
+        let laterNarrowerDomain = covers(earlier.domain, later.domain) && earlier.domain != later.domain
+        let earlierNarrowerElsewhere = earlier.group != nil && later.group == nil || earlier.register != nil && later.register == nil
+        return laterNarrowerDomain && earlierNarrowerElsewhere
+    }
+
+    static func describe(_ s: RegisterSelector) -> String {
+        "(domain \(s.domain)\(s.group.map { ", group \($0)" } ?? "")\(s.register.map { ", name \($0)" } ?? ""))"
+    }
+
     /// Why a store at `path` could not be opened for writing, or nil: the
     /// folder must exist and be writable, and an existing file must be a
     /// regular file this user may read and write. check-config and run agree.
@@ -139,6 +160,8 @@ public struct EdgeConfig: Sendable {
     }
 
     public var node = NodeConfig()
+    /// What check-config warns about (file:line:column: warning: …).
+    public var warnings: [String] = []
     public var upstreams: [Upstream] = []
     /// Attached devices, each hosted by its own HalfPair.
     public var devices: [DeviceSpec] = []
@@ -160,6 +183,8 @@ public struct DaemonConfig: Sendable {
     }
 
     public var node = NodeConfig()
+    /// What check-config warns about (file:line:column: warning: …).
+    public var warnings: [String] = []
     public var listen: [Listener] = []
     public var peers: [Peer] = []
 
@@ -254,6 +279,7 @@ extension ConfigReader {
             if c.reconnectCapMs < c.reconnectBaseMs { fail("reconnect.cap_ms", "\"cap_ms\" (\(c.reconnectCapMs)) must be at least \"base_ms\" (\(c.reconnectBaseMs))") }
         }
         var rules: [(selector: RegisterSelector, spec: RegisterSpec)] = []
+        var rulePaths: [String] = []
         for r in doc.tables("register") {
             r.rejectUnknownKeys(["domain", "group", "name", "type", "policy"])
             let domain = r.name("domain", QDomainPattern.init, required: true)
@@ -261,7 +287,18 @@ extension ConfigReader {
             let name = r.name("name") { n -> String in _ = try QRegisterName("x/y/\(n)"); return n }
             let type = r.choice("type", ValueType.allCases.filter { $0 != .null }.map { ($0.rawValue, $0) })
             let policy = r.choice("policy", Policy.allCases.map { ($0.rawValue, $0) }) ?? .lww
-            if let domain { rules.append((RegisterSelector(domain: domain, group: group, register: name), RegisterSpec(type: type, policy: policy))) }
+            if let domain {
+                rules.append((RegisterSelector(domain: domain, group: group, register: name), RegisterSpec(type: type, policy: policy)))
+                rulePaths.append(r.path)
+            }
+        }
+        for (j, later) in rules.enumerated() {
+            for (i, earlier) in rules[..<j].enumerated() where NodeConfig.shadows(earlier.selector, later.selector) {
+                let line = locator.position(rulePaths[j]).0
+                warn(rulePaths[i], "[[register]] \(NodeConfig.describe(earlier.selector)) comes first for the registers it shares with the more specific "
+                     + "[[register]] \(NodeConfig.describe(later.selector)) at line \(line): first match wins, so those registers never get line \(line)'s "
+                     + "declaration; put line \(line) first, or make the two rules disjoint")
+            }
         }
         c.schema = Schema(registers: rules)
         return c
@@ -334,6 +371,7 @@ extension EdgeConfig {
             c.devices = reader.devices(doc, schema: c.node.schema)
         }
         try reader.finish()
+        c.warnings = reader.warnings.sorted { ($0.line, $0.column) < ($1.line, $1.column) }.map(\.description)
         return c
     }
 }
@@ -378,12 +416,27 @@ extension DaemonConfig {
                         return nil
                     }
                 }
-                let grant = Authorisation.Grant(read: patterns("read"), write: patterns("write"), owns: patterns("owns"))
+                // A peer may always write its own status registers (spook.<its name>:
+                // $state, $online, $lag of its upstream HalfPairs), named like its [node] name.
+                var write = patterns("write")
+                if let own = try? QDomainPattern("spook.\(name)"), !write.contains(where: { $0.matches(try! QDomain("spook.\(name)")) }) {
+                    write.append(own)
+                }
+                let grant = Authorisation.Grant(read: patterns("read"), write: write, owns: patterns("owns"))
                 if let key { c.peers.append(Peer(name: name, key: key, grant: grant)) }
             }
             if c.listen.isEmpty && doc.tables("listen").isEmpty { reader.fail("", "no [[listen]]: spookd needs at least one address to accept links on") }
         }
         try reader.finish()
+        c.warnings = reader.warnings.sorted { ($0.line, $0.column) < ($1.line, $1.column) }.map(\.description)
         return c
     }
 }
+
+/// A config that may carry warnings (both daemons' configs).
+public protocol WarningConfig {
+    var warnings: [String] { get }
+}
+
+extension EdgeConfig: WarningConfig {}
+extension DaemonConfig: WarningConfig {}

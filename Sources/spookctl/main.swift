@@ -210,9 +210,24 @@ struct Spookctl: ParsableCommand {
             FileOutput.error("spookctl \(op): DEVNAME is not set; run from a udev rule, or give the device path")
             throw ExitCode(64)
         }
-        let a = try options.call(.object(["op": .string(op), "device": .object(env)]))
-        if options.json { options.show(a) } else { print(a["result"]?.string ?? "?") }
+        // udev gives a RUN program little time and waits for it: answer or give up fast.
+        let answer: JSONValue
+        do {
+            let client = try APIClient(socket: options.path)
+            answer = try client.call(.object(["op": .string(op), "device": .object(env)]), timeoutMs: udevTimeoutMs)
+        } catch {
+            FileOutput.error("spookctl \(op): no answer from the agent at \(options.path) within \(udevTimeoutMs) ms: \(error)")
+            throw ExitCode(75)  // EX_TEMPFAIL
+        }
+        guard case .bool(true)? = answer["ok"] else {
+            FileOutput.error("spookctl: \(answer["error"]?.string ?? "failed")")
+            throw ExitCode(1)
+        }
+        if options.json { options.show(answer) } else { print(answer["result"]?.string ?? "?") }
     }
+
+    /// How long `attach` and `detach` wait for the agent (udev's RUN budget is a few seconds).
+    static let udevTimeoutMs: Int32 = 2_000
 
     struct Attach: ParsableCommand {
         static let configuration = CommandConfiguration(

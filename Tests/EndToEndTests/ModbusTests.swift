@@ -181,3 +181,38 @@ func modbusDevice(_ head: String) -> String {
         try c.waitFor("the device reports it upstream") { c.value("spookd", "site1.dev/plc/speed") == .int(555) }
     }
 }
+
+@Suite(.serialized) struct ModbusWideValueTests {
+    /// 64-bit types and byte order (issue "Ready for a real gateway"),
+    /// against pymodbus's server: each register's words laid out by Python's
+    /// struct module, read upstream as the values they encode; a desired f64
+    /// written back lands as the words Python would write.
+    @Test func sixtyFourBitValuesAndByteOrdersAgainstPymodbus() throws {
+        let port = try CuttableProxy.freePort()
+        let server = try PymodbusServer(["--tcp", "\(port)"])
+        defer { server.stop() }
+        func reg(_ name: String, _ address: Int, _ type: String, _ extra: String = "") -> String {
+            "[[device.register]]\nname = \"\(name)\"\ntable = \"holding\"\naddress = \(address)\ntype = \"\(type)\"\n\(extra)\n"
+        }
+        let device = "[[device]]\nname = \"plc\"\nkind = \"modbus-tcp\"\nurl = \"tcp://127.0.0.1:\(port)\"\nunit = 1\npoll_ms = 100\ntimeout_ms = 300\ngroup = \"site1.dev/plc\"\n"
+            + reg("big_u64", 10, "u64") + reg("big_f64", 14, "f64", "access = \"rw\"") + reg("little_i64", 18, "i64", "word_order = \"little\"")
+            + reg("swapped_u32", 22, "u32", "byte_order = \"little\"") + reg("dcba_f32", 24, "f32", "word_order = \"little\"\nbyte_order = \"little\"")
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + device)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("wide values upstream") {
+            c.value("spookd", "site1.dev/plc/big_u64") == .int(0x0102_0304_0506_0708)
+                && c.value("spookd", "site1.dev/plc/big_f64") == .object(["float": .double(-2.5)])
+                && c.value("spookd", "site1.dev/plc/little_i64") == .int(-42)
+                && c.value("spookd", "site1.dev/plc/swapped_u32") == .int(0x1122_3344)
+                && c.value("spookd", "site1.dev/plc/dcba_f32") == .object(["float": .double(21.5)])
+        }
+        _ = try c.call("spookd", .object(["op": .string("set"), "register": .string("site1.dev/plc/big_f64"), "value": .object(["float": .double(3.25)])]))
+        let probe = try ModbusClient(host: "127.0.0.1", port: port, unit: 1, timeoutMs: 1000)
+        try probe.connect()
+        defer { probe.close() }
+        try c.waitFor("the f64 written as four big-endian words") {
+            try probe.read(ModbusRead(table: .holding, address: 14, count: 4, points: [])) == [0x400A, 0, 0, 0]
+        }
+    }
+}

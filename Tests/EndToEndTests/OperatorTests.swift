@@ -107,3 +107,57 @@ import Testing
         #expect(((try? String(contentsOfFile: c.dir.file("bad.stderr"))) ?? "").contains("unknown log level \"loud\""))
     }
 }
+
+@Suite(.serialized) struct OperatorDefaultsTests {
+    /// udev waits for RUN programs: `spookctl attach` gives up after 2 s when
+    /// the agent does not answer (here: a socket that accepts and never
+    /// answers), with exit 75 and a sentence, instead of hanging for 30 s.
+    @Test func attachGivesUpFastWhenTheAgentDoesNotAnswer() throws {
+        let dir = TemporaryDirectory()
+        let path = dir.file("mute.sock")
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(bound == 0 && listen(fd, 4) == 0)
+        let started = monotonicMs()
+        let ctl = try ChildProcess(Cluster.binary("spookctl"), ["attach", "--socket", path], environment: ["DEVNAME": "/dev/ttyACM0"],
+                                   stderrPath: dir.file("ctl.stderr"))
+        #expect(ctl.exitCode() == 75)
+        let elapsed = monotonicMs() - started
+        #expect(elapsed < 10_000, "spookctl attach took \(elapsed) ms")
+        #expect(((try? String(contentsOfFile: dir.file("ctl.stderr"))) ?? "").contains("no answer from the agent"))
+    }
+
+    /// A [[peer]] may write its own status registers (spook.<name>) without
+    /// listing them: an agent whose grant names only its data domains used
+    /// to be refused in a reconnect loop ("may not write spook.…").
+    @Test func aPeerMayWriteItsOwnStatusRegistersByDefault() throws {
+        let c = try Cluster(grants: ["gw1": ["site1.*"]])
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("the edge to be coherent") { c.coherent() }
+        try c.waitFor("its $state upstream") { c.value("spookd", "spook.gw1/primary/$state") == .string("coherent") }
+        try c.set("gw1", "site1.l1/grant/r", .int(1))
+        try c.waitFor("its data upstream") { c.value("spookd", "site1.l1/grant/r") == .int(1) }
+    }
+}
+
+@Suite(.serialized) struct HealthTests {
+    /// `/healthz` says whether the store answers and, on an agent, whether an
+    /// upstream is coherent (503 until then); `/metrics` carries spook_build_info.
+    @Test func healthzFollowsTheLinksAndMetricsCarryTheBuild() throws {
+        let port = try CuttableProxy.freePort()
+        let c = try Cluster(edgeExtra: "[metrics]\nlisten = \"127.0.0.1:\(port)\"\n")
+        try c.startEdge()
+        let down = try MetricsTests.get(port, "/healthz")
+        #expect(down.hasPrefix("HTTP/1.1 503") && down.contains("\"healthy\":false"), "\(down)")
+        try c.startDaemon()
+        try c.waitFor("healthy once the upstream is coherent") { try MetricsTests.get(port, "/healthz").hasPrefix("HTTP/1.1 200") }
+        let up = try MetricsTests.get(port, "/healthz")
+        #expect(up.contains("\"store\":\"ok\"") && up.contains("\"state\":\"coherent\""), "\(up)")
+        #expect(try MetricsTests.get(port, "/metrics").contains("spook_build_info{version=\"\(SpookVersion.string)\"} 1"))
+    }
+}

@@ -81,4 +81,21 @@ import Testing
         #expect(try GroupTemplate.expand("site1.devices/{name}-{vendor}", name: "pump", device: nil).text == "site1.devices/pump-unknown")
         #expect(throws: DeviceError.self) { try GroupTemplate.expand("no-domain-here", name: "x", device: d) }
     }
+
+    @Test func wideTypesAndByteOrdersRoundTrip() {
+        let cases: [(ModbusPoint, Value, [UInt16])] = [
+            (ModbusPoint(name: "a", table: .holding, address: 0, type: .u64), .int(0x0102_0304_0506_0708), [0x0102, 0x0304, 0x0506, 0x0708]),
+            (ModbusPoint(name: "b", table: .holding, address: 0, type: .i64, wordOrder: .little), .int(-2), [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF]),
+            (ModbusPoint(name: "c", table: .holding, address: 0, type: .f64), .float(-2.5), [0xC004, 0, 0, 0]),
+            (ModbusPoint(name: "d", table: .holding, address: 0, type: .u32, byteOrder: .little), .int(0x1122_3344), [0x2211, 0x4433]),
+            (ModbusPoint(name: "e", table: .holding, address: 0, type: .u16, byteOrder: .little), .int(0x1234), [0x3412]),
+        ]
+        for (point, value, words) in cases {
+            #expect(point.decode(words[...]) == value, "\(point.name) decodes \(words)")
+            #expect(point.encode(value) == words, "\(point.name) encodes \(value)")
+        }
+        let huge = ModbusPoint(name: "h", table: .holding, address: 0, type: .u64)
+        #expect(huge.decode([0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF][...]) == .float(18_446_744_073_709_551_615), "above Int64.max a u64 is a float")
+        #expect(huge.encode(.int(-1)) == nil, "a negative value does not fit a u64")
+    }
 }

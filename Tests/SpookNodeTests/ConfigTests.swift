@@ -14,7 +14,7 @@ import Testing
         #expect(edge.node.name == "gw-17" && edge.node.sync == .full && edge.node.historyLength == 32)
         #expect(edge.upstreams.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400)])
         #expect(edge.upstreams.first?.domains.map(\.description) == ["site1.*"])
-        #expect(edge.node.schema.spec(for: try QRegisterName("site1.l3/pump7/speed")) == RegisterSpec(type: .int, policy: .device))
+        #expect(edge.node.schema.spec(for: try QRegisterName("site1.line3/pump7/speed")) == RegisterSpec(type: .int, policy: .device))
         #expect(edge.devices.map(\.name) == ["plc1", "drive", "sensors"])
         #expect(edge.devices.map(\.kind.name) == ["modbus-tcp", "modbus-rtu", "serial"])
         if case .modbusTCP(let host, let port, let m)? = edge.devices.first?.kind {
@@ -149,6 +149,35 @@ import Testing
         #expect(error?.description.contains("e.toml:4:") == true && error?.description.contains("/nonexistent-spook/dir does not exist") == true,
                 "\(error?.description ?? "-")")
         _ = try EdgeConfig.parse(file: "e.toml", text: text, checkFiles: false)
+    }
+
+    /// `enabled = false` keeps a device's table, checked, without starting it.
+    @Test func aDisabledDeviceIsCheckedButNotStarted() throws {
+        let head = "[node]\nname = \"gw\"\nkey = \"/tmp/k\"\ndata = \"/tmp/d\"\n[api]\nsocket = \"/tmp/s\"\n"
+            + "[[upstream]]\nname = \"u\"\nurl = \"unix:///tmp/l\"\nkey = \"\(String(repeating: "ab", count: 32))\"\n"
+        let devices = "[[register]]\ndomain = \"site1\"\npolicy = \"device\"\n[[device]]\nname = \"on\"\nkind = \"serial\"\nport = \"/dev/ttyS1\"\ngroup = \"site1/on\"\n"
+            + "[[device]]\nname = \"off\"\nkind = \"serial\"\nport = \"/dev/ttyS2\"\ngroup = \"site1/off\"\nenabled = false\n"
+        #expect(try EdgeConfig.parse(file: "e.toml", text: head + devices).devices.map(\.name) == ["on"])
+        let error = #expect(throws: ConfigError.self) {
+            try EdgeConfig.parse(file: "e.toml", text: head + devices.replacingOccurrences(of: "enabled = false", with: "enabled = \"no\""))
+        }
+        #expect(error?.description.contains("\"enabled\" must be true or false") == true, "\(error?.description ?? "-")")
+    }
+
+    /// An earlier [[register]] rule that takes registers a later, more
+    /// specific one was meant for is a check-config warning naming both
+    /// lines; the shipped examples have none.
+    @Test func aShadowedRegisterRuleIsAWarningNamingBothLines() throws {
+        let text = "[node]\nname = \"gw\"\nkey = \"/tmp/k\"\ndata = \"/tmp/d\"\n[api]\nsocket = \"/tmp/s\"\n"
+            + "[[upstream]]\nname = \"u\"\nurl = \"unix:///tmp/l\"\nkey = \"\(String(repeating: "ab", count: 32))\"\n"
+            + "[[register]]\ndomain = \"site1.*\"\nname = \"temperature\"\ntype = \"float\"\n"   // lines 11-14
+            + "[[register]]\ndomain = \"site1.line1\"\npolicy = \"device\"\n"                      // lines 15-17
+        let c = try EdgeConfig.parse(file: "e.toml", text: text)
+        #expect(c.warnings.count == 1)
+        #expect(c.warnings.first?.hasPrefix("e.toml:11:") == true && c.warnings.first?.contains("at line 15") == true, "\(c.warnings)")
+        let edge = try EdgeConfig.load(path: Self.repo.appendingPathComponent("configs/edge.toml").path, checkFiles: false)
+        let daemon = try DaemonConfig.load(path: Self.repo.appendingPathComponent("configs/spookd.toml").path, checkFiles: false)
+        #expect(edge.warnings.isEmpty && daemon.warnings.isEmpty, "\(edge.warnings) \(daemon.warnings)")
     }
 
     @Test func aSyntaxErrorNamesItsPosition() {

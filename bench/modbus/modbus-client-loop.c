@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <modbus.h>
 #include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -18,6 +19,10 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: modbus-client-loop PORT COUNT SECONDS\n");
+        return 0;
+    }
     if (argc < 4) {
         fprintf(stderr, "usage: modbus-client-loop PORT COUNT SECONDS\n");
         return 64;

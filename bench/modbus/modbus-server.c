@@ -28,6 +28,10 @@ static uint64_t now_ms(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: modbus-server PORT [--tick-ms N]\n");
+        return 0;
+    }
     if (argc < 2) {
         fprintf(stderr, "usage: modbus-server PORT [--tick-ms N]\n");
         return 64;

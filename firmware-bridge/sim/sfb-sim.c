@@ -128,6 +128,15 @@ int main(int argc, char **argv) {
     long count = 0, period = 0, clock_hz = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            printf("usage: sfb-sim (--pty | --port PATH) [--name NAME] [--serial SERIAL] [--count N] [--period-ms MS]\n"
+                   "               [--clock-hz HZ] [--noise FRACTION] [--seed N]\n"
+                   "Runs the firmware bridge library as a simulated device on a new pseudo-terminal (printed as\n"
+                   "\"pty PATH\") or on a serial port. --count counts a register from 0 to N, one step every\n"
+                   "--period-ms; --clock-hz stamps a clock register that often; --noise drops, flips or inserts\n"
+                   "that fraction of bytes both ways, from --seed. Writes it receives are printed.\n");
+            return 0;
+        }
         if (strcmp(a, "--pty") == 0) { use_pty = 1; continue; }
         if (!v) { fprintf(stderr, "sfb-sim: %s needs a value\n", a); return 64; }
         if (strcmp(a, "--port") == 0) port = v;

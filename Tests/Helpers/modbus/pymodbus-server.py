@@ -7,8 +7,11 @@
 
 Holding and input registers 0…49, coils and discrete inputs 0…15 exist;
 holding 0 = 1234, holding 1 = -5 (i16), holding 2-3 = 21.5 (f32, high word
-first), input 0 = 7, discrete inputs alternate 1, 0. Anything above 49 is an
-illegal data address (exception 2).
+first), input 0 = 7, discrete inputs alternate 1, 0. 64-bit values and
+byte orders: holding 10-13 = u64 0x0102030405060708 (big), 14-17 = f64 -2.5
+(big), 18-21 = i64 -42 (low word first), 22-23 = u32 0x11223344 (low byte
+first in each word), 24-25 = f32 21.5 (low word and low byte first).
+Anything above 49 is an illegal data address (exception 2).
 """
 import argparse
 import asyncio
@@ -20,7 +23,7 @@ from pymodbus.server import StartAsyncSerialServer, StartAsyncTcpServer
 
 
 async def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description="pymodbus's server over the test datastore (see the module docstring); prints ready once serving.")
     p.add_argument("--tcp", type=int)
     p.add_argument("--rtu")
     p.add_argument("--unit", type=int, default=1)
@@ -29,6 +32,13 @@ async def main():
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
     hi, lo = struct.unpack(">HH", struct.pack(">f", 21.5))
     holding = [1234, 65531, hi, lo] + [0] * 46
+    words = lambda fmt, v: list(struct.unpack(">" + "H" * (struct.calcsize(fmt) // 2), struct.pack(">" + fmt, v)))
+    swap = lambda w: ((w & 0xFF) << 8) | (w >> 8)
+    holding[10:14] = words("Q", 0x0102030405060708)
+    holding[14:18] = words("d", -2.5)
+    holding[18:22] = list(reversed(words("q", -42)))
+    holding[22:24] = [swap(w) for w in words("I", 0x11223344)]
+    holding[24:26] = [swap(w) for w in reversed(words("f", 21.5))]
     inputs = [7] + [0] * 49
     # pymodbus blocks are addressed from 1: protocol address N is block address N + 1.
     device = ModbusDeviceContext(
