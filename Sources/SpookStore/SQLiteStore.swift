@@ -647,7 +647,23 @@ public final class SQLiteStore: Store {
         let old = peerVector(peer)
         let new = old.merged(ack)
         guard new != old || peerVectors[peer] == nil else { return }
+        try writePeer(peer, new, replacing: false)
+    }
+
+    public func replaceAck(peer: String, vector: QStateVector) throws {
+        guard peerVectors[peer] != vector else { return }
+        try writePeer(peer, vector, replacing: true)
+    }
+
+    /// Writes what `peer` holds: the entries that changed, or (`replacing`) all of them anew.
+    private func writePeer(_ peer: String, _ new: QStateVector, replacing: Bool) throws {
+        let old = replacing ? QStateVector() : peerVector(peer)
         try db.transaction {
+            if replacing {
+                let d = try db.statement("DELETE FROM peers WHERE peer = ?")
+                d.bind(1, peer)
+                try d.step()
+            }
             let s = try db.statement("INSERT INTO peers(peer, origin, seq) VALUES (?, ?, ?) ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq")
             for o in new.origins where new[o] != old[o] {
                 s.reset()
@@ -664,29 +680,6 @@ public final class SQLiteStore: Store {
             }
         }
         peerVectors[peer] = new
-    }
-
-    public func replaceAck(peer: String, vector: QStateVector) throws {
-        guard peerVectors[peer] != vector else { return }
-        try db.transaction {
-            let d = try db.statement("DELETE FROM peers WHERE peer = ?")
-            d.bind(1, peer)
-            try d.step()
-            let s = try db.statement("INSERT INTO peers(peer, origin, seq) VALUES (?, ?, ?)")
-            for o in vector.origins {
-                s.reset()
-                s.bind(1, peer)
-                s.bind(2, o.rawValue)
-                s.bind(3, vector[o])
-                try s.step()
-            }
-            if vector.entries.isEmpty {
-                let z = try db.statement("INSERT OR IGNORE INTO peers(peer, origin, seq) VALUES (?, 0, 0)")
-                z.bind(1, peer)
-                try z.step()
-            }
-        }
-        peerVectors[peer] = vector
     }
 
     /// When `peer` was last linked (Unix ms), as recorded by `recordPeerSeen`; durable, so a

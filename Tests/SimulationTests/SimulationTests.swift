@@ -111,23 +111,28 @@ struct FirstArrivalOnClockTies: CollapseRule {
     }
 }
 
+/// Runs the first `count` seeds whose drawn configuration passes `selected`, each adjusted.
+func runSeeds(_ count: Int, where selected: (Simulation.Config) -> Bool, _ adjust: (inout Simulation.Config) -> Void) -> [Simulation.Outcome] {
+    let dir = TemporaryDirectory()
+    var outcomes: [Simulation.Outcome] = []
+    var seed: UInt64 = 1
+    while outcomes.count < count && seed < 2_000 {
+        var config = Simulation.Config(seed: seed)
+        seed += 1
+        guard selected(config) else { continue }
+        adjust(&config)
+        outcomes.append(Simulation(config: config, directory: dir.path).run())
+    }
+    return outcomes
+}
+
 /// Store resets in the simulation: the reset-prone leaf of a star has its
 /// store restored from a backup at some crashes; the node's origin check
 /// (VECTOR tips, new incarnations, orphans written again) must keep every
 /// acknowledged delta that survived somewhere, and every replica converged.
 @Suite struct StoreResetSimulationTests {
     static func resetSeeds(_ count: Int, checksOrigins: Bool = true) -> [Simulation.Outcome] {
-        let dir = TemporaryDirectory()
-        var outcomes: [Simulation.Outcome] = []
-        var seed: UInt64 = 1
-        while outcomes.count < count && seed < 2_000 {
-            var config = Simulation.Config(seed: seed)
-            seed += 1
-            guard config.resetRate > 0 else { continue }
-            config.checksOrigins = checksOrigins
-            outcomes.append(Simulation(config: config, directory: dir.path).run())
-        }
-        return outcomes
+        runSeeds(count, where: { $0.resetRate > 0 }) { $0.checksOrigins = checksOrigins }
     }
 
     @Test func restoredStoresLoseNothingThatSurvivedAndConverge() {
@@ -152,17 +157,7 @@ struct FirstArrivalOnClockTies: CollapseRule {
 /// domain is held withheld, so only that leaf keeps its value.
 @Suite struct GrantSimulationTests {
     static func starSeeds(_ count: Int, canary: Bool = false) -> [Simulation.Outcome] {
-        let dir = TemporaryDirectory()
-        var outcomes: [Simulation.Outcome] = []
-        var seed: UInt64 = 1
-        while outcomes.count < count && seed < 2_000 {
-            var config = Simulation.Config(seed: seed)
-            seed += 1
-            guard config.grants else { continue }
-            config.grantCanary = canary
-            outcomes.append(Simulation(config: config, directory: dir.path).run())
-        }
-        return outcomes
+        runSeeds(count, where: \.grants) { $0.grantCanary = canary }
     }
 
     @Test func forbiddenWritesStayWithTheirWriter() {
