@@ -13,16 +13,7 @@ import Testing
 /// RSS (that is `bench/run`'s job).
 @Suite(.serialized) struct AbuseTests {
     static func tcp(_ port: Int) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard rc == 0 else {
-            close(fd)
-            throw APIClientError("connect :\(port): \(errno)")
-        }
+        guard let fd = CuttableProxy.connectLoopback(port) else { throw APIClientError("connect :\(port): \(errno)") }
         return fd
     }
 

@@ -37,6 +37,21 @@ final class CuttableProxy: @unchecked Sendable {
         close(listener)
     }
 
+    /// A TCP connection to 127.0.0.1:`port`, or nil.
+    static func connectLoopback(_ port: Int) -> Int32? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+
     /// A free port on 127.0.0.1, found by binding port 0.
     static func freePort() throws -> Int {
         let (fd, port) = try listen()
@@ -106,15 +121,8 @@ final class CuttableProxy: @unchecked Sendable {
                 close(client)
                 continue
             }
-            let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = UInt16(target).bigEndian
-            let ok = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            if ok != 0 {
+            guard let upstream = CuttableProxy.connectLoopback(target) else {
                 close(client)
-                close(upstream)
                 continue
             }
             lock.lock()
