@@ -56,6 +56,11 @@ public final class Simulation {
         public var grants: Bool { topology == .star && resetRate == 0 }
         /// The canary for grants: a hub that does not check them.
         public var grantCanary = false
+        /// Star leaves behave as agents towards the hub: they send only their
+        /// own origin (`onlyOrigin`), odd leaves route only domain `sim` (their
+        /// `simr` writes travel withheld), and each keeps a HalfPair for its
+        /// hub link, driven by the link's fate. (Not with store resets, like grants.)
+        public var agents: Bool { topology == .star && resetRate == 0 }
 
         public enum Topology: String, Sendable { case star, ring, mesh }
 
@@ -106,6 +111,8 @@ public final class Simulation {
         public var lostByRestore = 0
         /// Leaf writes the hub held withheld (outside the leaf's grant).
         public var withheld = 0
+        /// Events the leaves' HalfPairs took (star seeds).
+        public var pairEvents = 0
         public var bytesSent = 0
         public var healSteps = 0
         /// FNV-1a over every event in order: equal digests mean identical runs.
@@ -149,6 +156,8 @@ public final class Simulation {
         var orphanSource: Int?
         /// Bumped at every crash and new incarnation: its sessions end.
         var generation = 0
+        /// A leaf's HalfPair for its link to the hub (star seeds), not durable.
+        var pair: HalfPair?
 
         var origin: Origin { Simulation.origin(index, epoch: epoch) }
 
@@ -269,6 +278,11 @@ public final class Simulation {
         let store = try SQLiteStore(path: r.path, options: options())
         r.store = store
         r.epoch = store.epoch
+        if config.agents, r.index != 0 {
+            r.pair = HalfPair(origin: r.origin)
+            try drivePair(r, .connect)
+            if replicas[0].store != nil && linkUp(0, r.index) { try drivePair(r, .linkUp) }
+        }
         for peer in neighbours[r.index] where replicas[peer].joined {
             if !store.peers.contains("\(peer)") { try store.recordAck(peer: "\(peer)", vector: QStateVector()) }
             startSession(r, with: peer)
@@ -285,6 +299,11 @@ public final class Simulation {
         if config.checksOrigins {
             session.ownOrigin = r.origin
             session.peerOrigin = replicas[peer].origin
+        }
+        if config.agents, r.index != 0 {
+            // An agent sends upstream only its own origin, and only its route's domains.
+            session.onlyOrigin = r.origin
+            if r.index % 2 == 1 { session.visible = { $0.domain == Simulation.domain } }
         }
         for m in session.start(r.store!, nowMs: nowMs) { post(m, from: r.index, to: peer) }
         r.sessions[peer] = session
@@ -311,6 +330,7 @@ public final class Simulation {
         }
         try faults()
         try deliver()
+        if config.agents { try stepPairs() }
         for r in replicas where r.store != nil {
             if r.index == config.resetProne, now % config.backupEverySteps == 0 { try backup(r) }
             if r.store!.orphanCount > 0 { try settle(r) }
@@ -339,6 +359,9 @@ public final class Simulation {
                 trace("crash \(r.index)")
             } else if r.store == nil, now >= r.downUntil {
                 try open(r)
+                // A restarted node reconnects: its neighbours' sessions with it are new
+                // too (their VECTOR, with the tip of its origin, comes first).
+                for n in neighbours[r.index] where replicas[n].store != nil { startSession(replicas[n], with: r.index) }
             }
         }
         for a in 0..<config.replicas {
@@ -473,6 +496,46 @@ public final class Simulation {
         }
     }
 
+    // MARK: agents' HalfPairs (star seeds)
+
+    /// Applies one event to a leaf's HalfPair; an illegal transition fails the run.
+    private func drivePair(_ r: Replica, _ event: HalfPair.Event) throws {
+        guard var pair = r.pair else { return }
+        _ = try pair.handle(event)
+        r.pair = pair
+        outcome.pairEvents += 1
+        trace("pair \(r.index) \(event) -> \(pair.state)")
+    }
+
+    /// Each step: a link that went down decoheres the leaf's HalfPair; a link
+    /// back up reconnects it (new sessions both ways, as a reconnect makes);
+    /// a session caught up makes it coherent.
+    private func stepPairs() throws {
+        for r in replicas where r.pair != nil && r.store != nil {
+            let up = replicas[0].store != nil && linkUp(0, r.index)
+            switch r.pair!.state {
+            case .entangling(linkUp: true), .reentangling(_, linkUp: true), .coherent:
+                if !up {
+                    try drivePair(r, .linkDown)
+                } else if case .coherent = r.pair!.state {
+                } else if r.sessions[0]?.isCaughtUp(r.store!) == true {
+                    try drivePair(r, .caughtUp)
+                }
+            case .decoherent:
+                if up {
+                    try drivePair(r, .reconnectTimerFired)
+                    try drivePair(r, .linkUp)
+                    startSession(r, with: 0)
+                    startSession(replicas[0], with: r.index)
+                }
+            case .entangling(linkUp: false), .reentangling(_, linkUp: false):
+                if up { try drivePair(r, .linkUp) }
+            case .detached, .closed:
+                break
+            }
+        }
+    }
+
     // MARK: store resets
 
     /// A backup: the store's files as they are after a checkpoint.
@@ -491,11 +554,20 @@ public final class Simulation {
         for suffix in ["-wal", "-shm"] { unlink(r.path + suffix) }
         try Simulation.copyFile(r.path + ".backup", r.path)
         let before = acknowledged.count
-        for epoch in r.epochsUsed.sorted() {
-            let origin = Simulation.origin(r.index, epoch: epoch)
-            let kept = replicas.filter { $0.index != r.index }.map { ($0.store?.vector ?? $0.lastVector)[origin] }.max() ?? 0
-            let survives = max(kept, r.backupVector[origin])
-            acknowledged.removeAll { $0.origin == origin && $0.seq > survives }
+        // A delta of this replica that no other replica holds (the same
+        // delta: origin, seq and HLC) went with the restore.
+        var others: [(any Store, Bool)] = []
+        for other in replicas where other.index != r.index && other.joined {
+            if let store = other.store {
+                others.append((store, false))
+            } else if let store = try? SQLiteStore(path: other.path, options: options()) {
+                others.append((store, true))
+            }
+        }
+        defer { for (store, opened) in others where opened { store.close() } }
+        acknowledged.removeAll { d in
+            guard Simulation.index(of: d.origin) == r.index, d.seq > r.backupVector[d.origin] else { return false }
+            return !others.contains { (try? $0.0.heldHLC(origin: d.origin, seq: d.seq)) == d.hlc }
         }
         outcome.lostByRestore += before - acknowledged.count
         outcome.resets += 1
@@ -609,6 +681,9 @@ public final class Simulation {
             do { _ = try store.verify() } catch { failures.append("replica \(r.index) store: \(error)") }
         }
         if outcome.healSteps >= config.healStepsMax { failures.append("not quiescent after \(config.healStepsMax) heal steps") }
+        for r in replicas where r.pair != nil && r.pair?.state.isOnline != true {
+            failures.append("replica \(r.index)'s HalfPair ended \(r.pair!.state), not coherent")
+        }
         if !failures.isEmpty {
             outcome.failure = "seed \(config.seed) (\(config)): " + failures.joined(separator: "; ") + " — reproduce: \(outcome.reproduce)"
         }

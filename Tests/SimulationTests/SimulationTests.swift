@@ -152,9 +152,12 @@ func runSeeds(_ count: Int, where selected: (Simulation.Config) -> Bool, _ adjus
     }
 }
 
-/// Grants in the simulation: a star's hub applies the node's own
-/// `Grant.check` to what its leaves write; a leaf's write to the hub-only
-/// domain is held withheld, so only that leaf keeps its value.
+/// Grants and agents in the simulation: a star's hub applies the node's own
+/// `Grant.check`/`Grant.admit` to what its leaves write; a leaf's write to
+/// the hub-only domain is held withheld (by the hub's grant, or already by
+/// the leaf's route), so only that leaf keeps its value. Leaves send only
+/// their own origin and drive a HalfPair for their hub link, which must end
+/// coherent.
 @Suite struct GrantSimulationTests {
     static func starSeeds(_ count: Int, canary: Bool = false) -> [Simulation.Outcome] {
         runSeeds(count, where: \.grants) { $0.grantCanary = canary }
@@ -163,9 +166,10 @@ func runSeeds(_ count: Int, where selected: (Simulation.Config) -> Bool, _ adjus
     @Test func forbiddenWritesStayWithTheirWriter() {
         let outcomes = Self.starSeeds(20)
         for o in outcomes { #expect(o.failure == nil, "\(o.failure ?? "")") }
-        let withheld = outcomes.map(\.withheld).reduce(0, +)
+        let withheld = outcomes.map(\.withheld).reduce(0, +), pairEvents = outcomes.map(\.pairEvents).reduce(0, +)
         #expect(withheld > 0, "no leaf wrote outside its grant: the runs test nothing")
-        print("grants: \(outcomes.count) star seeds, \(withheld) writes held withheld by the hub")
+        #expect(pairEvents > 0, "the leaves' HalfPairs were never driven")
+        print("grants and agents: \(outcomes.count) star seeds, \(withheld) writes held withheld (by the hub's grant or the leaf's route), \(pairEvents) HalfPair events")
     }
 
     /// The canary: a hub that does not check grants lets forbidden values
