@@ -112,20 +112,21 @@ public struct SyncSession: Sendable {
         return view
     }
 
-    public mutating func start(_ store: any Store, nowMs: UInt64) -> [Message] {
+    public mutating func start(_ store: any Store, nowMs: UInt64) throws -> [Message] {
         precondition(!started, "session started twice")
         started = true
         ourStart = store.vector
         sent = store.peerVector(peer)
         lastProgressMs = nowMs
-        return [vectorMessage(store)]
+        return [try vectorMessage(store)]
     }
 
-    /// VECTOR, with what we hold of the peer's own origin.
-    func vectorMessage(_ store: any Store) -> Message {
+    /// VECTOR, with what we hold of the peer's own origin (a store error is
+    /// the caller's: a VECTOR without its tip would skip the peer's origin check).
+    func vectorMessage(_ store: any Store) throws -> Message {
         guard let peerOrigin else { return .vector(store.vector) }
         let seq = store.vector[peerOrigin]
-        guard seq > 0, let hlc = try? store.heldHLC(origin: peerOrigin, seq: seq) else { return .vector(store.vector) }
+        guard seq > 0, let hlc = try store.heldHLC(origin: peerOrigin, seq: seq) else { return .vector(store.vector) }
         return .vector(store.vector, tip: OriginTip(origin: peerOrigin, seq: seq, hlc: hlc))
     }
 
@@ -140,9 +141,11 @@ public struct SyncSession: Sendable {
             // Before anything of theirs is recorded: does the peer hold more
             // of our origin than we do, or something else under one of its seqs?
             if let own = ownOrigin {
+                // The one delta the check may compare, read here so a store error is thrown, not taken for "not held".
+                let ours = theirs[own] > 0 && theirs[own] <= store.vector[own] ? try store.heldHLC(origin: own, seq: theirs[own]) : nil
                 let verdict = OriginCheck.judge(
                     weHold: store.vector[own], horizon: store.horizon[own],
-                    ourHLC: { try? store.heldHLC(origin: own, seq: $0) },
+                    ourHLC: { $0 == theirs[own] ? ours : nil },
                     peerHolds: theirs[own], peerHLC: tip.flatMap { $0.origin == own && $0.seq == theirs[own] ? $0.hlc : nil })
                 if verdict != .consistent {
                     throw OriginConflict(origin: own, verdict: verdict, peerHolds: theirs[own], acknowledged: store.peerVector(peer)[own])
@@ -241,7 +244,7 @@ public struct SyncSession: Sendable {
         if nowMs >= lastProgressMs + options.resendAfterMs {
             lastProgressMs = nowMs
             if !knowsPeer {
-                return [vectorMessage(store)]
+                return [try vectorMessage(store)]
             }
             if sent != acked {
                 sent = acked

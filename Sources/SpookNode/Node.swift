@@ -642,12 +642,10 @@ public final class Node: @unchecked Sendable {
 
     func startSession(_ link: Link) {
         guard var session = link.session else { return }
-        for m in session.start(store, nowMs: clock.nowMs()) { send(m, on: link) }
-        link.session = session
         do {
-            var s = link.session!
-            for m in try s.poll(store, nowMs: clock.nowMs()) { send(m, on: link) }
-            link.session = s
+            for m in try session.start(store, nowMs: clock.nowMs()) { send(m, on: link) }
+            for m in try session.poll(store, nowMs: clock.nowMs()) { send(m, on: link) }
+            link.session = session
         } catch {
             refuse(link, WireError(.internal, "\(error)"))
         }

@@ -285,12 +285,12 @@ public final class Simulation {
         }
         for peer in neighbours[r.index] where replicas[peer].joined {
             if !store.peers.contains("\(peer)") { try store.recordAck(peer: "\(peer)", vector: QStateVector()) }
-            startSession(r, with: peer)
+            try startSession(r, with: peer)
         }
         trace("open \(r.index) \(store.vector)")
     }
 
-    private func startSession(_ r: Replica, with peer: Int) {
+    private func startSession(_ r: Replica, with peer: Int) throws {
         var options = SyncSession.Options()
         options.batchDeltasMax = config.batchMax
         options.resendAfterMs = UInt64(config.resendAfterSteps) * Simulation.stepMs
@@ -305,7 +305,7 @@ public final class Simulation {
             session.onlyOrigin = r.origin
             if r.index % 2 == 1 { session.visible = { $0.domain == Simulation.domain } }
         }
-        for m in session.start(r.store!, nowMs: nowMs) { post(m, from: r.index, to: peer) }
+        for m in try session.start(r.store!, nowMs: nowMs) { post(m, from: r.index, to: peer) }
         r.sessions[peer] = session
     }
 
@@ -325,7 +325,7 @@ public final class Simulation {
             for peer in neighbours[late] {
                 guard let store = replicas[peer].store else { continue }
                 try store.recordAck(peer: "\(late)", vector: QStateVector())
-                startSession(replicas[peer], with: late)
+                try startSession(replicas[peer], with: late)
             }
         }
         try faults()
@@ -361,7 +361,7 @@ public final class Simulation {
                 try open(r)
                 // A restarted node reconnects: its neighbours' sessions with it are new
                 // too (their VECTOR, with the tip of its origin, comes first).
-                for n in neighbours[r.index] where replicas[n].store != nil { startSession(replicas[n], with: r.index) }
+                for n in neighbours[r.index] where replicas[n].store != nil { try startSession(replicas[n], with: r.index) }
             }
         }
         for a in 0..<config.replicas {
@@ -525,8 +525,8 @@ public final class Simulation {
                 if up {
                     try drivePair(r, .reconnectTimerFired)
                     try drivePair(r, .linkUp)
-                    startSession(r, with: 0)
-                    startSession(replicas[0], with: r.index)
+                    try startSession(r, with: 0)
+                    try startSession(replicas[0], with: r.index)
                 }
             case .entangling(linkUp: false), .reentangling(_, linkUp: false):
                 if up { try drivePair(r, .linkUp) }
@@ -588,8 +588,8 @@ public final class Simulation {
         inFlight.removeAll { $0.to == r.index || $0.from == r.index }
         r.sessions = [:]
         for n in neighbours[r.index] {
-            startSession(r, with: n)
-            if replicas[n].store != nil { startSession(replicas[n], with: r.index) }
+            try startSession(r, with: n)
+            if replicas[n].store != nil { try startSession(replicas[n], with: r.index) }
         }
         try settle(r)
     }

@@ -23,8 +23,8 @@ import Testing
     @discardableResult
     func exchange(_ a: inout SyncSession, _ sa: SQLiteStore, _ b: inout SyncSession, _ sb: SQLiteStore,
                   start: Bool = true, nowMs: UInt64 = 0, drop: (Message) -> Bool = { _ in false }) throws -> (Int, Int) {
-        var toB = start ? a.start(sa, nowMs: nowMs) : try a.poll(sa, nowMs: nowMs)
-        var toA = start ? b.start(sb, nowMs: nowMs) : try b.poll(sb, nowMs: nowMs)
+        var toB = start ? try a.start(sa, nowMs: nowMs) : try a.poll(sa, nowMs: nowMs)
+        var toA = start ? try b.start(sb, nowMs: nowMs) : try b.poll(sb, nowMs: nowMs)
         var bytes = (0, 0)
         var rounds = 0
         while !toA.isEmpty || !toB.isEmpty {
@@ -69,7 +69,7 @@ import Testing
         options.batchDeltasMax = 10
         options.inFlightMax = 2
         var a = SyncSession(peer: "b", options: options)
-        _ = a.start(sa, nowMs: 0)
+        _ = try a.start(sa, nowMs: 0)
         let out = try a.receive(.vector(QStateVector()), sa, nowMs: 0)
         #expect(out.filter { $0.type == .deltas }.count == 2)
         #expect(try a.poll(sa, nowMs: 1).isEmpty, "the window is full until an ACK comes")
@@ -177,7 +177,7 @@ import Testing
     @Test func handshakeFramesAfterTheHandshakeAreRefused() throws {
         let sa = try store("a")
         var a = SyncSession(peer: "b")
-        _ = a.start(sa, nowMs: 0)
+        _ = try a.start(sa, nowMs: 0)
         let error = #expect(throws: WireError.self) { try a.receive(.auth(signature: Array(repeating: 0, count: 64)), sa, nowMs: 0) }
         #expect(error?.code == .unexpected)
     }
