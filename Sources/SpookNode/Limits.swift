@@ -50,8 +50,9 @@ final class NodeBudget: Sendable {
         var connections: [String: Int] = [:]
         var perSource: [String: Int] = [:]
         var apiClients = 0
-        /// Bytes written to sockets and not yet taken by the kernel.
+        /// Bytes written to sockets and not yet taken by the kernel, of which to API clients.
         var outbound = 0
+        var apiOutbound = 0
         /// Bytes read and not yet handled: partial frames and lines, frames queued for the node loop.
         var inbound = 0
     }
@@ -97,7 +98,12 @@ final class NodeBudget: Sendable {
     }
 
     func releaseAPIClient() { counts.withLockedValue { $0.apiClients -= 1 } }
-    func outbound(_ delta: Int) { counts.withLockedValue { $0.outbound += delta } }
+    func outbound(_ delta: Int, api: Bool) {
+        counts.withLockedValue {
+            $0.outbound += delta
+            if api { $0.apiOutbound += delta }
+        }
+    }
     func inbound(_ delta: Int) { counts.withLockedValue { $0.inbound += delta } }
 }
 
@@ -110,14 +116,17 @@ final class OutboundBudget: ChannelOutboundHandler, @unchecked Sendable {
     let max: Int
     let budget: NodeBudget
     let what: String
+    /// A local API client (else a link): counted apart in `buffered_bytes`.
+    let api: Bool
     let onExceeded: @Sendable (String) -> Void
     private var pending = 0
     private var exceeded = false
 
-    init(max: Int, budget: NodeBudget, what: String, onExceeded: @escaping @Sendable (String) -> Void) {
+    init(max: Int, budget: NodeBudget, what: String, api: Bool, onExceeded: @escaping @Sendable (String) -> Void) {
         self.max = max
         self.budget = budget
         self.what = what
+        self.api = api
         self.onExceeded = onExceeded
     }
 
@@ -128,7 +137,7 @@ final class OutboundBudget: ChannelOutboundHandler, @unchecked Sendable {
             return
         }
         pending += bytes
-        budget.outbound(bytes)
+        budget.outbound(bytes, api: api)
         if pending > max {
             exceeded = true
             onExceeded("\(what): \(pending) bytes queued for a peer that does not read, the limit is \(max)")
@@ -137,7 +146,7 @@ final class OutboundBudget: ChannelOutboundHandler, @unchecked Sendable {
         let done = promise ?? context.eventLoop.makePromise()
         done.futureResult.whenComplete { [self] _ in
             pending -= bytes
-            budget.outbound(-bytes)
+            budget.outbound(-bytes, api: api)
         }
         context.write(data, promise: done)
     }

@@ -52,7 +52,7 @@ final class LocalAPI: @unchecked Sendable {
                     return channel.close()
                 }
                 channel.closeFuture.whenComplete { _ in node.budget.releaseAPIClient() }
-                let budget = OutboundBudget(max: node.config.limits.apiClientBufferBytesMax, budget: node.budget, what: "local API client") { reason in
+                let budget = OutboundBudget(max: node.config.limits.apiClientBufferBytesMax, budget: node.budget, what: "local API client", api: true) { reason in
                     node.metrics.connectionRefused("slow-reader")
                     node.limitLog.warning("slow api client", "closing a local API client: \(reason) ([limits] api_client_buffer_bytes)", nowMs: node.clock.nowMs())
                 }
@@ -284,7 +284,8 @@ final class LocalAPI: @unchecked Sendable {
             "epoch": .int(Int64(node.store.epoch)),
             "public_key": .string(node.identity.publicKey.hex), "vector": .object(vector),
             "registers": .int(Int64(node.store.state.registers.count)), "links": .array(links),
-            "buffered_bytes": .object(["outbound": .int(Int64(buffered.outbound)), "inbound": .int(Int64(buffered.inbound))]),
+            "buffered_bytes": .object(["outbound": .int(Int64(buffered.outbound)), "api_outbound": .int(Int64(buffered.apiOutbound)),
+                                       "inbound": .int(Int64(buffered.inbound))]),
             "api_clients": .int(Int64(buffered.apiClients)),
             "log_deltas": .int(Int64(clamping: node.store.logDeltas)),
             "devices": .array(node.devices?.status() ?? []),

@@ -423,7 +423,7 @@ public final class Node: @unchecked Sendable {
 
     /// The first outbound handler of every link: a peer that stops reading is closed past `link_buffer_bytes`.
     func outboundBudget(link id: Int) -> OutboundBudget {
-        OutboundBudget(max: config.limits.linkBufferBytesMax, budget: budget, what: "link \(id)") { reason in
+        OutboundBudget(max: config.limits.linkBufferBytesMax, budget: budget, what: "link \(id)", api: false) { reason in
             self.metrics.connectionRefused("slow-reader")
             self.limitLog.warning("slow link", "closing a link: \(reason) ([limits] link_buffer_bytes)", nowMs: self.clock.nowMs())
         }

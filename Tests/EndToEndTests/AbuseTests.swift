@@ -121,12 +121,12 @@ import Testing
             try writer.send(.object(["op": .string("set"), "register": .string("site1.l1/flood/r\(i % 50)"), "value": value]))
             if i % 100 == 99 {
                 for _ in 0..<100 { #expect(try writer.next(timeoutMs: 20_000)?["ok"] == .bool(true)) }
-                highest = max(highest, try buffered(c, "gw1", "outbound"))
+                highest = max(highest, try buffered(c, "gw1", "api_outbound"))
             }
         }
         #expect(highest <= limit + 64 * 1024, "the agent queued \(highest) bytes for a watcher that does not read")
         #expect(Self.closedByPeer(watcher, withinMs: 10_000), "the slow watcher was not closed")
-        try c.waitFor("the queued bytes released") { try buffered(c, "gw1", "outbound") < 64 * 1024 }
+        try c.waitFor("the queued bytes released") { try buffered(c, "gw1", "api_outbound") < 64 * 1024 }
         #expect(c.value("gw1", "site1.l1/flood/r49") == value, "every writer was served")
     }
 
