@@ -22,8 +22,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
-        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.29.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
@@ -39,10 +37,10 @@ let package = Package(
         .target(name: "SpookCore"),
         // ETCP/ESTP frames and messages. Pure: bytes in, messages out.
         .target(name: "SpookWire", dependencies: ["SpookCore"]),
-        // Links: identity (Ed25519), the ETCP handshake, ESTP sessions; transports follow.
+        // Links: identity (Ed25519 from the BoringSSL inside swift-nio-ssl: one crypto library), the ETCP handshake, ESTP sessions; transports follow.
         .target(
             name: "SpookLink",
-            dependencies: ["SpookCore", "SpookWire", "SpookStore", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["SpookCore", "SpookWire", "SpookStore", .product(name: "NIOSSL", package: "swift-nio-ssl")]
         ),
         // Durable state on SQLite behind the `Store` protocol.
         .target(
@@ -57,7 +55,6 @@ let package = Package(
             name: "SpookNode",
             dependencies: [
                 "SpookCore", "SpookStore", "SpookLink", "SpookWire", "SpookDevices",
-                .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -74,7 +71,7 @@ let package = Package(
         .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore", "SpookWire", "SpookLink"]),
 
         // The two daemons' shared command line (run, check-config).
-        .target(name: "SpookCommand", dependencies: ["SpookNode", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .target(name: "SpookCommand", dependencies: ["SpookNode"]),
         .executableTarget(name: "spookd", dependencies: ["SpookCommand", "SpookNode"]),
         .executableTarget(name: "spook-edge", dependencies: ["SpookCommand", "SpookNode"]),
         .executableTarget(name: "spookctl", dependencies: ["SpookNode", "SpookLink", "SpookCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),

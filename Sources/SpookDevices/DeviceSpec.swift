@@ -159,9 +159,24 @@ public enum GroupTemplate {
         }
         var text = template
         for (key, value) in [("{name}", name), ("{serial}", device?.serial), ("{vendor}", device?.vendor), ("{product}", device?.product)] {
-            text = text.replacing(key, with: clean(value))
+            text = replaceAll(key, in: text, with: clean(value))
         }
         do { return try QGroupName(text) } catch { throw DeviceError("group \"\(text)\" (from \"\(template)\"): \(error)") }
+    }
+
+    /// `text` with every `key` replaced (the standard library's `replacing`
+    /// links the regex engine, half a megabyte, for this one call).
+    static func replaceAll(_ key: String, in text: String, with value: String) -> String {
+        var out = "", rest = Substring(text)
+        while !rest.isEmpty {
+            if rest.hasPrefix(key) {
+                out += value
+                rest = rest.dropFirst(key.count)
+            } else {
+                out.append(rest.removeFirst())
+            }
+        }
+        return out
     }
 
     /// The placeholders a template may use.

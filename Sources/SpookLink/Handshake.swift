@@ -1,4 +1,3 @@
-import Crypto
 import SpookCore
 import SpookWire
 
@@ -174,7 +173,7 @@ public struct Handshake: Sendable {
                 let theirPayload = Message.hello(theirs).frame.payload
                 var input = Handshake.transcriptLabel
                 input += side == .initiator ? sent + theirPayload : theirPayload + sent
-                let transcript = Array(SHA256.hash(data: input))
+                let transcript = SHA256.hash(input)
                 let peer = Peer(publicKey: theirs.publicKey, origin: Identity.origin(of: theirs.publicKey, epoch: theirs.epoch),
                                 epoch: theirs.epoch, role: theirs.role,
                                 node: theirs.node, subscriptions: theirs.subscriptions)

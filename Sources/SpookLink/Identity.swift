@@ -3,19 +3,18 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import Crypto
 import SpookCore
 
 /// A node's Ed25519 key pair, and its origin: the first 8 bytes of SHA-256
 /// of the public key, read big-endian (SUBSTRATE.md §2).
 public struct Identity: Sendable {
-    public let privateKey: Curve25519.Signing.PrivateKey
+    public let privateKey: Ed25519.PrivateKey
 
-    public init(privateKey: Curve25519.Signing.PrivateKey = .init()) {
+    public init(privateKey: Ed25519.PrivateKey = .init()) {
         self.privateKey = privateKey
     }
 
-    public var publicKey: [UInt8] { Array(privateKey.publicKey.rawRepresentation) }
+    public var publicKey: [UInt8] { privateKey.publicKey }
     public var origin: Origin { Identity.origin(of: publicKey) }
 
     /// The origin of incarnation `epoch` (SUBSTRATE.md §6): epoch 0 is the
@@ -29,17 +28,16 @@ public struct Identity: Sendable {
             input += Array("spook epoch".utf8)
             input += [UInt8(epoch >> 24), UInt8(epoch >> 16 & 0xff), UInt8(epoch >> 8 & 0xff), UInt8(epoch & 0xff)]
         }
-        let digest = Array(SHA256.hash(data: input))
+        let digest = SHA256.hash(input)
         return Origin(digest.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
     }
 
     public func sign(_ message: [UInt8]) throws -> [UInt8] {
-        Array(try privateKey.signature(for: message))
+        privateKey.sign(message)
     }
 
     public static func verify(signature: [UInt8], of message: [UInt8], publicKey: [UInt8]) -> Bool {
-        guard let key = try? Curve25519.Signing.PublicKey(rawRepresentation: publicKey) else { return false }
-        return key.isValidSignature(signature, for: message)
+        Ed25519.verify(signature: signature, of: message, publicKey: publicKey)
     }
 
     // MARK: key files
@@ -73,7 +71,7 @@ public struct Identity: Sendable {
             throw IdentityError("\(path): not a Spook key file (expected \"\(filePrefix)\" and 64 hex digits)")
         }
         do {
-            return Identity(privateKey: try .init(rawRepresentation: raw))
+            return Identity(privateKey: try .init(seed: raw))
         } catch {
             throw IdentityError("\(path): the key cannot be used: \(error)")
         }
@@ -84,7 +82,7 @@ public struct Identity: Sendable {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
         guard fd >= 0 else { throw IdentityError("\(path): cannot create the key file: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        let text = Identity.filePrefix + Array(privateKey.rawRepresentation).hex + "\n"
+        let text = Identity.filePrefix + privateKey.seed.hex + "\n"
         let written = text.withCString { write(fd, $0, strlen($0)) }
         guard written == text.utf8.count, fsync(fd) == 0 else {
             throw IdentityError("\(path): cannot write the key file: \(String(cString: strerror(errno)))")

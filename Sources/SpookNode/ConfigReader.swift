@@ -1,5 +1,4 @@
 import SpookCore
-import TOMLKit
 
 /// One problem in a config file, with where it is.
 public struct ConfigDiagnostic: Hashable, Sendable, CustomStringConvertible {
@@ -19,85 +18,11 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
 }
 
-/// Where each key and table header stands in the TOML text. TOMLKit (toml++)
-/// gives positions for syntax errors only, so semantic errors are located by
-/// this scan of the source: table headers (`[a]`, `[[a]]`, counted) and
-/// `key =` lines. Keys set through inline tables or dotted keys fall back
-/// to their table's header.
-struct TOMLLocator {
-    /// "path" -> (line, column), e.g. "node.name", "upstream[1].url", "upstream[1]".
-    private(set) var positions: [String: (Int, Int)] = [:]
-
-    init(_ text: String) {
-        var table = ""
-        var arrayCounts: [String: Int] = [:]
-        // The element an array-of-tables name currently stands for: "device" -> "device[2]",
-        // so [[device.register]] under it is "device[2].register[j]".
-        var currentElement: [String: String] = [:]
-        func resolve(_ name: String) -> String {
-            var raw = "", path = ""
-            for component in name.split(separator: ".").map(String.init) {
-                raw = raw.isEmpty ? component : "\(raw).\(component)"
-                path = currentElement[raw] ?? (path.isEmpty ? component : "\(path).\(component)")
-            }
-            return path
-        }
-        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let indent = line.prefix { $0 == " " || $0 == "\t" }.count
-            let body = line.dropFirst(indent)
-            if body.hasPrefix("[[") {
-                let name = TOMLLocator.headerName(body.dropFirst(2))
-                // The parent path resolves through enclosing arrays; this array gets a new element.
-                let parent = name.split(separator: ".").dropLast().joined(separator: ".")
-                let key = parent.isEmpty ? name : "\(resolve(parent)).\(name.split(separator: ".").last!)"
-                let index = arrayCounts[key, default: 0]
-                arrayCounts[key] = index + 1
-                table = "\(key)[\(index)]"
-                currentElement[name] = table
-                // A new element ends the elements of arrays nested in the previous one.
-                for k in currentElement.keys where k.hasPrefix(name + ".") { currentElement[k] = nil }
-                positions[table] = (i + 1, indent + 1)
-            } else if body.hasPrefix("[") {
-                table = resolve(TOMLLocator.headerName(body.dropFirst()))
-                positions[table] = (i + 1, indent + 1)
-            } else if let eq = body.firstIndex(of: "="), !body.hasPrefix("#") {
-                let key = body[..<eq].trimmingCharacters(in: " \t").trimmingCharacters(in: "\"")
-                guard !key.isEmpty else { continue }
-                positions[table.isEmpty ? key : "\(table).\(key)"] = (i + 1, indent + 1)
-            }
-        }
-    }
-
-    static func headerName(_ s: Substring) -> String {
-        String(s.prefix { $0 != "]" }).trimmingCharacters(in: " \t")
-    }
-
-    /// The best position for `path`: itself, else its nearest enclosing table.
-    func position(_ path: String) -> (Int, Int) {
-        var p = path
-        while true {
-            if let found = positions[p] { return found }
-            guard let dot = p.lastIndex(where: { $0 == "." }) else { return (1, 1) }
-            p = String(p[..<dot])
-        }
-    }
-}
-
-extension StringProtocol {
-    func trimmingCharacters(in set: String) -> String {
-        var s = Substring(self)
-        while let f = s.first, set.contains(f) { s.removeFirst() }
-        while let l = s.last, set.contains(l) { s.removeLast() }
-        return String(s)
-    }
-}
-
 /// Reads a TOML config with every check a daemon needs, collecting every
 /// problem (not just the first) with its file:line:column.
 public final class ConfigReader {
     public let file: String
-    let locator: TOMLLocator
-    let root: TOMLTable?
+    let document_: TOMLDocument?
     public private(set) var diagnostics: [ConfigDiagnostic] = []
     /// Whether paths are checked against this machine's files (what `run` will open).
     public let checkFiles: Bool
@@ -105,16 +30,11 @@ public final class ConfigReader {
     public init(file: String, text: String, checkFiles: Bool = true) {
         self.file = file
         self.checkFiles = checkFiles
-        locator = TOMLLocator(text)
         do {
-            root = try TOMLTable(string: text)
-        } catch let e as TOMLParseError {
-            root = nil
-            diagnostics.append(ConfigDiagnostic(file: file, line: Int(e.source.begin.line), column: Int(e.source.begin.column),
-                                                message: "TOML syntax: \(e.description)"))
+            document_ = try TOMLDocument(text)
         } catch {
-            root = nil
-            diagnostics.append(ConfigDiagnostic(file: file, line: 1, column: 1, message: "TOML: \(error)"))
+            document_ = nil
+            diagnostics.append(ConfigDiagnostic(file: file, line: error.line, column: error.column, message: "TOML syntax: \(error.message)"))
         }
     }
 
@@ -122,12 +42,12 @@ public final class ConfigReader {
     public private(set) var warnings: [ConfigDiagnostic] = []
 
     public func warn(_ path: String, _ message: String) {
-        let (line, column) = locator.position(path)
+        let (line, column) = document_?.position(path) ?? (1, 1)
         warnings.append(ConfigDiagnostic(file: file, line: line, column: column, message: "warning: " + message))
     }
 
     public func fail(_ path: String, _ message: String) {
-        let (line, column) = locator.position(path)
+        let (line, column) = document_?.position(path) ?? (1, 1)
         diagnostics.append(ConfigDiagnostic(file: file, line: line, column: column, message: message))
     }
 
@@ -267,5 +187,5 @@ public final class ConfigReader {
         }
     }
 
-    public var document: Table? { root.map { Table(reader: self, table: $0, path: "") } }
+    public var document: Table? { document_.map { Table(reader: self, table: $0.root, path: "") } }
 }

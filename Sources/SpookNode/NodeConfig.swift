@@ -294,7 +294,7 @@ extension ConfigReader {
         }
         for (j, later) in rules.enumerated() {
             for (i, earlier) in rules[..<j].enumerated() where NodeConfig.shadows(earlier.selector, later.selector) {
-                let line = locator.position(rulePaths[j]).0
+                let line = (document_?.position(rulePaths[j]) ?? (1, 1)).0
                 warn(rulePaths[i], "[[register]] \(NodeConfig.describe(earlier.selector)) comes first for the registers it shares with the more specific "
                      + "[[register]] \(NodeConfig.describe(later.selector)) at line \(line): first match wins, so those registers never get line \(line)'s "
                      + "declaration; put line \(line) first, or make the two rules disjoint")

@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Crypto
 import SpookCore
 import SpookLink
 import SpookTestSupport
@@ -14,6 +13,24 @@ import Testing
         #expect(Identity.origin(of: Array(repeating: 0, count: 32)) == Origin(0x6668_7AAD_F862_BD77))
         let id = Identity()
         #expect(id.origin == Identity.origin(of: id.publicKey))
+    }
+
+    /// RFC 8032 §7.1, TEST 1 and TEST 2: the key derived from a seed, and its signatures, byte for byte.
+    @Test func ed25519MatchesRFC8032() throws {
+        let key1 = try Ed25519.PrivateKey(seed: [UInt8](hex: "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")!)
+        #expect(key1.publicKey.hex == "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+        let sig1 = key1.sign([])
+        #expect(sig1.hex == "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b")
+        let key2 = try Ed25519.PrivateKey(seed: [UInt8](hex: "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")!)
+        #expect(key2.publicKey.hex == "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+        #expect(key2.sign([0x72]).hex == "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00")
+        #expect(Ed25519.verify(signature: sig1, of: [], publicKey: key1.publicKey))
+        #expect(!Ed25519.verify(signature: sig1, of: [0], publicKey: key1.publicKey))
+        #expect(!Ed25519.verify(signature: sig1, of: [], publicKey: key2.publicKey))
+        #expect(!Ed25519.verify(signature: Array(sig1.dropLast()), of: [], publicKey: key1.publicKey))
+        #expect(throws: IdentityError.self) { try Ed25519.PrivateKey(seed: [1, 2, 3]) }
+        // SHA-256 of "abc" (FIPS 180-2).
+        #expect(SHA256.hash(Array("abc".utf8)).hex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }
 
     @Test func keyFilesAreCreatedPrivateAndReadBack() throws {
