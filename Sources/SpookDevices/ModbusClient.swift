@@ -9,6 +9,9 @@ public final class ModbusClient: @unchecked Sendable {
     let ctx: OpaquePointer
     public let endpoint: String
     public private(set) var connected = false
+    /// A serial line (RTU) may carry several units: a unit that does not answer
+    /// is that unit's problem, not the line's.
+    let serialLine: Bool
     var bits: [UInt8] = []
 
     public init(host: String, port: Int, unit: Int, timeoutMs: Int) throws {
@@ -16,6 +19,7 @@ public final class ModbusClient: @unchecked Sendable {
             throw DeviceError("modbus tcp://\(host):\(port): \(ModbusClient.lastError())")
         }
         self.ctx = ctx
+        serialLine = false
         endpoint = "tcp://\(host):\(port)"
         try setup(unit: unit, timeoutMs: timeoutMs)
     }
@@ -30,15 +34,22 @@ public final class ModbusClient: @unchecked Sendable {
             throw DeviceError("modbus rtu \(s.port): \(ModbusClient.lastError())")
         }
         self.ctx = ctx
+        serialLine = true
         endpoint = "rtu://\(s.port)"
         try setup(unit: unit, timeoutMs: timeoutMs)
     }
 
     func setup(unit: Int, timeoutMs: Int) throws {
-        guard modbus_set_slave(ctx, Int32(unit)) == 0 else { throw DeviceError("\(endpoint): unit \(unit): \(ModbusClient.lastError())") }
-        modbus_set_response_timeout(ctx, UInt32(timeoutMs / 1000), UInt32(timeoutMs % 1000) * 1000)
+        try address(unit: unit, timeoutMs: timeoutMs)
         // Reconnecting is ours to schedule (with backoff), not libmodbus's.
         modbus_set_error_recovery(ctx, modbus_error_recovery_mode(rawValue: MODBUS_ERROR_RECOVERY_PROTOCOL.rawValue))
+    }
+
+    /// The unit (slave id) and response timeout of the requests that follow:
+    /// on a multi-drop line, set before each unit's turn.
+    public func address(unit: Int, timeoutMs: Int) throws {
+        guard modbus_set_slave(ctx, Int32(unit)) == 0 else { throw DeviceError("\(endpoint): unit \(unit): \(ModbusClient.lastError())") }
+        modbus_set_response_timeout(ctx, UInt32(timeoutMs / 1000), UInt32(timeoutMs % 1000) * 1000)
     }
 
     deinit {
@@ -69,8 +80,17 @@ public final class ModbusClient: @unchecked Sendable {
 
     /// Reads one coalesced span into `words` (resized to the span), allocating
     /// nothing once `words` has the capacity: the polling loop's path.
+    /// On a serial line only the master speaks first: bytes waiting before a
+    /// request are a reply that came after its timeout (or from before a
+    /// restart), and read now they would answer this request, and every
+    /// later one would get its predecessor's reply. Drop them.
+    func dropStaleReplies() {
+        if serialLine { modbus_flush(ctx) }
+    }
+
     public func read(_ r: ModbusRead, into words: inout [UInt16]) throws {
         if words.count != r.count { words = [UInt16](repeating: 0, count: r.count) }
+        dropStaleReplies()
         let what = { "read \(r.table) \(r.address)…\(r.address + r.count - 1)" }
         switch r.table {
         case .holding, .input:
@@ -95,6 +115,7 @@ public final class ModbusClient: @unchecked Sendable {
     /// Writes a point: one register or coil with the single-write functions
     /// (5, 6), two registers with write-multiple (16).
     public func write(_ p: ModbusPoint, _ words: [UInt16]) throws {
+        dropStaleReplies()
         let n: Int32
         switch (p.table, words.count) {
         case (.coil, _): n = modbus_write_bit(ctx, Int32(p.address), Int32(words[0] != 0 ? 1 : 0))
@@ -111,16 +132,19 @@ public final class ModbusClient: @unchecked Sendable {
         guard n == expected else {
             let code = errno
             let message = ModbusClient.lastError()
-            // Lost connections and timeouts mean: reconnect. The rest is one bad transaction.
-            let keeps = ModbusClient.keepsConnection(code)
-            if keeps {
-                // A garbled or mismatched answer: drop what is left of it on the line,
-                // so the next request is answered by its own reply.
-                modbus_flush(ctx)
-            } else {
+            // A lost connection means: reconnect. A timeout on a serial line means
+            // that unit is away (the others on the line still answer). The rest
+            // is one bad transaction.
+            let scope: ModbusError.Scope = ModbusClient.keepsConnection(code) ? .transaction
+                : serialLine && code == ETIMEDOUT ? .unit : .line
+            if scope == .line {
                 close()
+            } else {
+                // A garbled, mismatched or late answer: drop what is left of it on
+                // the line, so the next request is answered by its own reply.
+                modbus_flush(ctx)
             }
-            throw ModbusError(what: "\(endpoint): \(what)", message: message, exception: keeps)
+            throw ModbusError(what: "\(endpoint): \(what)", message: message, scope: scope)
         }
     }
 
@@ -137,9 +161,19 @@ public final class ModbusClient: @unchecked Sendable {
 }
 
 public struct ModbusError: Error, CustomStringConvertible, Sendable {
+    /// What a failed request says about the device and the line.
+    public enum Scope: Sendable {
+        /// One bad transaction (an exception, a garbled answer): the device stays online.
+        case transaction
+        /// The unit did not answer in time: it is offline; a serial line stays open for the others.
+        case unit
+        /// The connection or the port failed: every unit on it is offline.
+        case line
+    }
     public let what: String
     public let message: String
-    /// One bad transaction (an exception, a garbled answer): the connection is fine.
-    public let exception: Bool
+    public let scope: Scope
+    /// True when only this transaction failed.
+    public var exception: Bool { scope == .transaction }
     public var description: String { "\(what): \(message)" }
 }

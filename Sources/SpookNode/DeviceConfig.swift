@@ -8,6 +8,24 @@ extension ConfigReader {
     func devices(_ doc: Table, schema: Schema) -> [DeviceSpec] {
         var out: [DeviceSpec] = []
         var names = Set<String>(), ports: [String: String] = [:], matches: [DeviceMatch: String] = [:]
+        /// The devices on each serial port: one firmware device, or Modbus RTU units sharing an RS-485 line.
+        var portUsers: [String: [(name: String, rtu: (unit: Int, serial: SerialSettings)?)]] = [:]
+        func claim(_ d: Table, _ s: SerialSettings, name: String, rtu unit: Int?) {
+            guard !s.port.isEmpty else { return }
+            let users = portUsers[s.port, default: []]
+            defer { portUsers[s.port, default: []].append((name, unit.map { ($0, s) })) }
+            guard let other = users.first else { return }
+            guard let unit, users.allSatisfy({ $0.rtu != nil }) else {
+                fail(d.key("port"), "device \"\(name)\": \(s.port) is already device \"\(other.name)\" (only modbus-rtu devices with different units may share a port)")
+                return
+            }
+            if let same = users.first(where: { $0.rtu?.unit == unit }) {
+                fail(d.key("unit"), "device \"\(name)\": unit \(unit) on \(s.port) is also device \"\(same.name)\"")
+            }
+            if let line = other.rtu?.serial, (line.baud, line.parity, line.dataBits, line.stopBits) != (s.baud, s.parity, s.dataBits, s.stopBits) {
+                fail(d.key("port"), "device \"\(name)\": \(s.port) is an RS-485 line shared with device \"\(other.name)\", so baud, parity, data_bits and stop_bits must match it (\(other.name): \(ConfigReader.frame(line)), here: \(ConfigReader.frame(s)))")
+            }
+        }
         for d in doc.tables("device") {
             let name = d.string("name", required: true) ?? ""
             if !name.isEmpty {
@@ -65,7 +83,9 @@ extension ConfigReader {
             let spec: DeviceSpec.Kind?
             switch kind {
             case "serial":
-                spec = serial(d, name: name, match: match, ports: &ports).map { .serial($0) }
+                let settings = serial(d, name: name, match: match)
+                if let settings { claim(d, settings, name: name, rtu: nil) }
+                spec = settings.map { .serial($0) }
             case "usb":
                 if match == nil { fail(d.path, "device \"\(name)\": a usb device needs a [device.match] block (vendor, product, serial)") }
                 let endpoint = { (k: String, def: Int) -> UInt8 in UInt8(d.int(k, in: 1...255) ?? def) }
@@ -86,7 +106,9 @@ extension ConfigReader {
                 spec = target.map { .modbusTCP(host: $0.0, port: $0.1, modbus: modbus) }
             default:
                 let modbus = modbusSettings(d, name: name)
-                spec = serial(d, name: name, match: match, ports: &ports).map { .modbusRTU($0, modbus: modbus) }
+                let settings = serial(d, name: name, match: match)
+                if let settings { claim(d, settings, name: name, rtu: modbus.unit) }
+                spec = settings.map { .modbusRTU($0, modbus: modbus) }
             }
             // `enabled = false` keeps a device's table (checked like any other) without starting it.
             let enabled = d.bool("enabled") ?? true
@@ -95,13 +117,16 @@ extension ConfigReader {
         return out
     }
 
-    func serial(_ d: Table, name: String, match: DeviceMatch?, ports: inout [String: String]) -> SerialSettings? {
+    /// "19200 8N1"
+    static func frame(_ s: SerialSettings) -> String {
+        "\(s.baud) \(s.dataBits)\(s.parity.rawValue.prefix(1).uppercased())\(s.stopBits)"
+    }
+
+    func serial(_ d: Table, name: String, match: DeviceMatch?) -> SerialSettings? {
         let port = d.string("port")
         if port == nil && match == nil { fail(d.path, "device \"\(name)\" needs \"port\" (e.g. /dev/ttyUSB0) or a [device.match] block") }
         if let port {
             if !port.hasPrefix("/") { fail(d.key("port"), "\"port\" = \"\(port)\" must be an absolute device path") }
-            if let other = ports[port] { fail(d.key("port"), "device \"\(name)\": \(port) is already device \"\(other)\"") }
-            ports[port] = name
         }
         var s = SerialSettings(port: port ?? "")
         if let baud = d.int("baud", in: 1...4_000_000) {

@@ -66,6 +66,34 @@ final class DeviceHost: @unchecked Sendable {
         return changes
     }
 
+    /// Serial lines with Modbus units on them, by port path (node loop only).
+    var modbusLines: [String: ModbusLine] = [:]
+
+    /// A worker for a Modbus device, on its own connection (TCP) or on the
+    /// shared line of its serial port (RTU: several units may share one).
+    func modbusWorker(for device: Device, settings: ModbusSettings, generation: Int) throws -> ModbusWorker {
+        let loop = node.loop
+        switch device.spec.kind {
+        case .modbusTCP(let host, let port, _):
+            let client = try ModbusClient(host: host, port: port, unit: settings.unit, timeoutMs: settings.timeoutMs)
+            return ModbusWorker(settings: settings, line: ModbusLine(client: client, loop: loop, onClosed: { _ in }), device: device, generation: generation)
+        case .modbusRTU(var serial, _):
+            if let path = device.attached?.path { serial.port = path }
+            if let line = modbusLines[serial.port], line.isOpen {
+                return ModbusWorker(settings: settings, line: line, device: device, generation: generation)
+            }
+            let client = try ModbusClient(rtu: serial, unit: settings.unit, timeoutMs: settings.timeoutMs)
+            let key = serial.port
+            let line = ModbusLine(client: client, loop: loop) { [weak self] closed in
+                if let self, self.modbusLines[key] === closed { self.modbusLines[key] = nil }
+            }
+            modbusLines[key] = line
+            return ModbusWorker(settings: settings, line: line, device: device, generation: generation)
+        default:
+            throw DeviceError("\(device.spec.name) is not a Modbus device")
+        }
+    }
+
     func start(_ device: Device) {
         devices.append(device)
         logger.info("device HalfPair", metadata: ["device": "\(device.spec.name)", "group": "\(device.group)", "kind": "\(device.spec.kind.name)"])
@@ -267,16 +295,16 @@ final class Device: @unchecked Sendable {
             }
         case .modbusTCP(_, _, let settings), .modbusRTU(_, let settings):
             let worker: ModbusWorker
-            do { worker = try ModbusWorker(kind: spec.kind, attachedPath: attached?.path, settings: settings, device: self, generation: gen) } catch {
+            do { worker = try host.modbusWorker(for: self, settings: settings, generation: gen) } catch {
                 failed("\(error)")
                 return
             }
             modbus = worker
             // Desired values set while the device was away go out before the
             // first poll: otherwise that poll's report, newer than them, would
-            // settle them unapplied.
+            // settle them unapplied. Joining the line starts the unit's turns.
             pushDesired(nil, connecting: true)
-            worker.start()
+            worker.join()
         }
     }
 
@@ -493,37 +521,147 @@ final class DeviceBytesHandler: ChannelInboundHandler, @unchecked Sendable {
 
 /// A Modbus device's polling thread: connects, reads the coalesced spans every
 /// `poll_ms`, performs queued writes, and hands results to the node loop.
-final class ModbusWorker: @unchecked Sendable {
+/// One Modbus connection (a TCP socket or a serial port) and the one thread
+/// that makes every libmodbus call on it. On an RS-485 line several
+/// `modbus-rtu` devices (units) share the port: one libmodbus context, one
+/// thread, and turns in a fixed order, each unit polling when its `poll_ms`
+/// is due (or at once when a write is queued for it). A unit that does not
+/// answer goes offline alone; a port that fails takes every unit with it.
+final class ModbusLine: @unchecked Sendable {
     let client: ModbusClient
+    let pool = NIOThreadPool(numberOfThreads: 1)
+    /// True when the thread should look again (a member joined or left, a write was queued).
+    let wake = ConditionLock(value: false)
+    var members: [ModbusWorker] = []  // guarded by `wake`
+    var closed = false  // guarded by `wake`; a closed line takes no new members
+    var started = false  // guarded by `wake`
+    /// Called on the node loop once the line is closed and has no members.
+    let onClosed: @Sendable (ModbusLine) -> Void
+    let loop: EventLoop
+
+    init(client: ModbusClient, loop: EventLoop, onClosed: @escaping @Sendable (ModbusLine) -> Void) {
+        self.client = client
+        self.loop = loop
+        self.onClosed = onClosed
+    }
+
+    /// Adds a unit; false if the line has closed (its port failed): open a new one.
+    func join(_ worker: ModbusWorker) -> Bool {
+        wake.lock()
+        guard !closed else {
+            wake.unlock()
+            return false
+        }
+        members.append(worker)
+        let first = !started
+        started = true
+        wake.unlock(withValue: true)
+        if first {
+            pool.start()
+            pool.submit { [self] state in
+                guard state == .active else { return }
+                run()
+            }
+        }
+        return true
+    }
+
+    /// Removes a unit (its device closed); the last one out closes the line.
+    func leave(_ worker: ModbusWorker) {
+        wake.lock()
+        members.removeAll { $0 === worker }
+        let last = members.isEmpty
+        if last { closed = true }
+        wake.unlock(withValue: true)
+        guard last else { return }
+        let pool = self.pool, onClosed = self.onClosed
+        loop.execute { onClosed(self) }
+        // Never block the node loop on a Modbus timeout: end the thread on the side.
+        DispatchlessThread.detach { try? pool.syncShutdownGracefully() }
+    }
+
+    var isOpen: Bool {
+        wake.lock()
+        defer { wake.unlock() }
+        return !closed
+    }
+
+    func poke() {
+        wake.lock()
+        wake.unlock(withValue: true)
+    }
+
+    /// The thread's loop; every libmodbus call happens here.
+    func run() {
+        do {
+            try client.connect()
+        } catch {
+            return down("\(error)")
+        }
+        while true {
+            wake.lock()
+            let current = members
+            let stop = closed
+            wake.unlock(withValue: false)
+            if stop {
+                client.close()
+                return
+            }
+            var nextDue = ContinuousClock.now + .seconds(1)
+            for worker in current {
+                switch worker.turn(client) {
+                case .ok: break
+                case .unitDown(let message): worker.down(message)
+                case .lineDown(let message): return down(message)
+                }
+                nextDue = min(nextDue, worker.nextPoll)
+            }
+            // Sleep until the next unit is due, or until something changes.
+            let remainingMs = ContinuousClock.now.duration(to: nextDue) / .milliseconds(1)
+            if remainingMs > 0, wake.lock(whenValue: true, timeoutSeconds: remainingMs / 1000) {
+                wake.unlock(withValue: true)
+            }
+        }
+    }
+
+    /// The port or connection failed: close it, and every unit on it is offline.
+    func down(_ message: String) {
+        wake.lock()
+        closed = true
+        let all = members
+        wake.unlock(withValue: true)
+        client.close()
+        for worker in all { worker.down(message) }
+    }
+}
+
+/// One Modbus device (a unit) on a `ModbusLine`: its reads, its queued
+/// writes, and what it last reported. Everything but the queue is touched by
+/// the line's thread only.
+final class ModbusWorker: @unchecked Sendable {
     let reads: [ModbusRead]
     let settings: ModbusSettings
-    let pool = NIOThreadPool(numberOfThreads: 1)
-    let wake = ConditionLock(value: false)
-    var writes: [(ModbusPoint, [UInt16])] = [] // guarded by `wake`
-    var stopping = false // guarded by `wake`
-    var forgetSent = false // guarded by `wake`
-    /// Values and error last handed to the node loop (worker thread only).
+    let line: ModbusLine
+    /// Writes queued by the node loop, and whether to send every value again.
+    let queue = NIOLockedValueBox((writes: [(ModbusPoint, [UInt16])](), forget: false))
+    /// Values and error last handed to the node loop (line thread only).
     var sent: [String: Value] = [:]
     var sentError = ""
     var lastWords: [[UInt16]?]
     var scratch: [UInt16] = []
+    var first = true
+    var nextPoll = ContinuousClock.now
     /// Transactions done, read by `status`.
     let counter = NIOLockedValueBox(0)
     weak var device: Device?
     let loop: EventLoop
     let generation: Int
 
-    init(kind: DeviceSpec.Kind, attachedPath: String?, settings: ModbusSettings, device: Device, generation: Int) throws {
-        switch kind {
-        case .modbusTCP(let host, let port, _):
-            client = try ModbusClient(host: host, port: port, unit: settings.unit, timeoutMs: settings.timeoutMs)
-        case .modbusRTU(var serial, _):
-            if let attachedPath { serial.port = attachedPath }
-            client = try ModbusClient(rtu: serial, unit: settings.unit, timeoutMs: settings.timeoutMs)
-        default:
-            throw DeviceError("not a Modbus device")
-        }
+    enum Outcome { case ok, unitDown(String), lineDown(String) }
+
+    init(settings: ModbusSettings, line: ModbusLine, device: Device, generation: Int) {
         self.settings = settings
+        self.line = line
         reads = ModbusPlan.reads(settings.points)
         lastWords = Array(repeating: nil, count: reads.count)
         self.device = device
@@ -531,34 +669,22 @@ final class ModbusWorker: @unchecked Sendable {
         self.generation = generation
     }
 
-    func start() {
-        pool.start()
-        pool.submit { [self] state in
-            guard state == .active else { return }
-            run()
-        }
+    /// Takes this unit's turns on the line from now on.
+    func join() {
+        if !line.join(self) { down("\(line.client.endpoint): the line closed as the device opened; opening it again") }
     }
 
-    func stop() {
-        wake.lock()
-        stopping = true
-        wake.unlock(withValue: true)
-        let pool = self.pool
-        // Never block the node loop on a Modbus timeout: shut the thread down on the side.
-        DispatchlessThread.detach { try? pool.syncShutdownGracefully() }
-    }
+    func stop() { line.leave(self) }
 
     /// The node could not commit what it was handed: send everything again next poll.
     func forget() {
-        wake.lock()
-        forgetSent = true
-        wake.unlock(withValue: true)
+        queue.withLockedValue { $0.forget = true }
+        line.poke()
     }
 
     func enqueue(_ point: ModbusPoint, _ words: [UInt16]) {
-        wake.lock()
-        writes.append((point, words))
-        wake.unlock(withValue: true)
+        queue.withLockedValue { $0.writes.append((point, words)) }
+        line.poke()
     }
 
     func onLoop(_ body: @escaping @Sendable (Device) -> Void) {
@@ -569,88 +695,81 @@ final class ModbusWorker: @unchecked Sendable {
         }
     }
 
-    /// The thread's loop; every libmodbus call happens here.
-    func run() {
-        do {
-            try client.connect()
-        } catch {
-            onLoop { $0.failed("\(error)") }
-            return
+    func down(_ message: String) { onLoop { $0.failed(message) } }
+
+    /// This unit's turn on the line: queued writes, then a poll if one is due
+    /// (every poll_ms from the start of the last; a write makes one due at once).
+    func turn(_ client: ModbusClient) -> Outcome {
+        let (pending, forgetSent) = queue.withLockedValue { q in
+            defer { q = (writes: [], forget: false) }
+            return (q.writes, q.forget)
         }
-        onLoop { $0.drive(.linkUp) }
-        var first = true
-        while true {
-            let nextPoll = ContinuousClock.now + .milliseconds(settings.pollMs)
-            wake.lock()
-            let pending = writes
-            writes = []
-            let stop = stopping
-            if forgetSent {
-                forgetSent = false
-                sent = [:]
-                lastWords = Array(repeating: nil, count: reads.count)
-            }
-            wake.unlock(withValue: false)
-            if stop { break }
-            var errors: [String] = []
-            for (point, words) in pending {
-                do {
-                    try client.write(point, words)
-                } catch let e as ModbusError {
-                    errors.append(e.description)
-                    if !e.exception { return down(e.description) }
-                } catch {
-                    errors.append("\(error)")
-                }
-            }
-            var changed: [(String, Value)] = []
-            var transactions = pending.count
-            for (i, read) in reads.enumerated() {
-                do {
-                    try client.read(read, into: &scratch)
-                    transactions += 1
-                    // Unchanged words: nothing to decode, nothing to say.
-                    if lastWords[i] == scratch { continue }
-                    let words = scratch
-                    lastWords[i] = words
-                    for (point, value) in ModbusPlan.values(read, words) where sent[point.name] != value {
-                        sent[point.name] = value
-                        changed.append((point.name, value))
-                    }
-                } catch let e as ModbusError {
-                    if !e.exception { return down(e.description) }
-                    errors.append(e.description)
-                } catch {
-                    errors.append("\(error)")
-                }
-            }
+        let start = ContinuousClock.now
+        guard first || !pending.isEmpty || forgetSent || start >= nextPoll else { return .ok }
+        nextPoll = start + .milliseconds(settings.pollMs)
+        if forgetSent {
+            sent = [:]
+            lastWords = Array(repeating: nil, count: reads.count)
+        }
+        do { try client.address(unit: settings.unit, timeoutMs: settings.timeoutMs) } catch { return .lineDown("\(error)") }
+        if first { onLoop { $0.drive(.linkUp) } }
+        var errors: [String] = []
+        var transactions = 0
+        defer {
             let count = transactions
             counter.withLockedValue { $0 += count }
-            // Only news crosses to the node loop: a steady device costs the loop nothing.
-            let error = errors.joined(separator: "; ")
-            if first || !changed.isEmpty || error != sentError {
-                let firstPoll = first
-                first = false
-                sentError = error
-                let news = changed
-                onLoop { device in
-                    if !device.report(news) { self.forget() }
-                    device.setError(error)
-                    if firstPoll { device.drive(.caughtUp) }
+        }
+        for (point, words) in pending {
+            do {
+                try client.write(point, words)
+                transactions += 1
+            } catch let e as ModbusError {
+                switch e.scope {
+                case .transaction: errors.append(e.description)
+                case .unit: return .unitDown(e.description)
+                case .line: return .lineDown(e.description)
                 }
-            }
-            // Sleep until the next poll is due (every poll_ms, from the start of
-            // this one), or until a write is queued; poll_ms 0 polls back to back.
-            let remainingMs = ContinuousClock.now.duration(to: nextPoll) / .milliseconds(1)
-            if remainingMs > 0, wake.lock(whenValue: true, timeoutSeconds: remainingMs / 1000) {
-                wake.unlock(withValue: true)
+            } catch {
+                errors.append("\(error)")
             }
         }
-    }
-
-    func down(_ message: String) {
-        client.close()
-        onLoop { $0.failed(message) }
+        var changed: [(String, Value)] = []
+        for (i, read) in reads.enumerated() {
+            do {
+                try client.read(read, into: &scratch)
+                transactions += 1
+                // Unchanged words: nothing to decode, nothing to say.
+                if lastWords[i] == scratch { continue }
+                let words = scratch
+                lastWords[i] = words
+                for (point, value) in ModbusPlan.values(read, words) where sent[point.name] != value {
+                    sent[point.name] = value
+                    changed.append((point.name, value))
+                }
+            } catch let e as ModbusError {
+                switch e.scope {
+                case .transaction: errors.append(e.description)
+                case .unit: return .unitDown(e.description)
+                case .line: return .lineDown(e.description)
+                }
+            } catch {
+                errors.append("\(error)")
+            }
+        }
+        // Only news crosses to the node loop: a steady device costs the loop nothing.
+        let error = errors.joined(separator: "; ")
+        if first || !changed.isEmpty || error != sentError {
+            let firstPoll = first
+            first = false
+            sentError = error
+            let news = changed
+            onLoop { device in
+                if !device.report(news) { self.forget() }
+                device.setError(error)
+                if firstPoll { device.drive(.caughtUp) }
+            }
+        }
+        return .ok
     }
 }
 

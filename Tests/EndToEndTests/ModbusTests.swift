@@ -216,3 +216,124 @@ func modbusDevice(_ head: String) -> String {
         }
     }
 }
+
+/// RS-485: several Modbus RTU units on one serial line, and a line that
+/// carries bytes it should not.
+@Suite(.serialized) struct SerialLineTests {
+    static func unit(_ name: String, _ port: String, unit: Int, access: String = "r") -> String {
+        """
+        [[device]]
+        name = "\(name)"
+        kind = "modbus-rtu"
+        port = "\(port)"
+        baud = 19200
+        unit = \(unit)
+        poll_ms = 100
+        timeout_ms = 200
+        group = "site1.dev/\(name)"
+        [[device.register]]
+        name = "speed"
+        table = "holding"
+        address = 0
+        access = "\(access)"
+
+        """
+    }
+
+    /// Three units on one port, pymodbus serving units 1 and 2 behind a socat
+    /// pty pair: one libmodbus context for the port, both served units report
+    /// their own values, a write reaches unit 2 only, and unit 3, which
+    /// nobody answers, goes offline alone while the others keep polling.
+    @Test func unitsOnOneRS485LineShareItAndFailAlone() throws {
+        let dir = TemporaryDirectory()
+        let a = dir.file("ttyA"), b = dir.file("ttyB")
+        let socat = try ChildProcess("/usr/bin/socat", ["pty,raw,echo=0,link=\(a)", "pty,raw,echo=0,link=\(b)"])
+        defer { socat.signal(SIGTERM); socat.wait() }
+        try waitUntil("socat's ptys") { access(a, F_OK) == 0 && access(b, F_OK) == 0 }
+        let server = try PymodbusServer(["--rtu", b, "--baud", "19200", "--unit", "1", "--unit", "2"])
+        defer { server.stop() }
+        let devices = SerialLineTests.unit("plc1", a, unit: 1) + SerialLineTests.unit("plc2", a, unit: 2, access: "rw") + SerialLineTests.unit("plc3", a, unit: 3)
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + devices, directory: dir)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("both answering units report their own value") {
+            c.value("spookd", "site1.dev/plc1/speed") == .int(1234) && c.value("spookd", "site1.dev/plc2/speed") == .int(2234)
+        }
+        try c.waitFor("the silent unit is offline with a timeout: \(String(describing: c.value("gw1", "site1.dev/plc3/$online"))) \(String(describing: c.value("gw1", "site1.dev/plc3/$error")))") {
+            c.value("gw1", "site1.dev/plc3/$online") == .bool(false)
+                && { if case .string(let e)? = c.value("gw1", "site1.dev/plc3/$error") { return e.contains("timed out") }; return false }()
+        }
+        _ = try c.call("spookd", .object(["op": .string("set"), "register": .string("site1.dev/plc2/speed"), "value": .int(77)]))
+        try c.waitFor("the write settled on unit 2") { c.value("spookd", "site1.dev/plc2/speed") == .int(77) }
+        // Unit 1 kept its own value and both answering units stay online while unit 3 keeps timing out.
+        let transactions = { () throws -> [String: Int] in
+            guard case .array(let ds)? = try c.call("gw1", .object(["op": .string("status")]))["devices"] else { return [:] }
+            return Dictionary(uniqueKeysWithValues: ds.compactMap { d -> (String, Int)? in
+                guard case .string(let n)? = d["name"], case .int(let t)? = d["transactions"] else { return nil }
+                return (n, Int(t))
+            })
+        }
+        let before = try transactions()
+        try c.waitFor("units 1 and 2 keep polling beside the silent one") {
+            let now = try transactions()
+            return (now["plc1"] ?? 0) >= (before["plc1"] ?? 0) + 10 && (now["plc2"] ?? 0) >= (before["plc2"] ?? 0) + 10
+        }
+        #expect(c.value("spookd", "site1.dev/plc1/speed") == .int(1234))
+        // Once online, units 1 and 2 were never taken offline by unit 3's timeouts
+        // (history is newest first; a device starts offline).
+        for unit in ["plc1", "plc2"] {
+            let online = try c.history("gw1", "site1.dev/\(unit)/$online").compactMap { $0["value"] }
+            let sinceOnline = online.reversed().drop { $0 != .bool(true) }
+            #expect(!sinceOnline.isEmpty && sinceOnline.allSatisfy { $0 == .bool(true) }, "\(unit) $online took \(online), newest first")
+        }
+    }
+
+    /// A device that answered once too often leaves a reply on the wire. A
+    /// client that reads it as the next answer is one reply behind for ever
+    /// (here: registers 0 and 10 would swap values). The agent drops what
+    /// waits on the line before each request, so no wrong value is ever reported.
+    @Test func aStaleReplyLeftOnTheLineIsDropped() throws {
+        let device = try ChildProcess("\(repositoryRoot)/.venv/bin/python3", ["\(repositoryRoot)/Tests/Helpers/modbus/stale-rtu-device.py"])
+        defer { device.signal(SIGTERM); device.wait() }
+        let pty = String(try #require(try device.readLine(timeoutMs: 10_000)).dropFirst(4))
+        let config = """
+            [[device]]
+            name = "plc"
+            kind = "modbus-rtu"
+            port = "\(pty)"
+            unit = 1
+            poll_ms = 50
+            timeout_ms = 300
+            group = "site1.dev/plc"
+            [[device.register]]
+            name = "a"
+            table = "holding"
+            address = 0
+            [[device.register]]
+            name = "b"
+            table = "holding"
+            address = 10
+
+            """
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema, edgeExtra: deviceSchema + config)
+        try c.startDaemon()
+        try c.startEdge()
+        var line = try device.readLine(timeoutMs: 20_000)
+        while let l = line, l != "stale" { line = try device.readLine(timeoutMs: 20_000) }
+        #expect(line == "stale")
+        // Twenty more requests after the doubled reply.
+        var served = 0
+        while served < 30, let l = try device.readLine(timeoutMs: 20_000) {
+            if l.hasPrefix("served ") { served = Int(l.dropFirst(7)) ?? 0 }
+        }
+        #expect(served >= 30)
+        try c.waitFor("both values upstream") { c.value("spookd", "site1.dev/plc/a") != nil && c.value("spookd", "site1.dev/plc/b") != nil }
+        #expect(c.value("gw1", "site1.dev/plc/a") == .int(1111))
+        #expect(c.value("gw1", "site1.dev/plc/b") == .int(2222))
+        // Every value either register ever took on the agent.
+        let seenA = try c.history("gw1", "site1.dev/plc/a").compactMap { $0["value"] }
+        let seenB = try c.history("gw1", "site1.dev/plc/b").compactMap { $0["value"] }
+        #expect(!seenA.isEmpty && seenA.allSatisfy { $0 == .int(1111) }, "a took \(seenA)")
+        #expect(!seenB.isEmpty && seenB.allSatisfy { $0 == .int(2222) }, "b took \(seenB)")
+    }
+}

@@ -164,6 +164,31 @@ import Testing
         #expect(error?.description.contains("\"enabled\" must be true or false") == true, "\(error?.description ?? "-")")
     }
 
+    /// RS-485 multi-drop: Modbus RTU units may share a port when their units
+    /// differ and their line settings match; nothing else may share one.
+    @Test func modbusUnitsMayShareASerialLine() throws {
+        let head = "[node]\nname = \"gw\"\nkey = \"/tmp/k\"\ndata = \"/tmp/d\"\n[api]\nsocket = \"/tmp/s\"\n"
+            + "[[upstream]]\nname = \"u\"\nurl = \"unix:///tmp/l\"\nkey = \"\(String(repeating: "ab", count: 32))\"\n"
+            + "[[register]]\ndomain = \"site1\"\npolicy = \"device\"\n"   // lines 1-13
+        func rtu(_ name: String, unit: Int, baud: Int = 19200) -> String {
+            "[[device]]\nname = \"\(name)\"\nkind = \"modbus-rtu\"\nport = \"/dev/ttyS1\"\nbaud = \(baud)\nunit = \(unit)\ngroup = \"site1/\(name)\"\n"
+                + "[[device.register]]\nname = \"r\"\ntable = \"holding\"\naddress = 0\n"
+        }
+        let shared = try EdgeConfig.parse(file: "e.toml", text: head + rtu("a", unit: 1) + rtu("b", unit: 2))
+        #expect(shared.devices.map(\.name) == ["a", "b"])
+        func refusal(_ text: String) -> String {
+            do { _ = try EdgeConfig.parse(file: "e.toml", text: head + text) } catch { return "\(error)" }
+            return "accepted"
+        }
+        // Lines: the first device is 14-24, the second 25-35 (port at 28, unit at 30).
+        #expect(refusal(rtu("a", unit: 1) + rtu("b", unit: 1)) == "e.toml:30:1: device \"b\": unit 1 on /dev/ttyS1 is also device \"a\"")
+        #expect(refusal(rtu("a", unit: 1) + rtu("b", unit: 2, baud: 9600))
+                == "e.toml:28:1: device \"b\": /dev/ttyS1 is an RS-485 line shared with device \"a\", so baud, parity, data_bits and stop_bits must match it (a: 19200 8N1, here: 9600 8N1)")
+        let serial = "[[device]]\nname = \"mcu\"\nkind = \"serial\"\nport = \"/dev/ttyS1\"\ngroup = \"site1/mcu\"\n"
+        #expect(refusal(rtu("a", unit: 1) + serial) == "e.toml:28:1: device \"mcu\": /dev/ttyS1 is already device \"a\" (only modbus-rtu devices with different units may share a port)")
+        #expect(refusal(serial + rtu("a", unit: 1)).contains("e.toml:22:1: device \"a\": /dev/ttyS1 is already device \"mcu\""))
+    }
+
     /// An earlier [[register]] rule that takes registers a later, more
     /// specific one was meant for is a check-config warning naming both
     /// lines; the shipped examples have none.
