@@ -432,7 +432,10 @@ final class Device: @unchecked Sendable {
     func setError(_ message: String) {
         guard (lastError ?? "") != message else { return }
         lastError = message
-        if !message.isEmpty { node.metrics.deviceError(spec.name) }
+        if !message.isEmpty {
+            node.metrics.deviceError(spec.name)
+            node.limitLog.warning("device-error:\(spec.name)", "device \(spec.name): \(message)", nowMs: node.clock.nowMs())
+        }
         commit([Write("$error", .set, .string(message))])
     }
 

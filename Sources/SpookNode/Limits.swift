@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 
 /// Every bound a running node keeps on what others can make it hold
 /// (`[limits]` in the config; docs/configuration.md). Reaching one is a log
@@ -217,5 +218,29 @@ extension String {
         while let c = s.first, c.isWhitespace { s.removeFirst() }
         while let c = s.last, c.isWhitespace { s.removeLast() }
         return String(s)
+    }
+}
+
+/// A transport error as one sentence an operator can read: "connection
+/// refused by 10.0.0.5:7700", "connection reset by peer", not the description
+/// of the NIO type with the system call's argument labels.
+func sentence(_ error: Error) -> String {
+    func reason(_ code: Int32) -> String { String(cString: strerror(code)).lowercased() }
+    switch error {
+    case let e as NIOConnectionError:
+        let attempts = e.connectionErrors.map { "\(reason(of: $0.error)) (\($0.target))" }
+        if let dns = e.dnsAAAAError ?? e.dnsAError, attempts.isEmpty { return "could not resolve \(e.host): \(dns)" }
+        return attempts.isEmpty ? "could not connect to \(e.host):\(e.port)" : "could not connect to \(e.host):\(e.port): " + attempts.joined(separator: "; ")
+    default:
+        return reason(of: error)
+    }
+    func reason(of error: Error) -> String {
+        switch error {
+        case let e as IOError: return reason(e.errnoCode)
+        case ChannelError.connectTimeout(let t): return "no answer within \(t.nanoseconds / 1_000_000) ms"
+        case ChannelError.ioOnClosedChannel, ChannelError.alreadyClosed: return "the connection was already closed"
+        case ChannelError.eof: return "the peer closed the connection"
+        default: return "\(error)"
+        }
     }
 }

@@ -22,8 +22,6 @@ final class NodeMetrics: @unchecked Sendable {
     /// Remote deltas refused because their HLC was too far from our clock.
     let clockDriftRefused: Counter
     var lastHeld: UInt64 = 0
-    /// The gauges of each link now present, by its configured name.
-    var linkGauges: [String: [Gauge]] = [:]
     let peersForgotten: Counter
     let compactedDeltas: Counter
     let bufferedOut: Gauge
@@ -39,9 +37,20 @@ final class NodeMetrics: @unchecked Sendable {
     static var lagName: MetricNameDescriptor { name("link_lag", "deltas", "Deltas the peer has not acknowledged") }
     static var onlineName: MetricNameDescriptor { name("link", "online", "1 while the link is coherent") }
     static var deviceOnlineName: MetricNameDescriptor { name("device", "online", "1 while the device HalfPair is coherent") }
-    static var deviceTransactionsName: MetricNameDescriptor { name("device_transactions", "total", "Modbus requests and firmware bridge reports since start") }
+    static var deviceTransactionsName: MetricNameDescriptor { name("device_transactions", "total", "Modbus requests and firmware bridge reports") }
     static var deviceErrorsName: MetricNameDescriptor { name("device_errors", "total", "Problems written to a device's $error (timeouts, exceptions, refused writes)") }
-    static var bytesName: MetricNameDescriptor { name("link_sent", "bytes", "Frame bytes sent on the current connection") }
+    static var bytesName: MetricNameDescriptor { name("link_sent_bytes", "total", "Frame bytes sent on the link, over every connection") }
+    /// Per configured link: its gauges, its sent-bytes counter, and the byte count of the connection last seen.
+    struct LinkSeries {
+        let lag: Gauge, online: Gauge, sent: Counter
+        var connectionBytes = 0
+    }
+    var linkSeries: [String: LinkSeries] = [:]
+    /// Per device name: transactions counted so far (a device's count restarts when a reload re-creates it).
+    var deviceCounted: [String: Int] = [:]
+    /// The `reason` values of spook_connections_refused_total.
+    static let refusalReasons = ["limit", "handshake-timeout", "slow-reader", "api-clients"]
+    let process = ProcessMetrics()
 
     init() {
         commitSeconds = registry.makeDurationHistogram(
@@ -94,6 +103,30 @@ final class NodeMetrics: @unchecked Sendable {
         registry.makeCounter(descriptor: NodeMetrics.refusedName, labels: [("code", code)]).increment()
     }
 
+    /// Creates every labelled series the config names, so each exists (at 0)
+    /// from start rather than from its first event: links by their configured
+    /// names, devices, refusal reasons. Runs again after a reload (new names
+    /// are added; series of removed names stay until the process ends).
+    func prepare(_ node: Node) {
+        var links: [String] = []
+        switch node.role {
+        case .edge(let c): links = c.upstreams.map(\.name)
+        case .daemon(let c): links = c.peers.map(\.name)
+        }
+        for name in links where linkSeries[name] == nil {
+            linkSeries[name] = LinkSeries(lag: registry.makeGauge(descriptor: NodeMetrics.lagName, labels: [("link", name)]),
+                                          online: registry.makeGauge(descriptor: NodeMetrics.onlineName, labels: [("link", name)]),
+                                          sent: registry.makeCounter(descriptor: NodeMetrics.bytesName, labels: [("link", name)]))
+            _ = registry.makeCounter(descriptor: NodeMetrics.refusedWritesName, labels: [("peer", name)])
+        }
+        for spec in node.devices?.specs ?? [] {
+            _ = registry.makeGauge(descriptor: NodeMetrics.deviceOnlineName, labels: [("device", spec.name)])
+            _ = registry.makeCounter(descriptor: NodeMetrics.deviceTransactionsName, labels: [("device", spec.name)])
+            _ = registry.makeCounter(descriptor: NodeMetrics.deviceErrorsName, labels: [("device", spec.name)])
+        }
+        for reason in NodeMetrics.refusalReasons { _ = registry.makeCounter(descriptor: NodeMetrics.connectionsRefusedName, labels: [("reason", reason)]) }
+    }
+
     /// Reads the node's gauges (on the node loop), then renders everything.
     func scrape(_ node: Node) -> [UInt8] {
         let held = node.store.vector.total
@@ -102,30 +135,38 @@ final class NodeMetrics: @unchecked Sendable {
         let status = node.linkStatus()
         links.set(to: Double(status.filter { $0.peer != "-" }.count))
         // Series per link, labelled with configured names only (an upstream's,
-        // or a [[peer]]'s), and removed when the link goes: a flood of
-        // connections, or peers naming themselves, cannot grow the registry.
-        var present: [String: [Gauge]] = [:]
+        // or a [[peer]]'s, made by `prepare`): a flood of connections, or peers
+        // naming themselves, cannot grow the registry. A link that is down
+        // reads online 0; its sent bytes count on across connections.
+        var seen = Set<String>()
         for l in status where l.peer != "-" {
-            let gauges = linkGauges[l.name] ?? [NodeMetrics.lagName, NodeMetrics.onlineName, NodeMetrics.bytesName].map {
-                registry.makeGauge(descriptor: $0, labels: [("link", l.name)])
-            }
-            gauges[0].set(to: Double(l.lag))
-            gauges[1].set(to: l.online ? 1.0 : 0.0)
-            gauges[2].set(to: Double(l.bytesSent))
-            present[l.name] = gauges
+            guard var series = linkSeries[l.name] else { continue }
+            seen.insert(l.name)
+            series.lag.set(to: Double(l.lag))
+            series.online.set(to: l.online ? 1.0 : 0.0)
+            // A new connection starts its own count from 0.
+            let sent = l.bytesSent >= series.connectionBytes ? l.bytesSent - series.connectionBytes : l.bytesSent
+            if sent > 0 { series.sent.increment(by: Int64(sent)) }
+            series.connectionBytes = l.bytesSent
+            linkSeries[l.name] = series
         }
-        for (name, gauges) in linkGauges where present[name] == nil {
-            for g in gauges { registry.unregisterGauge(g) }
+        for (name, series) in linkSeries where !seen.contains(name) {
+            series.online.set(to: 0)
+            linkSeries[name]?.connectionBytes = 0
         }
-        linkGauges = present
         let counts = node.budget.snapshot
         bufferedOut.set(to: Double(counts.outbound))
         bufferedIn.set(to: Double(counts.inbound))
         for d in node.devices?.devices ?? [] {
             registry.makeGauge(descriptor: NodeMetrics.deviceOnlineName, labels: [("device", d.spec.name)]).set(to: d.pair.state.isOnline ? 1.0 : 0.0)
-            registry.makeGauge(descriptor: NodeMetrics.deviceTransactionsName, labels: [("device", d.spec.name)]).set(to: Double(d.transactionCount))
+            // The device object counts from its creation; the counter goes on across reloads.
+            let count = d.transactionCount, counted = deviceCounted[d.spec.name] ?? 0
+            let new = count >= counted ? count - counted : count
+            if new > 0 { registry.makeCounter(descriptor: NodeMetrics.deviceTransactionsName, labels: [("device", d.spec.name)]).increment(by: Int64(new)) }
+            deviceCounted[d.spec.name] = count
         }
-        return registry.emitToBuffer()
+        process.update()
+        return registry.emitToBuffer() + process.render()
     }
 
     func listen(host: String, port: Int, group: EventLoopGroup, node: Node) throws {
@@ -178,5 +219,62 @@ final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
                 channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
             }
         }
+    }
+}
+
+/// The process metrics Prometheus client libraries export by convention
+/// (process_resident_memory_bytes, process_cpu_seconds_total, …), read from
+/// /proc/self at each scrape and rendered beside the registry's.
+final class ProcessMetrics: @unchecked Sendable {
+    var residentBytes = 0.0, virtualBytes = 0.0, cpuSeconds = 0.0, openFDs = 0.0, startSeconds = 0.0
+    let maxFDs: Double = {
+        var limit = rlimit()
+        return getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? Double(limit.rlim_cur) : 0
+    }()
+
+    func update() {
+        guard let f = fopen("/proc/self/stat", "r") else { return }
+        var line = [CChar](repeating: 0, count: 1024)
+        let read = fgets(&line, Int32(line.count), f) != nil
+        fclose(f)
+        guard read else { return }
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        // Fields after the command name (which may hold spaces) in ")": state is field 3.
+        let fields = (text.split(separator: ")").last ?? "").split(separator: " ").map(String.init)
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK))), page = Double(sysconf(Int32(_SC_PAGESIZE)))
+        func field(_ n: Int) -> Double { n - 3 < fields.count ? Double(fields[n - 3]) ?? 0 : 0 }
+        cpuSeconds = (field(14) + field(15)) / ticks
+        virtualBytes = field(23)
+        residentBytes = field(24) * page
+        startSeconds = bootSeconds() + field(22) / ticks
+        var count = 0
+        if let dir = opendir("/proc/self/fd") {
+            while readdir(dir) != nil { count += 1 }
+            closedir(dir)
+        }
+        openFDs = Double(max(0, count - 3))  // ".", "..", and the directory's own descriptor
+    }
+
+    func bootSeconds() -> Double {
+        guard let f = fopen("/proc/stat", "r") else { return 0 }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 512)
+        while fgets(&line, Int32(line.count), f) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if text.hasPrefix("btime ") { return Double(text.dropFirst(6).prefix { $0 != "\n" }) ?? 0 }
+        }
+        return 0
+    }
+
+    func render() -> [UInt8] {
+        func metric(_ name: String, _ type: String, _ help: String, _ value: Double) -> String {
+            "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
+        }
+        return Array((metric("process_cpu_seconds_total", "counter", "User and system CPU time spent in seconds.", cpuSeconds)
+            + metric("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", residentBytes)
+            + metric("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", virtualBytes)
+            + metric("process_open_fds", "gauge", "Number of open file descriptors.", openFDs)
+            + metric("process_max_fds", "gauge", "Maximum number of open file descriptors.", maxFDs)
+            + metric("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", startSeconds)).utf8)
     }
 }

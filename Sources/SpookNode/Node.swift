@@ -179,6 +179,7 @@ public final class Node: @unchecked Sendable {
                 self.api.changed(changed, changes)
                 self.devices?.changed(changed)
             }
+            self.metrics.prepare(self)
         }.wait()
         try api.listen(path: config.apiSocket, group: ioGroup)
         try loop.submit {
@@ -347,6 +348,7 @@ public final class Node: @unchecked Sendable {
                 changes += self.devices?.reload(next.devices) ?? []
             }
             self.role = next
+            self.metrics.prepare(self)
             self.logger.notice("reloaded", metadata: ["changes": "\(changes.joined(separator: "; "))"])
         }.wait()
     }
@@ -498,7 +500,7 @@ public final class Node: @unchecked Sendable {
                 for (delta, refusal) in refusals {
                     forbidden = forbidden ?? WireError(.forbidden, refusal)
                     metrics.refusedWrite(link.name)
-                    logger.warning("write refused, held withheld", metadata: ["link": "\(id)", "delta": "\(delta)", "reason": "\(refusal)"])
+                    limitLog.warning("write-refused:\(link.name)", "write from \(link.name) refused and held withheld (delta \(delta)): \(refusal)", nowMs: clock.nowMs())
                 }
                 if !refusals.isEmpty { message = .deltas(checked) }
             }
@@ -508,7 +510,7 @@ public final class Node: @unchecked Sendable {
                     let refusal = "\(peer.origin) may not write \(refused[0]) (and \(refused.count - 1) more) sent in a snapshot: outside its write grant or \"owns\""
                     forbidden = WireError(.forbidden, refusal)
                     metrics.refusedWrite(link.name)
-                    logger.warning("snapshot refused in part", metadata: ["link": "\(id)", "reason": "\(refusal)"])
+                    limitLog.warning("write-refused:\(link.name)", "snapshot from \(link.name) refused in part: \(refusal)", nowMs: clock.nowMs())
                 }
                 message = .snapshot(admitted)
             }
@@ -873,7 +875,7 @@ public final class Node: @unchecked Sendable {
         connecting.hop(to: loop).whenComplete { result in
             switch result {
             case .failure(let error):
-                self.logger.info("connect failed", metadata: ["upstream": "\(self.upstreams[u].config.name)", "error": "\(error)"])
+                self.logger.info("upstream \(self.upstreams[u].config.name): \(sentence(error))")
                 self.links[id] = nil
                 if self.upstreams[u].link == id {
                     self.upstreams[u].link = nil
@@ -1093,7 +1095,7 @@ final class FrameHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         // Transport errors: TLS verification, resets. The close tells the node.
-        node.logger.warning("link transport error", metadata: ["link": "\(link)", "error": "\(error)"])
+        node.logger.warning("link \(link): \(sentence(error))")
         context.close(promise: nil)
     }
 }

@@ -142,7 +142,9 @@ struct Spookctl: ParsableCommand {
     }
 
     struct Watch: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Stream changes of registers whose name starts with PREFIX, until interrupted.")
+        static let configuration = CommandConfiguration(
+            abstract: "Stream changes of registers whose name starts with PREFIX, until interrupted.",
+            discussion: "Exits 0 after --count changes, 69 if the node closes the connection (it stopped or restarted).")
         @OptionGroup var options: Options
         @Argument(help: "A name prefix.") var prefix: String = ""
         @Option(help: "Stop after this many changes (default: never).") var count: Int?
@@ -173,6 +175,9 @@ struct Spookctl: ParsableCommand {
                 seen += 1
                 if let count, seen >= count { return }
             }
+            // The node went away (stopped, restarted): a script must not take that for "done".
+            FileOutput.error("spookctl: watch: \(options.path): the node closed the connection after \(seen) change\(seen == 1 ? "" : "s") (it stopped or restarted)")
+            throw ExitCode(69)  // EX_UNAVAILABLE
         }
     }
 

@@ -130,6 +130,12 @@ final class Cluster {
     func startDaemon(environment: [String: String] = [:]) throws { daemon = try launch("spookd", "spookd.toml", environment: environment) }
     func startEdge(_ name: String = "gw1") throws { edges[name] = try launch("spook-edge", "\(name).toml") }
 
+    func stopEdge(_ name: String = "gw1", signal: Int32 = SIGTERM) {
+        edges[name]?.signal(signal)
+        edges[name]?.wait()
+        edges[name] = nil
+    }
+
     func stopDaemon(signal: Int32 = SIGKILL) {
         daemon?.signal(signal)
         daemon?.wait()

@@ -467,6 +467,45 @@ enum RawSocket {
         #expect((commits ?? 0) >= 1, "received DELTAS commits are timed")
         #expect(try Self.get(port, "/other").hasPrefix("HTTP/1.1 404"))
     }
+
+    /// The value of the series that starts with `series ` in a scrape, if any.
+    static func sample(_ text: String, _ series: String) -> Double? {
+        text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+    }
+
+    /// Prometheus conventions: the configured peer's series exist before it
+    /// ever links, counters are counters and do not go back when a link
+    /// reconnects, process metrics are there.
+    @Test func metricsFollowPrometheusConventions() throws {
+        let port = try CuttableProxy.freePort()
+        let c = try Cluster(extraDaemonToml: "[metrics]\nlisten = \"127.0.0.1:\(port)\"\n")
+        try c.startDaemon()
+        let before = try Self.get(port, "/metrics")
+        for series in ["spook_link_online{link=\"gw1\"}", "spook_link_sent_bytes_total{link=\"gw1\"}", "spook_writes_refused_total{peer=\"gw1\"}",
+                       "spook_connections_refused_total{reason=\"limit\"}", "spook_connections_refused_total{reason=\"slow-reader\"}"] {
+            #expect(Self.sample(before, series) == 0, "\(series) before any link: \(before)")
+        }
+        #expect(before.contains("# TYPE spook_link_sent_bytes_total counter"))
+        #expect((Self.sample(before, "process_resident_memory_bytes") ?? 0) > 1_000_000, "\(before)")
+        #expect(Self.sample(before, "process_cpu_seconds_total") != nil && (Self.sample(before, "process_open_fds") ?? 0) > 0)
+        #expect((Self.sample(before, "process_start_time_seconds") ?? 0) > 1_700_000_000)
+        try c.startEdge()
+        try c.waitFor("the edge to be coherent") { c.coherent() }
+        var first = 0.0
+        try c.waitFor("bytes sent to gw1 counted") {
+            first = Self.sample(try Self.get(port, "/metrics"), "spook_link_sent_bytes_total{link=\"gw1\"}") ?? 0
+            return first > 0
+        }
+        // The agent goes and comes back: a new connection, and the counter goes on from where it was.
+        c.stopEdge()
+        try c.waitFor("the link down") { Self.sample(try Self.get(port, "/metrics"), "spook_link_online{link=\"gw1\"}") == 0 }
+        #expect((Self.sample(try Self.get(port, "/metrics"), "spook_link_sent_bytes_total{link=\"gw1\"}") ?? 0) >= first)
+        try c.startEdge()
+        try c.waitFor("the edge coherent again") { c.coherent() }
+        try c.waitFor("the second connection's bytes added") {
+            (Self.sample(try Self.get(port, "/metrics"), "spook_link_sent_bytes_total{link=\"gw1\"}") ?? 0) > first
+        }
+    }
 }
 
 /// A hand-driven ETCP peer: the real handshake and frames over a socket, so a

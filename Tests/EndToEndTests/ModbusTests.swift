@@ -94,7 +94,7 @@ func modbusDevice(_ head: String) -> String {
         let scraped = try MetricsTests.get(metrics, "/metrics")
         #expect(scraped.contains("spook_device_online{device=\"plc\"} 1"), "\(scraped)")
         #expect(scraped.contains("spook_device_errors_total{device=\"plc\"} 1"))
-        #expect(scraped.contains("spook_device_transactions_total{device=\"plc\"}"))
+        #expect(scraped.contains("# TYPE spook_device_transactions_total counter\nspook_device_transactions_total{device=\"plc\"} "), "\(scraped)")
 
         // Desired, set upstream, is written to the server (read back here with libmodbus directly).
         let probe = try ModbusClient(host: "127.0.0.1", port: port, unit: 1, timeoutMs: 1000)

@@ -131,6 +131,24 @@ import Testing
         #expect(((try? String(contentsOfFile: dir.file("ctl.stderr"))) ?? "").contains("no answer from the agent"))
     }
 
+    /// `spookctl watch` exits 69 with a sentence when the node goes away
+    /// (a script must not take a stopped agent for a finished watch), and 0
+    /// after --count changes.
+    @Test func watchExitsNonZeroWhenTheNodeGoesAway() throws {
+        let c = try Cluster()
+        try c.startEdge()
+        let counted = try ChildProcess(Cluster.binary("spookctl"), ["watch", "site1.l1/w/", "--count", "1", "--json", "--socket", c.socket("gw1")])
+        #expect(try counted.readLine()?.contains("\"ok\":true") == true)
+        try c.set("gw1", "site1.l1/w/r", .int(1))
+        #expect(counted.wait() == 0)
+        let watch = try ChildProcess(Cluster.binary("spookctl"), ["watch", "site1.l1/w/", "--json", "--socket", c.socket("gw1")],
+                                     stderrPath: c.dir.file("watch.stderr"))
+        #expect(try watch.readLine()?.contains("\"ok\":true") == true)
+        c.stopEdge()
+        #expect(watch.exitCode() == 69)
+        #expect(((try? String(contentsOfFile: c.dir.file("watch.stderr"))) ?? "").contains("the node closed the connection"))
+    }
+
     /// A [[peer]] may write its own status registers (spook.<name>) without
     /// listing them: an agent whose grant names only its data domains used
     /// to be refused in a reconnect loop ("may not write spook.…").
