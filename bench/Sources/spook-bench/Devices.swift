@@ -65,6 +65,33 @@ enum DeviceBench {
         return Int(n)
     }
 
+    /// The gateway load of the footprint goal: a libmodbus server whose holding
+    /// registers 100…199 all change every 100 ms, polled every 100 ms by the
+    /// agent and forwarded durably to a daemon. The agent's CPU (% of one core)
+    /// and RSS over `seconds`, and each clock change's latency to upstream.
+    static func gatewayLoad(dir: String, binaries: String, edgeBinary: String, tools: String, seconds: Double) throws -> (cpuPercent: Double, rssMiB: Double, latencies: [Double]) {
+        let port = freePort()
+        let ticking = try LinkBench.Process("\(tools)/modbus-server", ["\(port)", "--tick-ms", "100"], readable: true)
+        defer { ticking.stop() }
+        _ = ticking.line()
+        var load = "[[device.register]]\nname = \"clock\"\ntable = \"holding\"\naddress = 98\ntype = \"u32\"\n"
+        for i in 100..<200 { load += "[[device.register]]\nname = \"r\(i)\"\ntable = \"holding\"\naddress = \(i)\n" }
+        let (daemon, edge, _, up) = try cluster(dir: dir, binaries: binaries, edgeBinary: edgeBinary, device: """
+            [[device]]
+            name = "plc"
+            kind = "modbus-tcp"
+            url = "tcp://127.0.0.1:\(port)"
+            poll_ms = 100
+            group = "bench.dev/plc"
+            \(load)
+            """)
+        defer { edge.stop(); daemon.stop() }
+        let cpu0 = edge.cpuTicks, t0 = now()
+        let (latencies, _) = try clockLatencies(up, register: "bench.dev/plc/clock", seconds: seconds)
+        let cpu = Double(edge.cpuTicks - cpu0) / Double(sysconf(Int32(_SC_CLK_TCK))) / (now() - t0) * 100
+        return (cpu, Double(edge.rssKiB) / 1024, latencies)
+    }
+
     static func run(dir: String, binaries: String, edgeBinary: String, tools: String, sim: String, seconds: Double) throws -> [Row] {
         var rows: [Row] = []
         // 1. Polling throughput: 100 holding registers (one coalesced read), back to back.
@@ -107,31 +134,13 @@ enum DeviceBench {
         rows.append(Row(name: "Modbus registers polled, agent", value: agentRate * 100, unit: "registers/s", baseline: "bare libmodbus C loop", baselineValue: bare * 100))
 
         // 2. Gateway-like load: 100 holding registers changing at 10 Hz, polled at 10 Hz, forwarded upstream.
-        let tickPort = freePort()
-        let ticking = try LinkBench.Process("\(tools)/modbus-server", ["\(tickPort)", "--tick-ms", "100"], readable: true)
-        defer { ticking.stop() }
-        _ = ticking.line()
         do {
             let d = "\(dir)/load"
             mkdir(d, 0o700)
-            var load = "[[device.register]]\nname = \"clock\"\ntable = \"holding\"\naddress = 98\ntype = \"u32\"\n"
-            for i in 100..<200 { load += "[[device.register]]\nname = \"r\(i)\"\ntable = \"holding\"\naddress = \(i)\n" }
-            let (daemon, edge, _, up) = try cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary, device: """
-                [[device]]
-                name = "plc"
-                kind = "modbus-tcp"
-                url = "tcp://127.0.0.1:\(tickPort)"
-                poll_ms = 100
-                group = "bench.dev/plc"
-                \(load)
-                """)
-            defer { edge.stop(); daemon.stop() }
-            let cpu0 = edge.cpuTicks, t0 = now()
-            let (latencies, _) = try clockLatencies(up, register: "bench.dev/plc/clock", seconds: seconds * 3)
-            let cpu = Double(edge.cpuTicks - cpu0) / Double(sysconf(Int32(_SC_CLK_TCK))) / (now() - t0) * 100
-            rows.append(Row(name: "gateway load (100 regs at 10 Hz): agent CPU", value: cpu, unit: "%", baseline: "agent RSS (MiB)", baselineValue: Double(edge.rssKiB) / 1024))
-            rows.append(Row(name: "gateway load: device change→upstream p50 (\(latencies.count) changes)", value: percentile(latencies, 0.5), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
-            rows.append(Row(name: "gateway load: device change→upstream p99", value: percentile(latencies, 0.99), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
+            let load = try gatewayLoad(dir: d, binaries: binaries, edgeBinary: edgeBinary, tools: tools, seconds: seconds * 3)
+            rows.append(Row(name: "gateway load (100 regs at 10 Hz): agent CPU", value: load.cpuPercent, unit: "%", baseline: "agent RSS (MiB)", baselineValue: load.rssMiB))
+            rows.append(Row(name: "gateway load: device change→upstream p50 (\(load.latencies.count) changes)", value: percentile(load.latencies, 0.5), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
+            rows.append(Row(name: "gateway load: device change→upstream p99", value: percentile(load.latencies, 0.99), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
         }
 
         // 3. Firmware bridge over a pty: every report committed (sync=full) before it is acknowledged.

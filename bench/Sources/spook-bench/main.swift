@@ -4,7 +4,7 @@
 //
 //     bench/run              (release build, then this)
 //     bench/run --quick      (smaller counts, for a smoke run)
-//     bench/run --only P     one part: core, store, link, longrun or devices
+//     bench/run --only P     one part: core, store, link, longrun, devices or footprint
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +14,7 @@ import SpookStore
 
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
-/// `--only core`, `store`, `link`, `longrun` or `devices` runs one part.
+/// `--only core`, `store`, `link`, `longrun`, `devices` or `footprint` runs one part.
 let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
     i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
 }
@@ -188,6 +188,23 @@ if runs("devices") {
     let root = getcwd(&cwd, cwd.count).map { String(cString: $0) } ?? "."
     rows += try DeviceBench.run(dir: devDir, binaries: binaries, edgeBinary: edgeBinary, tools: "\(root)/bench/modbus/build",
                                 sim: "\(root)/firmware-bridge/build/sfb-sim", seconds: quick ? 1 : 3)
+}
+
+// MARK: footprint (the static agent against the dynamic one)
+
+if runs("footprint") {
+    let footDir = "\(dir)/footprint"
+    mkdir(footDir, 0o700)
+    var cwd = [CChar](repeating: 0, count: 4096)
+    let root = getcwd(&cwd, cwd.count).map { String(cString: $0) } ?? "."
+    // bench/run builds the shipped agent with scripts/build-release and names it here.
+    guard let staticEdge = getenv("SPOOK_EDGE_STATIC").map({ String(cString: $0) }) else {
+        fatalError("--only footprint needs SPOOK_EDGE_STATIC (bench/run sets it)")
+    }
+    let dynamicEdge = "\(footDir)/spook-edge-dynamic"
+    guard system("strip -o '\(dynamicEdge)' '\(binaries)/spook-edge'") == 0 else { fatalError("strip failed") }
+    rows += try FootprintBench.run(dir: footDir, binaries: binaries, staticEdge: staticEdge, dynamicEdge: dynamicEdge,
+                                   tools: "\(root)/bench/modbus/build", seconds: quick ? 2 : 5)
 }
 
 // MARK: the table
