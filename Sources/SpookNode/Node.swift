@@ -40,13 +40,13 @@ public final class Node: @unchecked Sendable {
         }
 
         /// What a reload cannot change on a running node, as text: the node
-        /// table (but its log level), upstreams, listeners and peers.
+        /// table (but its log level), an agent's upstreams, a daemon's listeners.
         var fixedPart: String {
             var node = self.node
             node.logLevel = .info
             switch self {
             case .edge(let c): return "\(node) \(c.upstreams)"
-            case .daemon(let c): return "\(node) \(c.listen) \(c.peers)"
+            case .daemon(let c): return "\(node) \(c.listen)"
             }
         }
 
@@ -117,9 +117,12 @@ public final class Node: @unchecked Sendable {
     var daemonTimer: RepeatedTask?
     var compactionTimer: RepeatedTask?
     var compactionFollowUp: Scheduled<Void>?
-    let authorisation: Authorisation?
+    /// Who may link, and with what grant (node loop; a reload replaces it).
+    var authorisation: Authorisation?
+    /// The server TLS context of each TLS listener, swapped by a reload that re-reads the files.
+    var listenerTLS: [(listener: DaemonConfig.Listener, context: NIOLockedValueBox<NIOSSLContext>)] = []
     /// Configured peer names by public key (hex), for logs and metric labels.
-    let peerNames: [String: String]
+    var peerNames: [String: String]
     let metrics = NodeMetrics()
     let budget: NodeBudget
     let limitLog: RateLimitedLog
@@ -197,7 +200,8 @@ public final class Node: @unchecked Sendable {
         case .daemon(let c):
             for listener in c.listen {
                 let endpoint = listener.endpoint
-                let tls = try listener.certPath.map { certPath in try Node.serverTLS(cert: certPath, key: listener.keyPath ?? "") }
+                let tls = try listener.certPath.map { certPath in NIOLockedValueBox(try Node.serverTLS(cert: certPath, key: listener.keyPath ?? "")) }
+                if let tls { listenerTLS.append((listener, tls)) }
                 let name = "\(endpoint)"
                 let deadline = TimeAmount.milliseconds(Int64(silenceMs))
                 let channel = try ServerBootstrap(group: ioGroup)
@@ -225,7 +229,9 @@ public final class Node: @unchecked Sendable {
                         // TLS first, so the HELLO `accepted` writes goes out encrypted.
                         let secured: EventLoopFuture<Void>
                         if let tls {
-                            secured = channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+                            // The context of now: a reload may have re-read the certificate.
+                            let context = tls.withLockedValue { $0 }
+                            secured = channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context)) }
                         } else {
                             secured = channel.eventLoop.makeSucceededVoidFuture()
                         }
@@ -335,12 +341,23 @@ public final class Node: @unchecked Sendable {
     public func reload(_ next: Role) {
         try? loop.submit {
             guard next.fixedPart == self.role.fixedPart else {
-                self.logger.error("reload refused: only [log] level and [[device]] tables can change while running; restart for the rest. The running config stays")
+                self.logger.error("reload refused: only [log] level, [[device]] tables, [[peer]] tables and TLS certificate files can change while running; restart for the rest. The running config stays")
                 return
             }
+            // Certificates first: a file that no longer loads refuses the whole reload.
+            var contexts: [NIOSSLContext] = []
+            for (listener, _) in self.listenerTLS {
+                do { contexts.append(try Node.serverTLS(cert: listener.certPath ?? "", key: listener.keyPath ?? "")) } catch {
+                    self.logger.error("reload refused: \(error). The running config stays")
+                    return
+                }
+            }
+            for (i, context) in contexts.enumerated() { self.listenerTLS[i].context.withLockedValue { $0 = context } }
             let level = next.node.logLevel
             SpookLogHandler.level.withLockedValue { $0 = level }
             var changes = ["log level \(level)"]
+            if !contexts.isEmpty { changes.append("TLS certificates re-read for \(contexts.count) listener\(contexts.count == 1 ? "" : "s")") }
+            if case .daemon(let c) = next { changes += self.reloadPeers(c) }
             if case .edge = next {
                 if self.devices == nil, !next.devices.isEmpty {
                     self.devices = DeviceHost(node: self, specs: [])
@@ -722,6 +739,28 @@ public final class Node: @unchecked Sendable {
         logger.warning("link refused", metadata: ["link": "\(link.id)", "code": "\(error.code)", "reason": "\(error.message)"])
         send(.error(code: error.code, message: error.message), on: link)
         link.channel.close(promise: nil)
+    }
+
+    /// New `[[peer]]` tables: who may link from now on. A linked peer whose
+    /// grant changed, or who is no longer listed, is sent CLOSE: it
+    /// reconnects and is judged by the new tables (a removed one is refused).
+    func reloadPeers(_ c: DaemonConfig) -> [String] {
+        let old = authorisation
+        let next = c.authorisation
+        authorisation = next
+        peerNames = Dictionary(c.peers.map { ($0.key.hex, $0.name) }, uniquingKeysWith: { a, _ in a })
+        var closed = 0
+        for link in links.values {
+            guard let peer = link.peer, link.upstream == nil else { continue }
+            let grant = next.grant(for: peer.publicKey)
+            guard grant != link.grant else { continue }
+            send(.close(message: grant == nil ? "no longer a peer of this daemon" : "this peer's grant changed: reconnect"), on: link)
+            link.channel.close(promise: nil)
+            closed += 1
+        }
+        let before = Set(old.map { Array($0.keys.keys) } ?? []), after = Set(next.keys.keys)
+        let changed = after.intersection(before).filter { old?.keys[$0] != next.keys[$0] }.count
+        return ["peers: \(after.subtracting(before).count) added, \(before.subtracting(after).count) removed, \(changed) changed, \(closed) link\(closed == 1 ? "" : "s") closed to reconnect"]
     }
 
     /// The socket of `id` closed (on the node loop).

@@ -179,3 +179,65 @@ import Testing
         #expect(try MetricsTests.get(port, "/metrics").contains("spook_build_info{version=\"\(SpookVersion.string)\"} 1"))
     }
 }
+
+/// SIGHUP on a daemon: [[peer]] tables and TLS certificate files apply live.
+@Suite(.serialized) struct DaemonReloadTests {
+    /// A peer removed from the daemon's config is sent CLOSE and refused when
+    /// it reconnects; added back, it links again. The other peer never stops.
+    @Test func sighupAppliesPeerChanges() throws {
+        let c = try Cluster(edges: ["gw1", "gw2"])
+        try c.startDaemon()
+        try c.startEdge("gw1")
+        try c.startEdge("gw2")
+        try c.waitFor("both agents upstream") {
+            c.value("spookd", "spook.gw1/primary/$state") == .string("coherent") && c.value("spookd", "spook.gw2/primary/$state") == .string("coherent")
+        }
+        let full = try String(contentsOfFile: c.dir.file("spookd.toml"))
+        // The config without gw2's [[peer]] table.
+        let gw2Key = c.edgeKeys["gw2"]!.publicKey.hex
+        let tables = full.components(separatedBy: "[[peer]]")
+        let without = tables[0] + tables.dropFirst().filter { !$0.contains(gw2Key) }.map { "[[peer]]" + $0 }.joined()
+        #expect(without != full)
+        let states = { try c.history("gw2", "spook.gw2/primary/$state").count }
+        let statesBefore = try states()
+        try c.write("spookd.toml", without)
+        c.daemon?.signal(SIGHUP)
+        try c.waitFor("gw2 is no longer linked") { c.value("gw2", "spook.gw2/primary/$state") != .string("coherent") }
+        try c.set("gw2", "site1.l1/gw2/while-removed", .int(1))
+        try c.set("gw1", "site1.l1/gw1/still", .int(1))
+        try c.waitFor("gw1 still syncs") { c.value("spookd", "site1.l1/gw1/still") == .int(1) }
+        // gw2 keeps trying (its HalfPair moves on each attempt) and is refused each time: its write never arrives.
+        try c.waitFor("gw2 tried again, more than once", seconds: 30) { try states() >= statesBefore + 4 }
+        #expect(c.value("spookd", "site1.l1/gw2/while-removed") == nil)
+        #expect(c.value("gw2", "spook.gw2/primary/$state") != .string("coherent"))
+        try c.write("spookd.toml", full)
+        c.daemon?.signal(SIGHUP)
+        try c.waitFor("gw2 back, and its write upstream", seconds: 40) { c.value("spookd", "site1.l1/gw2/while-removed") == .int(1) }
+    }
+
+    /// A TLS listener's certificate is re-read: an agent that trusts only
+    /// another CA is refused, until the daemon's files are replaced by a
+    /// certificate from that CA and the daemon gets SIGHUP.
+    @Test func sighupRereadsTLSCertificates() throws {
+        let c = try TransportTests.cluster(.tls, trust: "otherca")
+        try c.startDaemon()
+        try c.startEdge()
+        try c.set("gw1", "site1.l1/tls/after-renewal", .int(1))
+        try c.waitFor("the agent refuses the daemon's certificate") {
+            let state = c.value("gw1", "spook.gw1/primary/$state")
+            return state != nil && state != .string("coherent") && state != .string("entangling") && c.value("spookd", "site1.l1/tls/after-renewal") == nil
+        }
+        // A certificate for localhost from the CA the agent trusts, moved over the daemon's files.
+        let dir = c.dir
+        func openssl(_ arguments: [String]) throws {
+            let p = try ChildProcess("/usr/bin/openssl", arguments)
+            guard p.wait() == 0 else { throw APIClientError("openssl \(arguments.first ?? "") failed") }
+        }
+        try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", dir.file("renewed.key"), "-out", dir.file("renewed.csr"), "-subj", "/CN=localhost"])
+        try openssl(["x509", "-req", "-in", dir.file("renewed.csr"), "-CA", dir.file("otherca.pem"), "-CAkey", dir.file("otherca.key"), "-CAcreateserial",
+                     "-out", dir.file("renewed.pem"), "-days", "2", "-extfile", dir.file("ext.cnf")])
+        #expect(rename(dir.file("renewed.key"), dir.file("server.key")) == 0 && rename(dir.file("renewed.pem"), dir.file("server.pem")) == 0)
+        c.daemon?.signal(SIGHUP)
+        try c.waitFor("the agent links with the renewed certificate", seconds: 40) { c.value("spookd", "site1.l1/tls/after-renewal") == .int(1) }
+    }
+}
