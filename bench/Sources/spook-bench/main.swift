@@ -49,6 +49,7 @@ var rows: [Row] = []
 func format(_ x: Double) -> String {
     if x >= 1e6 { return String(Int((x / 1e4).rounded())).withDecimal(2) + " M" }
     if x >= 1e3 { return String(Int((x / 10).rounded())).withDecimal(2) + " k" }
+    if x < 100 { return String(Int((x * 100).rounded())).withDecimal(2) }
     return String(Int(x.rounded()))
 }
 
@@ -213,5 +214,6 @@ print("| benchmark | result | baseline (same run) | baseline result | ratio |")
 print("|---|---:|---|---:|---:|")
 for r in rows {
     let ratio = r.value / r.baselineValue
-    print("| \(r.name) | \(format(r.value)) \(r.unit) | \(r.baseline) | \(format(r.baselineValue)) | \(String(Int((ratio * 100).rounded())).withDecimal(2)) |")
+    let shown = ratio.isFinite ? String(Int((ratio * 100).rounded())).withDecimal(2) : "–"
+    print("| \(r.name) | \(format(r.value)) \(r.unit) | \(r.baseline) | \(format(r.baselineValue)) | \(shown) |")
 }
