@@ -40,12 +40,12 @@ public final class Node: @unchecked Sendable {
         }
 
         /// What a reload cannot change on a running node, as text: the node
-        /// table (but its log level), an agent's upstreams, a daemon's listeners.
+        /// table (but its log level), a daemon's listeners.
         var fixedPart: String {
             var node = self.node
             node.logLevel = .info
             switch self {
-            case .edge(let c): return "\(node) \(c.upstreams)"
+            case .edge: return "\(node)"
             case .daemon(let c): return "\(node) \(c.listen)"
             }
         }
@@ -61,8 +61,8 @@ public final class Node: @unchecked Sendable {
         var session: SyncSession?
         var peer: Handshake.Peer?
         var grant: Authorisation.Grant?
-        /// Index into `upstreams` for links this edge opened.
-        let upstream: Int?
+        /// Index into `upstreams` for links this edge opened (nil once a reload retired it).
+        var upstream: Int?
         var lastHeardMs: UInt64
         /// Frame bytes sent on this link since it opened (catch-up cost shows here).
         var bytesSent = 0
@@ -117,6 +117,9 @@ public final class Node: @unchecked Sendable {
     var daemonTimer: RepeatedTask?
     var compactionTimer: RepeatedTask?
     var compactionFollowUp: Scheduled<Void>?
+    /// Bumped when a reload replaces `upstreams`: timers and connections of
+    /// the old ones see it and stand down (their indices mean nothing now).
+    var upstreamEpoch = 0
     /// Who may link, and with what grant (node loop; a reload replaces it).
     var authorisation: Authorisation?
     /// The server TLS context of each TLS listener, swapped by a reload that re-reads the files.
@@ -255,13 +258,7 @@ public final class Node: @unchecked Sendable {
             daemonTimer = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in self.daemonHeartbeat() }
         case .edge(let c):
             try loop.submit {
-                for (i, u) in c.upstreams.sorted(by: { ($0.priority, $1.name) > ($1.priority, $0.name) }).enumerated() {
-                    let pair = HalfPair(origin: self.origin, backoff: ReconnectBackoff(baseMs: self.config.reconnectBaseMs, capMs: self.config.reconnectCapMs),
-                                        heartbeatsMissedMax: self.config.heartbeatsMissedMax)
-                    let group = try QGroupName(domain: QDomain("spook.\(self.config.name)"), name: u.name)
-                    self.upstreams.append(Upstream(config: u, pair: pair, group: group))
-                    self.drive(i, .connect)
-                }
+                try self.startUpstreams(c.upstreams)
                 self.devices?.start()
             }.wait()
         }
@@ -341,7 +338,7 @@ public final class Node: @unchecked Sendable {
     public func reload(_ next: Role) {
         try? loop.submit {
             guard next.fixedPart == self.role.fixedPart else {
-                self.logger.error("reload refused: only [log] level, [[device]] tables, [[peer]] tables and TLS certificate files can change while running; restart for the rest. The running config stays")
+                self.logger.error("reload refused: only [log] level, [[device]], [[upstream]] and [[peer]] tables and TLS certificate files can change while running; restart for the rest. The running config stays")
                 return
             }
             // Certificates first: a file that no longer loads refuses the whole reload.
@@ -358,6 +355,9 @@ public final class Node: @unchecked Sendable {
             var changes = ["log level \(level)"]
             if !contexts.isEmpty { changes.append("TLS certificates re-read for \(contexts.count) listener\(contexts.count == 1 ? "" : "s")") }
             if case .daemon(let c) = next { changes += self.reloadPeers(c) }
+            if case .edge(let c) = next, case .edge(let running) = self.role, "\(c.upstreams)" != "\(running.upstreams)" {
+                changes += self.reloadUpstreams(c)
+            }
             if case .edge = next {
                 if self.devices == nil, !next.devices.isEmpty {
                     self.devices = DeviceHost(node: self, specs: [])
@@ -736,9 +736,53 @@ public final class Node: @unchecked Sendable {
 
     func refuse(_ link: Link, _ error: WireError) {
         metrics.refused(error.code.name)
-        logger.warning("link refused", metadata: ["link": "\(link.id)", "code": "\(error.code)", "reason": "\(error.message)"])
+        // Once per interval per code (a fixed set): a peer retrying a refused key cannot flood the log.
+        limitLog.warning("refused:\(error.code.name)", "link refused (\(link.name), \(error.code.name)): \(error.message)", nowMs: clock.nowMs())
         send(.error(code: error.code, message: error.message), on: link)
         link.channel.close(promise: nil)
+    }
+
+    /// One HalfPair per `[[upstream]]`, highest priority first, each connecting.
+    func startUpstreams(_ configs: [EdgeConfig.Upstream]) throws {
+        for (i, u) in configs.sorted(by: { ($0.priority, $1.name) > ($1.priority, $0.name) }).enumerated() {
+            let pair = HalfPair(origin: origin, backoff: ReconnectBackoff(baseMs: config.reconnectBaseMs, capMs: config.reconnectCapMs),
+                                heartbeatsMissedMax: config.heartbeatsMissedMax)
+            let group = try QGroupName(domain: QDomain("spook.\(config.name)"), name: u.name)
+            upstreams.append(Upstream(config: u, pair: pair, group: group))
+            drive(i, .connect)
+        }
+    }
+
+    /// New `[[upstream]]` tables: every upstream HalfPair is dissolved (CLOSE
+    /// on its link, `$state` "closed") and the new ones start and connect. A
+    /// link comes back with a catch-up, so nothing is lost; what was sent
+    /// withheld to an upstream whose domains grew is not sent again.
+    func reloadUpstreams(_ c: EdgeConfig) -> [String] {
+        let before = upstreams.map(\.config.name)
+        for u in upstreams.indices {
+            upstreams[u].reconnect?.cancel()
+            if let id = upstreams[u].link, let link = links[id] {
+                send(.close(message: "this agent's upstreams were reloaded"), on: link)
+                link.upstream = nil  // its late frames and its close no longer reach a HalfPair
+                link.channel.close(promise: nil)
+            }
+            upstreams[u].link = nil
+            drive(u, .dissolve)
+        }
+        upstreamEpoch += 1
+        upstreams = []
+        do { try startUpstreams(c.upstreams) } catch {
+            logger.error("upstreams not restarted", metadata: ["error": "\(error)"])
+        }
+        route()
+        let after = upstreams.map(\.config.name)
+        return ["upstreams restarted: \(after.joined(separator: ", ")) (were \(before.joined(separator: ", ")))"]
+    }
+
+    /// `drive`, unless a reload replaced the upstreams since `epoch`.
+    func drive(_ u: Int, epoch: Int, _ event: HalfPair.Event) {
+        guard epoch == upstreamEpoch, u < upstreams.count else { return }
+        drive(u, event)
     }
 
     /// New `[[peer]]` tables: who may link from now on. A linked peer whose
@@ -828,14 +872,16 @@ public final class Node: @unchecked Sendable {
             }
         case .startHeartbeatTimer:
             let interval = TimeAmount.milliseconds(Int64(config.heartbeatIntervalMs))
-            upstreams[u].heartbeat = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in self.drive(u, .heartbeatTimerFired) }
+            let epoch = upstreamEpoch
+            upstreams[u].heartbeat = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in self.drive(u, epoch: epoch, .heartbeatTimerFired) }
         case .stopHeartbeatTimer:
             upstreams[u].heartbeat?.cancel()
             upstreams[u].heartbeat = nil
         case .scheduleReconnect(let delayMs):
             metrics.reconnects.increment()
             logger.info("reconnecting later", metadata: ["upstream": "\(upstream.config.name)", "delay_ms": "\(delayMs)"])
-            upstreams[u].reconnect = loop.scheduleTask(in: .milliseconds(Int64(delayMs))) { self.drive(u, .reconnectTimerFired) }
+            let epoch = upstreamEpoch
+            upstreams[u].reconnect = loop.scheduleTask(in: .milliseconds(Int64(delayMs))) { self.drive(u, epoch: epoch, .reconnectTimerFired) }
         case .cancelReconnect:
             upstreams[u].reconnect?.cancel()
         case .publish(let state):
@@ -850,6 +896,8 @@ public final class Node: @unchecked Sendable {
     func connect(_ u: Int) {
         let endpoint = upstreams[u].config.endpoint
         let pinned = upstreams[u].config.key
+        let epoch = upstreamEpoch
+        let domains = upstreams[u].config.domains, name = upstreams[u].config.name
         let id = nextID
         nextID += 1
         upstreams[u].link = id
@@ -866,7 +914,8 @@ public final class Node: @unchecked Sendable {
             } catch {
                 logger.error("TLS setup failed", metadata: ["upstream": "\(upstreams[u].config.name)", "error": "\(error)"])
                 upstreams[u].link = nil
-                loop.execute { self.drive(u, .linkDown) }
+                let epoch = upstreamEpoch
+                loop.execute { self.drive(u, epoch: epoch, .linkDown) }
                 return
             }
         } else {
@@ -884,10 +933,12 @@ public final class Node: @unchecked Sendable {
                     secured = channel.eventLoop.makeSucceededVoidFuture()
                 }
                 let register = secured.flatMap { self.loop.submit {
+                    // A reload replaced the upstreams while this connection was made: drop it.
+                    guard epoch == self.upstreamEpoch else { throw ChannelError.ioOnClosedChannel }
                     let handshake = Handshake(side: .initiator, identity: self.identity, role: .agent, nonce: Node.nonce(),
-                                              subscriptions: self.upstreams[u].config.domains, node: self.config.name, epoch: self.store.epoch,
+                                              subscriptions: domains, node: self.config.name, epoch: self.store.epoch,
                                               isAuthorised: { $0 == pinned })
-                    let link = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs(), name: self.upstreams[u].config.name)
+                    let link = Link(id: id, channel: channel, handshake: handshake, upstream: u, nowMs: self.clock.nowMs(), name: name)
                     link.pendingHello = link.handshake.start()
                     self.links[id] = link
                 } }
@@ -912,9 +963,14 @@ public final class Node: @unchecked Sendable {
             connecting = bootstrap.connect(host: host, port: port)
         }
         connecting.hop(to: loop).whenComplete { result in
+            guard epoch == self.upstreamEpoch else {
+                self.links[id] = nil
+                if case .success(let channel) = result { channel.close(promise: nil) }
+                return
+            }
             switch result {
             case .failure(let error):
-                self.logger.info("upstream \(self.upstreams[u].config.name): \(sentence(error))")
+                self.logger.info("upstream \(name): \(sentence(error))")
                 self.links[id] = nil
                 if self.upstreams[u].link == id {
                     self.upstreams[u].link = nil

@@ -53,6 +53,34 @@ import Testing
         #expect(c.value("gw1", "site1.dev/a/$state") == .string("closed"))
     }
 
+    /// SIGHUP applies [[upstream]] changes: the upstream pointed elsewhere
+    /// (the agent leaves its daemon, and what it writes waits), then renamed
+    /// and pointed back (the new HalfPair links, the waiting write arrives,
+    /// the old one's `$state` is "closed").
+    @Test func sighupAppliesUpstreamChanges() throws {
+        let metrics = try CuttableProxy.freePort()
+        let extra = "[metrics]\nlisten = \"127.0.0.1:\(metrics)\"\n"
+        let c = try Cluster(edgeExtra: extra)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.waitFor("the agent upstream") { c.value("spookd", "spook.gw1/primary/$state") == .string("coherent") }
+        let reconnects = { MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), "spook_reconnects_total") ?? 0 }
+        try c.write("gw1.toml", c.edgeToml("gw1", upstreams: [("primary", "unix://\(c.dir.file("nowhere.sock"))", c.daemonKey, 0, "")], extra: extra))
+        c.edges["gw1"]?.signal(SIGHUP)
+        try c.waitFor("the agent left its daemon") { c.value("gw1", "spook.gw1/primary/$state") != .string("coherent") }
+        let before = try reconnects()
+        try c.set("gw1", "site1.l1/moved/r", .int(7))
+        try c.waitFor("two more attempts at the new address") { try reconnects() >= before + 2 }
+        #expect(c.value("spookd", "site1.l1/moved/r") == nil, "an upstream pointed nowhere receives nothing")
+        try c.write("gw1.toml", c.edgeToml("gw1", upstreams: [("main", c.edgeLink, c.daemonKey, 0, "")], extra: extra))
+        c.edges["gw1"]?.signal(SIGHUP)
+        try c.waitFor("the renamed upstream linked, and the waiting write upstream") {
+            c.value("spookd", "site1.l1/moved/r") == .int(7) && c.value("gw1", "spook.gw1/main/$state") == .string("coherent")
+        }
+        #expect(c.value("gw1", "spook.gw1/primary/$state") == .string("closed"))
+        #expect(try c.status("gw1")["node"] == .string("gw1"))
+    }
+
     /// One instance per store: a second agent on the same `data` stops with
     /// a message naming the running one (pid), and never disturbs it (it
     /// used to take the API socket away).
