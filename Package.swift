@@ -54,7 +54,7 @@ let package = Package(
         .target(
             name: "SpookNode",
             dependencies: [
-                "SpookCore", "SpookStore", "SpookLink", "SpookWire", "SpookDevices",
+                "SpookCore", "SpookStore", "SpookLink", "SpookWire", "SpookDevices", "CModbus",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

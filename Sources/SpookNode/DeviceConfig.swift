@@ -147,7 +147,6 @@ extension ConfigReader {
         m.timeoutMs = d.int("timeout_ms", in: 10...60_000) ?? 1_000
         var seen = Set<String>()
         for r in d.tables("register") {
-            r.rejectUnknownKeys(["name", "table", "address", "type", "word_order", "byte_order", "scale", "access"])
             let pname = r.string("name", required: true) ?? ""
             if !pname.isEmpty {
                 if (try? QRegisterName("x/y/\(pname)")) == nil || pname.hasPrefix("$") {
@@ -156,26 +155,31 @@ extension ConfigReader {
                     fail(r.key("name"), "register \"\(pname)\" is mapped twice in device \"\(name)\"")
                 }
             }
-            guard let table = r.choice("table", ModbusPoint.Table.allCases.map { ($0.rawValue, $0) }) else {
-                if !r.has("table") { fail(r.path, "[\(r.path)] needs \"table\": coil, discrete, input or holding") }
-                continue
-            }
-            let address = r.int("address", in: 0...65535, required: true) ?? 0
-            let type = r.choice("type", ModbusPoint.DataType.allCases.map { ($0.rawValue, $0) }) ?? (table.isBits ? .bool : .u16)
-            if table.isBits && type != .bool { fail(r.key("type"), "a \(table) is one bit: its type is bool, not \(type)") }
-            if !table.isBits && type == .bool { fail(r.key("type"), "type bool belongs to coils and discrete inputs; a \(table) register is u16, i16, u32, i32, f32, u64, i64 or f64") }
-            if address + (table.isBits ? 1 : type.words) > 65536 { fail(r.key("address"), "\"\(pname)\" runs past address 65535") }
-            let order = r.choice("word_order", [("big", ModbusPoint.WordOrder.big), ("little", .little)]) ?? .big
-            let bytes = r.choice("byte_order", [("big", ModbusPoint.ByteOrder.big), ("little", .little)]) ?? .big
-            let scale = r.double("scale") ?? 1
-            if scale == 0 || !scale.isFinite { fail(r.key("scale"), "\"scale\" must be a finite number other than 0") }
-            let access = r.choice("access", [("r", false), ("rw", true)]) ?? false
-            if access && !table.isWritable { fail(r.key("access"), "\"\(pname)\": the \(table) table is read-only; access must be \"r\"") }
-            if !pname.isEmpty {
-                m.points.append(ModbusPoint(name: pname, table: table, address: address, type: type, wordOrder: order, byteOrder: bytes, scale: scale, writable: access))
-            }
+            if let point = modbusPoint(r, name: pname), !pname.isEmpty { m.points.append(point) }
         }
         if d.tables("register").isEmpty { fail(d.path, "device \"\(name)\" maps no registers: add [[device.register]] tables") }
         return m
+    }
+
+    /// One `[[…register]]` table of a Modbus map (a device's or the server
+    /// façade's): table, address, type, word and byte order, scale, access.
+    func modbusPoint(_ r: Table, name pname: String) -> ModbusPoint? {
+        r.rejectUnknownKeys(["name", "table", "address", "type", "word_order", "byte_order", "scale", "access"])
+        guard let table = r.choice("table", ModbusPoint.Table.allCases.map { ($0.rawValue, $0) }) else {
+            if !r.has("table") { fail(r.path, "[\(r.path)] needs \"table\": coil, discrete, input or holding") }
+            return nil
+        }
+        let address = r.int("address", in: 0...65535, required: true) ?? 0
+        let type = r.choice("type", ModbusPoint.DataType.allCases.map { ($0.rawValue, $0) }) ?? (table.isBits ? .bool : .u16)
+        if table.isBits && type != .bool { fail(r.key("type"), "a \(table) is one bit: its type is bool, not \(type)") }
+        if !table.isBits && type == .bool { fail(r.key("type"), "type bool belongs to coils and discrete inputs; a \(table) register is u16, i16, u32, i32, f32, u64, i64 or f64") }
+        if address + (table.isBits ? 1 : type.words) > 65536 { fail(r.key("address"), "\"\(pname)\" runs past address 65535") }
+        let order = r.choice("word_order", [("big", ModbusPoint.WordOrder.big), ("little", .little)]) ?? .big
+        let bytes = r.choice("byte_order", [("big", ModbusPoint.ByteOrder.big), ("little", .little)]) ?? .big
+        let scale = r.double("scale") ?? 1
+        if scale == 0 || !scale.isFinite { fail(r.key("scale"), "\"scale\" must be a finite number other than 0") }
+        let access = r.choice("access", [("r", false), ("rw", true)]) ?? false
+        if access && !table.isWritable { fail(r.key("access"), "\"\(pname)\": the \(table) table is read-only; access must be \"r\"") }
+        return ModbusPoint(name: pname, table: table, address: address, type: type, wordOrder: order, byteOrder: bytes, scale: scale, writable: access)
     }
 }

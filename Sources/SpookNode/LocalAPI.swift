@@ -201,17 +201,23 @@ final class LocalAPI: @unchecked Sendable {
             try value.validate("\(name)")
             writes.append(Write(register, spec.policy == .device ? .desire : .set, value))
         }
-        let write = LocalWrite(group: group, writes: writes)
-        guard pending.count < node.config.limits.pendingWritesMax else {
-            node.metrics.internalError("busy")
-            throw APIError("busy: \(pending.count) writes already wait for the next commit ([limits] pending_writes_max); try again")
-        }
-        pending.append((write, { [self] result in
+        try enqueue(LocalWrite(group: group, writes: writes)) { [self] result in
             switch result {
             case .success(let d): ok(client, id, ["origin": .string(d.origin.description), "seq": .int(Int64(d.seq))])
             case .failure(let e): fail(client, id, e.message)
             }
-        }))
+        }
+    }
+
+    /// Queues a local write for the next commit (one StateBlock for all the
+    /// writes of a loop turn); `reply` runs once it is durable or refused.
+    /// Node loop only. Throws `busy` past `[limits] pending_writes_max`.
+    func enqueue(_ write: LocalWrite, reply: @escaping (Result<Delta, CoreError>) -> Void) throws {
+        guard pending.count < node.config.limits.pendingWritesMax else {
+            node.metrics.internalError("busy")
+            throw APIError("busy: \(pending.count) writes already wait for the next commit ([limits] pending_writes_max); try again")
+        }
+        pending.append((write, reply))
         if !flushScheduled {
             flushScheduled = true
             node.loop.execute { self.flush() }

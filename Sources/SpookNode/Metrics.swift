@@ -92,6 +92,15 @@ final class NodeMetrics: @unchecked Sendable {
         registry.makeCounter(descriptor: NodeMetrics.connectionsRefusedName, labels: [("reason", reason)]).increment()
     }
 
+    static var modbusServerRefusedName: MetricNameDescriptor {
+        name("modbus_server_refused", "total", "Modbus server requests answered with an exception, or clients closed, by reason")
+    }
+
+    /// `reason` is one of `ModbusServer.Refusal`'s fixed names.
+    func modbusServerRefused(_ reason: String) {
+        registry.makeCounter(descriptor: NodeMetrics.modbusServerRefusedName, labels: [("reason", reason)]).increment()
+    }
+
     static var internalErrorsName: MetricNameDescriptor { name("internal_errors", "total", "Store or status errors on paths that would otherwise be silent, by where") }
 
     /// `place` is one of a fixed set of names in the code (never peer input).
@@ -125,6 +134,9 @@ final class NodeMetrics: @unchecked Sendable {
             _ = registry.makeCounter(descriptor: NodeMetrics.deviceErrorsName, labels: [("device", spec.name)])
         }
         for reason in NodeMetrics.refusalReasons { _ = registry.makeCounter(descriptor: NodeMetrics.connectionsRefusedName, labels: [("reason", reason)]) }
+        if !node.config.modbusServers.isEmpty {
+            for r in ModbusServer.Refusal.allCases { _ = registry.makeCounter(descriptor: NodeMetrics.modbusServerRefusedName, labels: [("reason", r.rawValue)]) }
+        }
     }
 
     /// Reads the node's gauges (on the node loop), then renders everything.

@@ -117,6 +117,8 @@ public final class Node: @unchecked Sendable {
     var daemonTimer: RepeatedTask?
     var compactionTimer: RepeatedTask?
     var compactionFollowUp: Scheduled<Void>?
+    /// `[[modbus_server]]` façades (node loop).
+    var modbusServers: [ModbusServer] = []
     /// Bumped when a reload replaces `upstreams`: timers and connections of
     /// the old ones see it and stand down (their indices mean nothing now).
     var upstreamEpoch = 0
@@ -184,10 +186,21 @@ public final class Node: @unchecked Sendable {
             self.store.onChange = { [unowned self] changed, changes in
                 self.api.changed(changed, changes)
                 self.devices?.changed(changed)
+                if !self.modbusServers.isEmpty {
+                    let names = Set(changed)
+                    for server in self.modbusServers { server.changed(names) }
+                }
             }
             self.metrics.prepare(self)
         }.wait()
         try api.listen(path: config.apiSocket, group: ioGroup)
+        for spec in config.modbusServers {
+            let server = try ModbusServer(spec, node: self)
+            try loop.submit {
+                try server.start()
+                self.modbusServers.append(server)
+            }.wait()
+        }
         try loop.submit {
             // Retention counts from the last link, or from now for a peer never seen linked.
             let now = self.clock.nowMs()
@@ -296,6 +309,7 @@ public final class Node: @unchecked Sendable {
         }.wait()
         for s in servers { try? s.close().wait() }
         try? metrics.server?.close().wait()
+        for server in (try? loop.submit { self.modbusServers }.wait()) ?? [] { server.stop() }
         api?.close()
         for link in (try? loop.submit { Array(self.links.values) }.wait()) ?? [] { try? link.channel.close().wait() }
         try? loop.submit { self.store.close() }.wait()

@@ -142,6 +142,8 @@ public struct NodeConfig: Sendable {
     /// Where to serve Prometheus metrics (`GET /metrics`); nil: not served.
     public var metricsListen: (host: String, port: Int)?
     public var schema = Schema()
+    /// `[[modbus_server]]`: registers served to SCADA over Modbus TCP.
+    public var modbusServers: [ModbusServerSpec] = []
 }
 
 /// `spook-edge`: the upstream links it keeps entangled.
@@ -301,6 +303,7 @@ extension ConfigReader {
             }
         }
         c.schema = Schema(registers: rules)
+        c.modbusServers = modbusServers(doc, schema: c.schema)
         return c
     }
 
@@ -333,7 +336,7 @@ extension EdgeConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = EdgeConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "upstream", "device"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "upstream", "device", "modbus_server"])
             c.node = reader.nodeConfig(doc)
             // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
             if (try? QDomain("spook.\(c.node.name)")) == nil {
@@ -385,7 +388,7 @@ extension DaemonConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = DaemonConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer", "modbus_server"])
             c.node = reader.nodeConfig(doc)
             for l in doc.tables("listen") {
                 l.rejectUnknownKeys(["url", "cert", "key"])

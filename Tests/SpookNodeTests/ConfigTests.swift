@@ -189,6 +189,31 @@ import Testing
         #expect(refusal(serial + rtu("a", unit: 1)).contains("e.toml:22:1: device \"a\": /dev/ttyS1 is already device \"mcu\""))
     }
 
+    /// [[modbus_server]]: overlapping addresses, "rw" outside `write`, and
+    /// string registers are refused with their positions.
+    @Test func modbusServerMapsAreChecked() throws {
+        let head = "[node]\nname = \"gw\"\nkey = \"/tmp/k\"\ndata = \"/tmp/d\"\n[api]\nsocket = \"/tmp/s\"\n"
+            + "[[upstream]]\nname = \"u\"\nurl = \"unix:///tmp/l\"\nkey = \"\(String(repeating: "ab", count: 32))\"\n"
+            + "[[register]]\ndomain = \"site1\"\nname = \"label\"\ntype = \"string\"\n"                   // lines 1-14
+            + "[[modbus_server]]\nlisten = \"127.0.0.1:5020\"\nwrite = [\"site1\"]\n"                      // 15-17
+        func point(_ name: String, _ address: Int, type: String = "u16", access: String = "r") -> String {
+            "[[modbus_server.register]]\nname = \"\(name)\"\ntable = \"holding\"\naddress = \(address)\ntype = \"\(type)\"\naccess = \"\(access)\"\n"
+        }
+        let ok = try EdgeConfig.parse(file: "e.toml", text: head + point("site1/a/x", 0, type: "u32", access: "rw") + point("site1/a/y", 2))
+        #expect(ok.node.modbusServers.first?.points.map(\.address) == [0, 2])
+        func refusal(_ text: String) -> String {
+            do { _ = try EdgeConfig.parse(file: "e.toml", text: head + text) } catch { return "\(error)" }
+            return "accepted"
+        }
+        // Points: the first is lines 18-23, the second 24-29 (address at 27).
+        #expect(refusal(point("site1/a/x", 0, type: "u32") + point("site1/a/y", 1)) == "e.toml:27:1: site1/a/y at holding 1 overlaps site1/a/x")
+        #expect(refusal(point("site2/a/x", 0, access: "rw"))
+                == "e.toml:23:1: site2/a/x is mapped \"rw\", but [modbus_server[0]] \"write\" does not cover site2; add it there or map it \"r\"")
+        #expect(refusal(point("site1/a/label", 0)) == "e.toml:19:1: site1/a/label is declared string in [[register]]; only bool, int and float registers map to Modbus")
+        #expect(refusal("[[modbus_server.register]]\nname = \"site1/a/x\"\ntable = \"input\"\naddress = 0\naccess = \"rw\"\n")
+                .contains("the input table is read-only"))
+    }
+
     /// An earlier [[register]] rule that takes registers a later, more
     /// specific one was meant for is a check-config warning naming both
     /// lines; the shipped examples have none.
