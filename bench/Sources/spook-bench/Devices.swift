@@ -143,6 +143,25 @@ enum DeviceBench {
             rows.append(Row(name: "gateway load: device change→upstream p99", value: percentile(load.latencies, 0.99), unit: "ms", baseline: "poll interval (ms)", baselineValue: 100))
         }
 
+        // The Modbus server façade: the same client loop against the agent's façade
+        // (100 holding registers mapped to registers of the node) and against the libmodbus server.
+        do {
+            let d = "\(dir)/facade"
+            mkdir(d, 0o700)
+            let facade = freePort()
+            var map = "[[modbus_server]]\nlisten = \"127.0.0.1:\(facade)\"\n"
+            for i in 0..<100 { map += "[[modbus_server.register]]\nname = \"bench.app/g/r\(i)\"\ntable = \"holding\"\naddress = \(i)\n" }
+            let c = try LinkBench.cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary, edgeExtra: map)
+            defer { c.stop() }
+            for i in 0..<100 { _ = try c.edgeAPI.call(.object(["op": .string("set"), "register": .string("bench.app/g/r\(i)"), "value": .int(Int64(i))])) }
+            let loop = try LinkBench.Process("\(tools)/modbus-client-loop", ["\(facade)", "100", "\(seconds)"], readable: true)
+            defer { loop.stop() }
+            let f = (loop.line() ?? "").split(separator: " ")
+            guard f.count == 4, let n = Double(f[1]), let s = Double(f[3]) else { throw APIClientError("modbus-client-loop against the façade failed") }
+            rows.append(Row(name: "Modbus server façade: reads of 100 holding registers", value: n / s, unit: "transactions/s",
+                            baseline: "bare libmodbus server (bench/modbus), same client", baselineValue: bare))
+        }
+
         // 3. Firmware bridge over a pty: every report committed (sync=full) before it is acknowledged.
         do {
             let d = "\(dir)/serial"
