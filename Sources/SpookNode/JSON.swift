@@ -77,7 +77,12 @@ extension Value {
 
 struct APIError: Error, CustomStringConvertible {
     let description: String
-    init(_ description: String) { self.description = description }
+    /// The answer's `"code"` (docs/api.md): bad-request, not-found, busy, refused, invalid, internal.
+    let code: String
+    init(_ description: String, code: String = "bad-request") {
+        self.description = description
+        self.code = code
+    }
 }
 
 extension Versioned {

@@ -93,8 +93,9 @@ final class LocalAPI: @unchecked Sendable {
         flushAll()
     }
 
-    func fail(_ client: Client, _ id: JSONValue?, _ message: String) {
-        var o: [String: JSONValue] = ["ok": .bool(false), "error": .string(message)]
+    /// An error answer: `"error"` says what is wrong, `"code"` is one of a fixed set a program can branch on.
+    func fail(_ client: Client, _ id: JSONValue?, _ message: String, code: String = "bad-request") {
+        var o: [String: JSONValue] = ["ok": .bool(false), "error": .string(message), "code": .string(code)]
         if let id { o["id"] = id }
         reply(client, .object(o))
     }
@@ -117,7 +118,7 @@ final class LocalAPI: @unchecked Sendable {
             switch op {
             case "get":
                 let name = try QRegisterName(try field(request, "register"))
-                guard let state = node.store.state.registers[name] else { throw APIError("no register \(name)") }
+                guard let state = node.store.state.registers[name] else { throw APIError("no register \(name)", code: "not-found") }
                 ok(client, id, ["register": state.json(name)])
             case "set":
                 try set(request, id: id, client: client)
@@ -148,7 +149,7 @@ final class LocalAPI: @unchecked Sendable {
                 ok(client, id, ["peers": .array(try node.peerList())])
             case "forget":
                 let peer = try field(request, "peer")
-                guard try node.forgetPeer(peer) else { throw APIError("no peer \(peer) (spookctl peers lists them)") }
+                guard try node.forgetPeer(peer) else { throw APIError("no peer \(peer) (spookctl peers lists them)", code: "not-found") }
                 ok(client, id, ["forgotten": .string(peer)])
             case "attach", "detach":
                 // A udev rule's environment: DEVNAME, SUBSYSTEM, ID_VENDOR_ID, ID_MODEL_ID, ID_SERIAL_SHORT…
@@ -166,9 +167,11 @@ final class LocalAPI: @unchecked Sendable {
                 throw APIError("unknown op \"\(op)\": use get, set, list, history, watch, status, peers, forget, attach or detach")
             }
         } catch let e as CoreError {
-            fail(client, id, e.message)
+            fail(client, id, e.message, code: "invalid")
+        } catch let e as APIError {
+            fail(client, id, e.description, code: e.code)
         } catch {
-            fail(client, id, "\(error)")
+            fail(client, id, "\(error)", code: "internal")
         }
     }
 
@@ -195,7 +198,7 @@ final class LocalAPI: @unchecked Sendable {
         var writes: [Write] = []
         for (register, json) in values {
             let name = try QRegisterName(group: group, name: register)
-            guard !name.isSystem else { throw APIError("\(name): registers starting with $ belong to the substrate") }
+            guard !name.isSystem else { throw APIError("\(name): registers starting with $ belong to the substrate", code: "refused") }
             let spec = node.config.schema.spec(for: name)
             let value = try Value(json: json).coerced(to: spec.type)
             try value.validate("\(name)")
@@ -204,7 +207,7 @@ final class LocalAPI: @unchecked Sendable {
         try enqueue(LocalWrite(group: group, writes: writes)) { [self] result in
             switch result {
             case .success(let d): ok(client, id, ["origin": .string(d.origin.description), "seq": .int(Int64(d.seq))])
-            case .failure(let e): fail(client, id, e.message)
+            case .failure(let e): fail(client, id, e.message, code: "refused")
             }
         }
     }
@@ -215,7 +218,7 @@ final class LocalAPI: @unchecked Sendable {
     func enqueue(_ write: LocalWrite, reply: @escaping (Result<Delta, CoreError>) -> Void) throws {
         guard pending.count < node.config.limits.pendingWritesMax else {
             node.metrics.internalError("busy")
-            throw APIError("busy: \(pending.count) writes already wait for the next commit ([limits] pending_writes_max); try again")
+            throw APIError("busy: \(pending.count) writes already wait for the next commit ([limits] pending_writes_max); try again", code: "busy")
         }
         pending.append((write, reply))
         if !flushScheduled {

@@ -101,6 +101,13 @@ final class NodeMetrics: @unchecked Sendable {
         registry.makeCounter(descriptor: NodeMetrics.modbusServerRefusedName, labels: [("reason", reason)]).increment()
     }
 
+    static var fifoRefusedName: MetricNameDescriptor { name("fifo_refused", "total", "Lines of the [api] fifo refused, by reason") }
+
+    /// `reason` is one of `FifoReader.reasons`.
+    func fifoRefused(_ reason: String) {
+        registry.makeCounter(descriptor: NodeMetrics.fifoRefusedName, labels: [("reason", reason)]).increment()
+    }
+
     static var internalErrorsName: MetricNameDescriptor { name("internal_errors", "total", "Store or status errors on paths that would otherwise be silent, by where") }
 
     /// `place` is one of a fixed set of names in the code (never peer input).
@@ -134,6 +141,9 @@ final class NodeMetrics: @unchecked Sendable {
             _ = registry.makeCounter(descriptor: NodeMetrics.deviceErrorsName, labels: [("device", spec.name)])
         }
         for reason in NodeMetrics.refusalReasons { _ = registry.makeCounter(descriptor: NodeMetrics.connectionsRefusedName, labels: [("reason", reason)]) }
+        if node.config.apiFifo != nil {
+            for r in FifoReader.reasons { _ = registry.makeCounter(descriptor: NodeMetrics.fifoRefusedName, labels: [("reason", r)]) }
+        }
         if !node.config.modbusServers.isEmpty {
             for r in ModbusServer.Refusal.allCases { _ = registry.makeCounter(descriptor: NodeMetrics.modbusServerRefusedName, labels: [("reason", r.rawValue)]) }
         }

@@ -350,7 +350,7 @@ final class ModbusServer: @unchecked Sendable {
             let names = Set(writes.map(\.0))
             node.loop.execute { self.changed(names) }
         case .failure(let e):
-            reply(exception: e.description.hasPrefix("busy") ? .busy : .failed, query, "\(writes.map { "\($0.0)" }.joined(separator: ", ")): \(e.description)")
+            reply(exception: e.code == "busy" ? .busy : .failed, query, "\(writes.map { "\($0.0)" }.joined(separator: ", ")): \(e.description)")
         }
     }
 
@@ -388,7 +388,7 @@ final class ModbusServer: @unchecked Sendable {
                         if left == 0 { if let firstError { promise.fail(firstError) } else { promise.succeed() } }
                     }
                 } catch {
-                    firstError = firstError ?? error
+                    firstError = firstError ?? error  // an APIError: busy
                     left -= 1
                     if left == 0 { promise.fail(firstError!) }
                 }

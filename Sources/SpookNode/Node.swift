@@ -117,6 +117,8 @@ public final class Node: @unchecked Sendable {
     var daemonTimer: RepeatedTask?
     var compactionTimer: RepeatedTask?
     var compactionFollowUp: Scheduled<Void>?
+    /// `[api] fifo`, when configured.
+    var fifo: FifoReader?
     /// `[[modbus_server]]` façades (node loop).
     var modbusServers: [ModbusServer] = []
     /// Bumped when a reload replaces `upstreams`: timers and connections of
@@ -194,6 +196,11 @@ public final class Node: @unchecked Sendable {
             self.metrics.prepare(self)
         }.wait()
         try api.listen(path: config.apiSocket, group: ioGroup)
+        if let path = config.apiFifo {
+            let reader = FifoReader(path: path, node: self)
+            try reader.start(group: ioGroup)
+            fifo = reader
+        }
         for spec in config.modbusServers {
             let server = try ModbusServer(spec, node: self)
             try loop.submit {
@@ -310,6 +317,7 @@ public final class Node: @unchecked Sendable {
         for s in servers { try? s.close().wait() }
         try? metrics.server?.close().wait()
         for server in (try? loop.submit { self.modbusServers }.wait()) ?? [] { server.stop() }
+        fifo?.stop()
         api?.close()
         for link in (try? loop.submit { Array(self.links.values) }.wait()) ?? [] { try? link.channel.close().wait() }
         try? loop.submit { self.store.close() }.wait()

@@ -124,6 +124,8 @@ public struct NodeConfig: Sendable {
     public var sync: SyncLevel = .full
     public var historyLength = 32
     public var apiSocket = ""
+    /// `[api] fifo`: a named pipe that takes `set REGISTER VALUE` lines (nil: none).
+    public var apiFifo: String?
     public var heartbeatIntervalMs: UInt64 = 1_000
     public var heartbeatsMissedMax: UInt32 = 3
     public var reconnectBaseMs: UInt64 = 500
@@ -230,8 +232,12 @@ extension ConfigReader {
             fail("", "the [node] table is missing (it names the key and data files)")
         }
         if let api = doc.table("api") {
-            api.rejectUnknownKeys(["socket"])
+            api.rejectUnknownKeys(["socket", "fifo"])
             c.apiSocket = api.string("socket", required: true) ?? ""
+            if let fifo = api.string("fifo") {
+                if !fifo.hasPrefix("/") { fail(api.key("fifo"), "\"fifo\" = \"\(fifo)\" must be an absolute path") }
+                c.apiFifo = fifo
+            }
         } else {
             fail("", "the [api] table is missing (it names the local API socket)")
         }
