@@ -42,3 +42,20 @@ import Testing
         #expect(stat(fifo, &info) == 0 && info.st_mode & S_IFMT == S_IFIFO && info.st_mode & 0o777 == 0o620)
     }
 }
+
+/// The C binding (bindings/c), its test program against a real agent.
+@Suite struct CBindingTests {
+    @Test func theCBindingTalksToARealNode() throws {
+        let program = "\(repositoryRoot)/bindings/c/build/test_spook"
+        #expect(access(program, X_OK) == 0, "\(program) is built by scripts/test (make -C bindings/c)")
+        let c = try Cluster()
+        try c.startEdge()
+        let p = try ChildProcess(program, [c.socket("gw1")])
+        var lines: [String] = []
+        while let line = try p.readLine(timeoutMs: 20_000) { lines.append(line) }
+        #expect(p.wait() == 0, "\(lines)")
+        #expect(lines.last?.hasSuffix(", 0 failed") == true && lines.last?.hasPrefix("c binding: 16 checks") == true, "\(lines)")
+        // What the C program wrote is there for everyone else.
+        #expect(c.value("gw1", "site1.c/m/speed") == .int(1500))
+    }
+}
