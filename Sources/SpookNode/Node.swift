@@ -148,6 +148,9 @@ public final class Node: @unchecked Sendable {
         self.identity = identity
         if created { logger.notice("created a new key", metadata: ["path": "\(config.keyPath)", "public": "\(identity.publicKey.hex)"]) }
         var storeOptions = StoreOptions(sync: config.sync, historyLength: config.historyLength, schema: config.schema)
+        // An ACK costs no transaction of its own: it is written with the next
+        // commit or compaction step (at most [compaction] interval_ms later).
+        storeOptions.lazyAcks = true
         // A compaction step runs on the node loop between frames and writes: keep it short.
         storeOptions.compactionDeltasMax = Node.compactionStepDeltas
         store = try SQLiteStore(path: config.dataPath, options: storeOptions, logger: logger)
@@ -407,6 +410,7 @@ public final class Node: @unchecked Sendable {
         let now = clock.nowMs()
         let linked = Set(links.values.compactMap { $0.session?.peer })
         do {
+            try store.flushAcks()
             for peer in store.peers {
                 if linked.contains(peer) {
                     try store.recordPeerSeen(peer, ms: now)

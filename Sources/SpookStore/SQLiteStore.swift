@@ -76,7 +76,12 @@ public final class SQLiteStore: Store {
 
     deinit { db.close() }
 
-    public func close() { db.close() }
+    public func close() {
+        do { try flushAcks() } catch {
+            logger.error("acknowledgements not written at close; peers will be sent those deltas again", metadata: ["error": "\(error)"])
+        }
+        db.close()
+    }
 
     public var peers: [String] { peerVectors.keys.sorted() }
 
@@ -320,9 +325,12 @@ public final class SQLiteStore: Store {
             try writeRegisters(result.changed, state: nextState)
             try appendHistory(result.changes)
             if nextHigh > hlcHigh { try setMeta("hlc_high", Int64(bitPattern: nextHigh.rawValue)) }
+            // Acknowledgements kept in memory ride along: no transaction of their own.
+            try writeDirtyAcks()
             try also?()
             return id
         }
+        dirtyAcks = []
         vector = nextVector
         state = nextState
         hlcHigh = nextHigh
@@ -647,7 +655,38 @@ public final class SQLiteStore: Store {
         let old = peerVector(peer)
         let new = old.merged(ack)
         guard new != old || peerVectors[peer] == nil else { return }
+        if options.lazyAcks, peerVectors[peer] != nil {
+            peerVectors[peer] = new
+            dirtyAcks.insert(peer)
+            return
+        }
         try writePeer(peer, new, replacing: false)
+    }
+
+    /// Peers whose acknowledged vector in memory is ahead of the file (`lazyAcks`).
+    private var dirtyAcks: Set<String> = []
+
+    /// Writes the acknowledgements kept in memory (inside the caller's transaction).
+    private func writeDirtyAcks() throws {
+        guard !dirtyAcks.isEmpty else { return }
+        let s = try db.statement("INSERT INTO peers(peer, origin, seq) VALUES (?, ?, ?) ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq")
+        for peer in dirtyAcks.sorted() {
+            let v = peerVector(peer)
+            for o in v.origins {
+                s.reset()
+                s.bind(1, peer)
+                s.bind(2, o.rawValue)
+                s.bind(3, v[o])
+                try s.step()
+            }
+        }
+    }
+
+    /// Writes the acknowledgements `lazyAcks` kept in memory; nothing when none wait.
+    public func flushAcks() throws {
+        guard !dirtyAcks.isEmpty else { return }
+        try db.transaction { try writeDirtyAcks() }
+        dirtyAcks = []
     }
 
     public func replaceAck(peer: String, vector: QStateVector) throws {
@@ -657,7 +696,8 @@ public final class SQLiteStore: Store {
 
     /// Writes what `peer` holds: the entries that changed, or (`replacing`) all of them anew.
     private func writePeer(_ peer: String, _ new: QStateVector, replacing: Bool) throws {
-        let old = replacing ? QStateVector() : peerVector(peer)
+        // A peer with acknowledgements kept in memory is written whole.
+        let old = replacing || dirtyAcks.contains(peer) ? QStateVector() : peerVector(peer)
         try db.transaction {
             if replacing {
                 let d = try db.statement("DELETE FROM peers WHERE peer = ?")
@@ -680,6 +720,7 @@ public final class SQLiteStore: Store {
             }
         }
         peerVectors[peer] = new
+        dirtyAcks.remove(peer)
     }
 
     /// When `peer` was last linked (Unix ms), as recorded by `recordPeerSeen`; durable, so a
@@ -701,6 +742,7 @@ public final class SQLiteStore: Store {
         s.bind(1, peer)
         try s.step()
         peerVectors[peer] = nil
+        dirtyAcks.remove(peer)
     }
 
     public func compact() throws -> CompactionReport {
@@ -745,7 +787,10 @@ public final class SQLiteStore: Store {
             b.bind(1, lastBlock)
             try b.step()
             try writeVector(table: "horizon", old: horizon, new: nextHorizon)
+            // The horizon follows acknowledgements: the file never holds it ahead of them.
+            try writeDirtyAcks()
         }
+        dirtyAcks = []
         horizon = nextHorizon
         // SQLite checkpoints the WAL on its own (every 1,000 pages); a checkpoint
         // per step would cost every step an fsync.

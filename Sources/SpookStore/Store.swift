@@ -28,6 +28,14 @@ public struct StoreOptions: Sendable {
     /// The SQLite VFS to open the file with (nil: the default). Tests name a
     /// fault-injecting one (power cuts); production never sets it.
     public var vfs: String?
+    /// Acknowledgements (`recordAck`) are kept in memory and written with
+    /// the next commit, compaction step, `flushAcks()` or `close()`, instead
+    /// of a transaction (and, at `sync = "full"`, an fsync) each. A crash
+    /// loses only acknowledgements since then: the peer is sent those deltas
+    /// again (duplicates are skipped) or says what it holds in its next
+    /// VECTOR. A peer's first acknowledgement, and `replaceAck`, are written
+    /// at once. The nodes set it; the default writes every one.
+    public var lazyAcks = false
 
     public init(sync: SyncLevel = .full, historyLength: Int = 32, schema: Schema = Schema()) {
         precondition(historyLength >= 1, "historyLength must be at least 1")

@@ -24,6 +24,41 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 }
 
 @Suite struct StoreTests {
+    /// `lazyAcks`: an acknowledgement is kept in memory (compaction and
+    /// sessions see it at once) and reaches the file with the next commit,
+    /// compaction step, `flushAcks` or `close`; a peer's first one at once.
+    @Test func lazyAcknowledgementsRideOnTheNextWrite() throws {
+        let dir = TemporaryDirectory()
+        var o = options(.full)
+        o.lazyAcks = true
+        let fileSays = { (peer: String) throws -> UInt64 in
+            let reader = try SQLiteStore(path: dir.file("s.db"), options: options(.full))
+            defer { reader.close() }
+            return reader.peerVector(peer)[Origin(1)]
+        }
+        let store = try SQLiteStore(path: dir.file("s.db"), options: o)
+        _ = try store.commit((1...3).map { delta(1, $0, 10 + $0, [Write("n", .set, .int(Int64($0)))]) })
+        try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 1]))
+        #expect(try fileSays("up") == 1, "a peer's first acknowledgement is written at once")
+        try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 2]))
+        #expect(store.peerVector("up")[Origin(1)] == 2)
+        #expect(try fileSays("up") == 1, "kept in memory: no transaction of its own")
+        _ = try store.commit([delta(1, 4, 20, [Write("n", .set, .int(4))])])
+        #expect(try fileSays("up") == 2, "written with the next commit")
+        try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 4]))
+        let report = try store.compact()
+        #expect(try report.deltasRemoved == 4 && fileSays("up") == 4, "compaction writes what its horizon follows")
+        try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 4]))
+        _ = try store.commit([delta(1, 5, 21, [Write("n", .set, .int(5))])])
+        try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 5]))
+        try store.flushAcks()
+        #expect(try fileSays("up") == 5)
+        _ = try store.commit([delta(1, 6, 22, [Write("n", .set, .int(6))])])
+        try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 6]))
+        store.close()
+        #expect(try fileSays("up") == 6, "close writes what is left")
+    }
+
     @Test func stateVectorsAndHistorySurviveReopening() throws {
         let dir = TemporaryDirectory()
         var bytes: [UInt8] = []
