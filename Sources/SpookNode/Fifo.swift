@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Logging
@@ -21,6 +22,11 @@ import SpookStore
 final class FifoReader: @unchecked Sendable {
     /// A line longer than this is refused (and skipped up to its end).
     static let lineBytesMax = 64 * 1024
+    /// Lines read and not yet handled on the node loop; past this a line is
+    /// refused as `busy` where it is read, so a writer flooding the pipe
+    /// cannot queue unbounded work on the node.
+    static let linesInFlightMax = 1_024
+    let inFlight = NIOLockedValueBox(0)
     /// The `reason` labels of `spook_fifo_refused_total`.
     static let reasons = ["syntax", "too-long", "refused", "busy"]
 
@@ -52,7 +58,23 @@ final class FifoReader: @unchecked Sendable {
         channel = try NIOPipeBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(FifoLineHandler { line in node.loop.execute { self.handle(line) } })
+                    try channel.pipeline.syncOperations.addHandler(FifoLineHandler { line in
+                        let admitted = self.inFlight.withLockedValue { n in
+                            guard n < FifoReader.linesInFlightMax else { return false }
+                            n += 1
+                            return true
+                        }
+                        guard admitted else {
+                            node.metrics.fifoRefused("busy")
+                            node.limitLog.warning("fifo-busy", "fifo \(self.path): \(FifoReader.linesInFlightMax) lines wait for the node; a line was refused",
+                                                  nowMs: node.clock.nowMs())
+                            return
+                        }
+                        node.loop.execute {
+                            self.inFlight.withLockedValue { $0 -= 1 }
+                            self.handle(line)
+                        }
+                    })
                 }
             }
             .takingOwnershipOfDescriptor(input: fd)

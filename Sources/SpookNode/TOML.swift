@@ -128,6 +128,10 @@ struct TOMLParser {
     var lineStart = 0
     let root = TOMLTable(origin: .header, path: "")
     var positions: [String: (line: Int, column: Int)] = [:]
+    /// Arrays and inline tables open inside one another; bounded, so a
+    /// hostile file is an error rather than a stack overflow.
+    var depth = 0
+    static let depthMax = 32
 
     init(_ bytes: [UInt8]) {
         self.bytes = bytes
@@ -390,6 +394,11 @@ struct TOMLParser {
 
     mutating func parseValue(path: String) throws(TOMLError) -> TOMLValue {
         guard let b = peek else { throw error("expected a value, found the end of the file") }
+        if b == UInt8(ascii: "[") || b == UInt8(ascii: "{") {
+            guard depth < TOMLParser.depthMax else { throw error("arrays and inline tables nested more than \(TOMLParser.depthMax) deep") }
+            depth += 1
+        }
+        defer { if b == UInt8(ascii: "[") || b == UInt8(ascii: "{") { depth -= 1 } }
         switch b {
         case UInt8(ascii: "\""):
             return .string(looking(at: "\"\"\"") ? try parseMultilineBasicString() : try parseBasicString())

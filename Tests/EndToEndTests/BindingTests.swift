@@ -40,6 +40,16 @@ import Testing
         #expect(try refused("too-long") == 1)
         var info = stat()
         #expect(stat(fifo, &info) == 0 && info.st_mode & S_IFMT == S_IFIFO && info.st_mode & 0o777 == 0o620)
+        // A flood: 200,000 lines as fast as the shell writes them. Lines past the
+        // bounds are refused as busy; the node keeps answering, and a line
+        // written after the flood is taken.
+        try sh("yes 'set site1.l1/fifo/flood 1' | head -n 200000 > '\(fifo)'")
+        #expect(try c.status("gw1")["node"] == .string("gw1"))
+        try c.waitFor("a line after the flood") {
+            try sh("echo 'set site1.l1/fifo/after 7' > '\(fifo)'")
+            return c.value("gw1", "site1.l1/fifo/after") == .int(7)
+        }
+        #expect(c.value("gw1", "site1.l1/fifo/flood") == .int(1))
     }
 }
 

@@ -269,5 +269,9 @@ import Testing
         refused("a = 1 # comment \u{7F}", at: 1, 17, "control character")
         refused("u = \"\\uD800\"", at: 1, 6, "Unicode scalar")
         refused("key = 1\n\nother = \"é\" x", at: 3, 13, "expected the end of the line")
+        // Nesting is bounded: a hostile file is an error, not a stack overflow.
+        refused("a = " + String(repeating: "[", count: 100_000), at: 1, 37, "nested more than 32 deep")
+        refused("t = " + String(repeating: "{ a = ", count: 1_000), at: 1, 197, "nested more than 32 deep")
+        #expect((try? TOMLDocument("a = " + String(repeating: "[", count: 32) + String(repeating: "]", count: 32))) != nil, "32 levels are fine")
     }
 }
