@@ -103,14 +103,14 @@ final class ModbusServer: @unchecked Sendable {
 
     /// Why a request was refused: a fixed set, the label of `spook_modbus_server_refused_total`.
     enum Refusal: String, CaseIterable {
-        case unmapped, readOnly = "read-only", value, function, unit, busy, failed, clients
+        case unmapped, readOnly = "read-only", value, function, unit, busy, failed, clients, malformed
         /// The Modbus exception code the client gets.
         var exception: UInt32 {
             switch self {
             case .function, .readOnly: 1  // ILLEGAL FUNCTION: not a function this address supports
             case .unmapped: 2  // ILLEGAL DATA ADDRESS
             case .value: 3  // ILLEGAL DATA VALUE
-            case .failed, .clients: 4  // SERVER DEVICE FAILURE
+            case .failed, .clients, .malformed: 4  // SERVER DEVICE FAILURE (clients and malformed close instead)
             case .busy: 6  // SERVER DEVICE BUSY
             case .unit: 11  // GATEWAY TARGET DEVICE FAILED TO RESPOND
             }
@@ -143,9 +143,6 @@ final class ModbusServer: @unchecked Sendable {
             throw APIError("[\(spec.path)]: cannot allocate the Modbus mapping")
         }
         self.mapping = mapping
-        // A client that stops in the middle of a request holds the thread at most this long.
-        modbus_set_indication_timeout(ctx, 1, 0)
-        modbus_set_byte_timeout(ctx, 0, 200_000)
     }
 
     deinit {
@@ -215,15 +212,33 @@ final class ModbusServer: @unchecked Sendable {
 
     // MARK: server thread
 
+    /// A client's connection and the bytes of the request it is sending.
+    struct Connection {
+        let fd: Int32
+        var buffer: [UInt8] = []
+        /// When the request in `buffer` began (ms), nil between requests.
+        var startedMs: UInt64?
+    }
+
+    /// Once its first byte arrived, a request must be whole within this.
+    static let requestDeadlineMs: UInt64 = 2_000
+
+    /// Every client is read without blocking and framed here (MBAP header,
+    /// then as many bytes as it announces), so a client that trickles its
+    /// bytes, or stops halfway, never holds the others up.
     func serve() {
-        var clients: [Int32] = []
-        var query = [UInt8](repeating: 0, count: Int(MODBUS_TCP_MAX_ADU_LENGTH))
-        defer { for fd in clients { close(fd) } }
+        var clients: [Connection] = []
+        defer { for c in clients { close(c.fd) } }
+        func drop(_ i: Int, _ why: Refusal?, _ message: String = "") {
+            if let why { refused(why, message) }
+            close(clients[i].fd)
+            clients.remove(at: i)
+        }
         while !stopping.withLockedValue({ $0 }) {
-            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)] + clients.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)] + clients.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
             let ready = poll(&fds, nfds_t(fds.count), 200)
-            guard ready > 0 else { continue }
-            if fds[0].revents & Int16(POLLIN) != 0 {
+            let now = node.clock.nowMs()
+            if ready > 0, fds[0].revents & Int16(POLLIN) != 0 {
                 var server = listenFD
                 let fd = modbus_tcp_pi_accept(ctx, &server)
                 if fd >= 0 {
@@ -231,20 +246,44 @@ final class ModbusServer: @unchecked Sendable {
                         close(fd)
                         refused(.clients, "a client over clients_max (\(spec.clientsMax)) was closed")
                     } else {
-                        clients.append(fd)
+                        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                        clients.append(Connection(fd: fd))
                     }
                 }
             }
-            for pfd in fds.dropFirst() where pfd.revents != 0 {
-                modbus_set_socket(ctx, pfd.fd)
-                let n = modbus_receive(ctx, &query)
-                if n < 0 {
-                    // Closed by the client, or a malformed or unfinished request: drop that client only.
-                    close(pfd.fd)
-                    clients.removeAll { $0 == pfd.fd }
-                    continue
+            // Newest first, so removing one leaves the indices still to visit intact.
+            for i in clients.indices.reversed() {
+                let revents = i + 1 < fds.count && fds[i + 1].fd == clients[i].fd ? fds[i + 1].revents : 0
+                if revents != 0 {
+                    var chunk = [UInt8](repeating: 0, count: Int(MODBUS_TCP_MAX_ADU_LENGTH))
+                    let n = recv(clients[i].fd, &chunk, chunk.count, 0)
+                    if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
+                        drop(i, nil)  // closed by the client
+                        continue
+                    }
+                    if n > 0 {
+                        if clients[i].startedMs == nil { clients[i].startedMs = now }
+                        clients[i].buffer += chunk[..<n]
+                    }
                 }
-                if n > 0 { handle(query, length: n) }
+                // Whole requests: a 7-byte MBAP header (transaction, protocol 0, length, unit), then length - 1 bytes.
+                while clients[i].buffer.count >= 7 {
+                    let buffer = clients[i].buffer
+                    let protocolID = ModbusServer.u16(buffer, 2), length = ModbusServer.u16(buffer, 4)
+                    guard protocolID == 0, length >= 2, length <= Int(MODBUS_TCP_MAX_ADU_LENGTH) - 6 else {
+                        drop(i, .malformed, "a request with protocol id \(protocolID) and length \(length): not Modbus TCP; connection closed")
+                        break
+                    }
+                    guard buffer.count >= 6 + length else { break }
+                    let query = Array(buffer[..<(6 + length)])
+                    clients[i].buffer.removeFirst(6 + length)
+                    clients[i].startedMs = clients[i].buffer.isEmpty ? nil : now
+                    modbus_set_socket(ctx, clients[i].fd)
+                    handle(query, length: Int32(query.count))
+                }
+                if i < clients.count, let started = clients[i].startedMs, now > started + ModbusServer.requestDeadlineMs {
+                    drop(i, .malformed, "a request not whole \(ModbusServer.requestDeadlineMs) ms after its first byte; connection closed")
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import SpookNode
 import SpookTestSupport
 import Testing
@@ -122,6 +123,23 @@ import Testing
             _ = garbage.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             #expect(Self.values(try Self.client(facade, ["read-holding", "0", "1"])) == [777], "the server serves on beside a bad client")
             close(fd)
+        }
+
+        // A client that trickles a request (a header announcing 200 bytes, then a
+        // byte every 100 ms for 8 s): reads from three other clients are answered
+        // meanwhile, and the trickler is closed 2 s after its first byte.
+        let trickler = try #require(CuttableProxy.connectLoopback(facade))
+        defer { close(trickler) }
+        let header: [UInt8] = [0x00, 0x09, 0x00, 0x00, 0x00, 0xC8, 0x01]
+        _ = header.withUnsafeBytes { send(trickler, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let trickle = Thread {
+            var byte: UInt8 = 0x03
+            for _ in 0..<80 where send(trickler, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 { usleep(100_000) }
+        }
+        trickle.start()
+        #expect(Self.values(try Self.client(facade, ["concurrent", "3", "10", "0"])) == [30, 0], "answered beside a trickling client")
+        try c.waitFor("the trickler closed at its deadline") {
+            MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), "spook_modbus_server_refused_total{reason=\"malformed\"}") == 3
         }
 
         // Ten clients at once, twenty reads each.
