@@ -257,12 +257,9 @@ struct TOMLParser {
         var parts: [String] = []
         while true {
             guard let b = peek else { throw error("expected a key, found the end of the file") }
-            if b == UInt8(ascii: "\"") {
-                if looking(at: "\"\"\"") { throw error("a key cannot be a multi-line string") }
-                parts.append(try parseBasicString())
-            } else if b == UInt8(ascii: "'") {
-                if looking(at: "'''") { throw error("a key cannot be a multi-line string") }
-                parts.append(try parseLiteralString())
+            if b == UInt8(ascii: "\"") || b == UInt8(ascii: "'") {
+                if peek(1) == b && peek(2) == b { throw error("a key cannot be a multi-line string") }
+                parts.append(try parseString())
             } else if TOMLParser.isBare(b) {
                 let start = i
                 while let c = peek, TOMLParser.isBare(c) { i += 1 }
@@ -400,10 +397,8 @@ struct TOMLParser {
         }
         defer { if b == UInt8(ascii: "[") || b == UInt8(ascii: "{") { depth -= 1 } }
         switch b {
-        case UInt8(ascii: "\""):
-            return .string(looking(at: "\"\"\"") ? try parseMultilineBasicString() : try parseBasicString())
-        case UInt8(ascii: "'"):
-            return .string(looking(at: "'''") ? try parseMultilineLiteralString() : try parseLiteralString())
+        case UInt8(ascii: "\""), UInt8(ascii: "'"):
+            return .string(try parseString())
         case UInt8(ascii: "["):
             return try parseArray(path: path)
         case UInt8(ascii: "{"):
@@ -509,31 +504,50 @@ struct TOMLParser {
         }
     }
 
-    mutating func parseBasicString() throws(TOMLError) -> String {
+    /// A string of any of TOML's four kinds, starting at its opening quote:
+    /// `"` basic (escapes), `'` literal (none), and each tripled for multi-line
+    /// (the line end right after the opening is dropped; in a basic one, a
+    /// backslash ending a line trims the line end and the whitespace after it).
+    mutating func parseString() throws(TOMLError) -> String {
         let start = i
-        i += 1
+        let quote = bytes[i]
+        let escapes = quote == UInt8(ascii: "\"")
+        let multiline = peek(1) == quote && peek(2) == quote
+        i += multiline ? 3 : 1
+        if multiline { _ = newline() }
         var out: [UInt8] = []
         while true {
-            guard let b = peek else { throw error("a string without its closing quote", at: start) }
-            if b == UInt8(ascii: "\"") { i += 1; return try decoded(out, from: start) }
-            if b == UInt8(ascii: "\\") { try parseEscape(into: &out); continue }
-            try takeCharacter(into: &out, multiline: false)
+            guard let b = peek else {
+                throw error(multiline ? "a multi-line string without its closing \(String(repeating: Character(Unicode.Scalar(quote)), count: 3))"
+                                      : "a string without its closing quote", at: start)
+            }
+            if multiline {
+                if closingQuotes(quote, into: &out) { return try decoded(out, from: start) }
+            } else if b == quote {
+                i += 1
+                return try decoded(out, from: start)
+            }
+            if escapes && b == UInt8(ascii: "\\") {
+                if multiline && lineEndingBackslash() { continue }
+                try parseEscape(into: &out)
+                continue
+            }
+            try takeCharacter(into: &out, multiline: multiline)
         }
     }
 
-    mutating func parseLiteralString() throws(TOMLError) -> String {
-        let start = i
-        i += 1
-        var out: [UInt8] = []
+    /// At a backslash with only whitespace before the line end: skips it, the
+    /// line end and all whitespace and line ends after it.
+    mutating func lineEndingBackslash() -> Bool {
+        var k = i + 1
+        while k < bytes.count && (bytes[k] == 0x20 || bytes[k] == 0x09) { k += 1 }
+        guard k < bytes.count && (bytes[k] == 0x0A || (bytes[k] == 0x0D && k + 1 < bytes.count && bytes[k + 1] == 0x0A)) else { return false }
+        i = k
         while true {
-            guard let b = peek else { throw error("a string without its closing quote", at: start) }
-            if b == UInt8(ascii: "'") { i += 1; return try decoded(out, from: start) }
-            try takeCharacter(into: &out, multiline: false)
+            skipSpaces()
+            if !newline() { return true }
         }
     }
-
-    /// Skips the line end right after an opening `"""` or `'''`.
-    mutating func trimFirstNewline() { _ = newline() }
 
     /// Up to two quotes may stand right before the closing three ("""" ends with one quote of content).
     mutating func closingQuotes(_ q: UInt8, into out: inout [UInt8]) -> Bool {
@@ -543,45 +557,6 @@ struct TOMLParser {
         out.append(contentsOf: [UInt8](repeating: q, count: extra))
         i += 3 + extra
         return true
-    }
-
-    mutating func parseMultilineBasicString() throws(TOMLError) -> String {
-        let start = i
-        i += 3
-        trimFirstNewline()
-        var out: [UInt8] = []
-        while true {
-            guard let b = peek else { throw error("a multi-line string without its closing \"\"\"", at: start) }
-            if closingQuotes(UInt8(ascii: "\""), into: &out) { return try decoded(out, from: start) }
-            if b == UInt8(ascii: "\\") {
-                // A backslash ending a line trims the line end and the whitespace after it.
-                var k = i + 1
-                while k < bytes.count && (bytes[k] == 0x20 || bytes[k] == 0x09) { k += 1 }
-                if k < bytes.count && (bytes[k] == 0x0A || (bytes[k] == 0x0D && k + 1 < bytes.count && bytes[k + 1] == 0x0A)) {
-                    i = k
-                    while true {
-                        skipSpaces()
-                        if !newline() { break }
-                    }
-                    continue
-                }
-                try parseEscape(into: &out)
-                continue
-            }
-            try takeCharacter(into: &out, multiline: true)
-        }
-    }
-
-    mutating func parseMultilineLiteralString() throws(TOMLError) -> String {
-        let start = i
-        i += 3
-        trimFirstNewline()
-        var out: [UInt8] = []
-        while true {
-            guard peek != nil else { throw error("a multi-line string without its closing '''", at: start) }
-            if closingQuotes(UInt8(ascii: "'"), into: &out) { return try decoded(out, from: start) }
-            try takeCharacter(into: &out, multiline: true)
-        }
     }
 
     // MARK: booleans and numbers
