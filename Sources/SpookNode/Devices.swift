@@ -722,9 +722,11 @@ final class ModbusWorker: @unchecked Sendable {
             let count = transactions
             counter.withLockedValue { $0 += count }
         }
-        for (point, words) in pending {
+        // One transaction: nil when it went through or only it failed (its
+        // error joins `$error`); the outcome when the unit or the line is down.
+        func transaction(_ body: () throws -> Void) -> Outcome? {
             do {
-                try client.write(point, words)
+                try body()
                 transactions += 1
             } catch let e as ModbusError {
                 switch e.scope {
@@ -735,28 +737,22 @@ final class ModbusWorker: @unchecked Sendable {
             } catch {
                 errors.append("\(error)")
             }
+            return nil
+        }
+        for (point, words) in pending {
+            if let down = transaction({ try client.write(point, words) }) { return down }
         }
         var changed: [(String, Value)] = []
         for (i, read) in reads.enumerated() {
-            do {
-                try client.read(read, into: &scratch)
-                transactions += 1
-                // Unchanged words: nothing to decode, nothing to say.
-                if lastWords[i] == scratch { continue }
-                let words = scratch
-                lastWords[i] = words
-                for (point, value) in ModbusPlan.values(read, words) where sent[point.name] != value {
-                    sent[point.name] = value
-                    changed.append((point.name, value))
-                }
-            } catch let e as ModbusError {
-                switch e.scope {
-                case .transaction: errors.append(e.description)
-                case .unit: return .unitDown(e.description)
-                case .line: return .lineDown(e.description)
-                }
-            } catch {
-                errors.append("\(error)")
+            var ok = false
+            if let down = transaction({ try client.read(read, into: &scratch); ok = true }) { return down }
+            // Unchanged words: nothing to decode, nothing to say.
+            guard ok, lastWords[i] != scratch else { continue }
+            let words = scratch
+            lastWords[i] = words
+            for (point, value) in ModbusPlan.values(read, words) where sent[point.name] != value {
+                sent[point.name] = value
+                changed.append((point.name, value))
             }
         }
         // Only news crosses to the node loop: a steady device costs the loop nothing.

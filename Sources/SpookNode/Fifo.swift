@@ -106,22 +106,17 @@ final class FifoReader: @unchecked Sendable {
         }
         do {
             let name = try QRegisterName(String(words[1]))
-            guard !name.isSystem else { return refuse("refused", "\(name): registers starting with $ belong to the substrate") }
-            let raw = String(words[2])
             // VALUE is JSON, else the text itself, as `spookctl set` reads it.
-            let json = (try? JSONValue.parse(Array(raw.utf8))) ?? .string(raw)
-            let spec = node.config.schema.spec(for: name)
-            let value = try Value(json: json).coerced(to: spec.type)
-            try value.validate("\(name)")
+            let write = try node.api.applicationWrite(name, try Value(json: JSONValue.parseOrString(String(words[2]))))
             let number = lineNumber
-            try node.api.enqueue(LocalWrite(group: name.group, writes: [Write(name.name, spec.policy == .device ? .desire : .set, value)])) { result in
+            try node.api.enqueue(LocalWrite(group: name.group, writes: [write])) { result in
                 if case .failure(let e) = result {
                     self.node.metrics.fifoRefused("refused")
                     self.node.limitLog.warning("fifo-refused", "fifo \(self.path) line \(number): \(e.message)", nowMs: self.node.clock.nowMs())
                 }
             }
-        } catch let e as APIError where e.code == "busy" {
-            refuse("busy", e.description)
+        } catch let e as APIError where e.code == "busy" || e.code == "refused" {
+            refuse(e.code, e.description)
         } catch let e as CoreError {
             refuse("syntax", e.message)
         } catch {

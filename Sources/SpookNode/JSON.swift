@@ -75,6 +75,14 @@ extension Value {
     }
 }
 
+extension JSONValue {
+    /// `text` as JSON when it is JSON, else as a string: how `spookctl set`
+    /// and the named pipe read a value typed by a person (`1500`, `true`, `hello world`).
+    public static func parseOrString(_ text: String) -> JSONValue {
+        (try? parse(Array(text.utf8))) ?? .string(text)
+    }
+}
+
 struct APIError: Error, CustomStringConvertible {
     let description: String
     /// The answer's `"code"` (docs/api.md): bad-request, not-found, busy, refused, invalid, internal.

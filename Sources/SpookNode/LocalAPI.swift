@@ -197,12 +197,7 @@ final class LocalAPI: @unchecked Sendable {
         }
         var writes: [Write] = []
         for (register, json) in values {
-            let name = try QRegisterName(group: group, name: register)
-            guard !name.isSystem else { throw APIError("\(name): registers starting with $ belong to the substrate", code: "refused") }
-            let spec = node.config.schema.spec(for: name)
-            let value = try Value(json: json).coerced(to: spec.type)
-            try value.validate("\(name)")
-            writes.append(Write(register, spec.policy == .device ? .desire : .set, value))
+            writes.append(try applicationWrite(try QRegisterName(group: group, name: register), try Value(json: json)))
         }
         try enqueue(LocalWrite(group: group, writes: writes)) { [self] result in
             switch result {
@@ -210,6 +205,18 @@ final class LocalAPI: @unchecked Sendable {
             case .failure(let e): fail(client, id, e.message, code: "refused")
             }
         }
+    }
+
+    /// `value` written to `name` as an application writes it (the socket, the
+    /// named pipe, the Modbus server): refused for `$` registers, coerced to
+    /// and checked against the register's declaration, on the desired side
+    /// of a device register.
+    func applicationWrite(_ name: QRegisterName, _ value: Value) throws -> Write {
+        guard !name.isSystem else { throw APIError("\(name): registers starting with $ belong to the substrate", code: "refused") }
+        let spec = node.config.schema.spec(for: name)
+        let typed = value.coerced(to: spec.type)
+        try typed.validate("\(name)")
+        return Write(name.name, spec.policy == .device ? .desire : .set, typed)
     }
 
     /// Queues a local write for the next commit (one StateBlock for all the

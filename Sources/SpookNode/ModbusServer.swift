@@ -35,14 +35,10 @@ extension ConfigReader {
         for t in doc.tables("modbus_server") {
             t.rejectUnknownKeys(["listen", "unit", "clients_max", "write", "register"])
             var spec = ModbusServerSpec(host: "127.0.0.1", port: 502, unit: nil, clientsMax: 16, write: [], points: [], registers: [], path: t.path)
-            if let text = t.string("listen", required: true) {
-                if case .tcp(let host, let port)? = try? Endpoint.parse("tcp://\(text)") {
-                    (spec.host, spec.port) = (host, port)
-                    if let other = listens[text] { fail(t.key("listen"), "\"listen\" = \"\(text)\" is also [\(other)]'s") }
-                    listens[text] = t.path
-                } else {
-                    fail(t.key("listen"), "\"listen\" = \"\(text)\" must be HOST:PORT, e.g. 127.0.0.1:5020")
-                }
+            if let (host, port) = hostPort(t, "listen", example: "127.0.0.1:5020") {
+                (spec.host, spec.port) = (host, port)
+                if let other = listens["\(host):\(port)"] { fail(t.key("listen"), "\"listen\" = \"\(host):\(port)\" is also [\(other)]'s") }
+                listens["\(host):\(port)"] = t.path
             }
             spec.unit = t.int("unit", in: 0...247)
             spec.clientsMax = t.int("clients_max", in: 1...1000) ?? 16
@@ -184,7 +180,7 @@ final class ModbusServer: @unchecked Sendable {
                 guard let value = registers[name]?.value else { continue }
                 // A bool register in a register table reads as 1 or 0.
                 let numeric: Value = if case .bool(let b) = value, !p.table.isBits { .int(b ? 1 : 0) } else { value }
-                guard let words = p.table.isBits ? bits(value) : p.encode(numeric) else {
+                guard let words = p.encode(numeric) else {
                     node.limitLog.warning("modbus-server-encode", "[\(spec.path)] \(name) = \(value) does not fit \(p.type) (scale \(p.scale)); Modbus clients read its last value",
                                           nowMs: node.clock.nowMs())
                     continue
@@ -199,14 +195,6 @@ final class ModbusServer: @unchecked Sendable {
                     }
                 }
             }
-        }
-    }
-
-    func bits(_ value: Value) -> [UInt16]? {
-        switch value {
-        case .bool(let b): [b ? 1 : 0]
-        case .int(let i) where i == 0 || i == 1: [UInt16(i)]
-        default: nil
         }
     }
 
@@ -368,7 +356,7 @@ final class ModbusServer: @unchecked Sendable {
             guard covered else { return reply(exception: .unmapped, query, "\(spec.registers[point]) is \(p.width) registers wide; write all of them at once") }
         }
         // Values, checked against the schema, then one durable local write.
-        var writes: [(QRegisterName, Value)] = []
+        var writes: [(QRegisterName, Write)] = []
         for (point, w) in touched.sorted(by: { $0.key < $1.key }) {
             let name = spec.registers[point]
             let raw = spec.points[point].decode(w[...])
@@ -376,10 +364,9 @@ final class ModbusServer: @unchecked Sendable {
             guard let value = ModbusServer.typed(raw, declared) else {
                 return reply(exception: .value, query, "\(name) is declared \(declared?.rawValue ?? "-"); \(raw) is not one")
             }
-            do { try value.validate("\(name)") } catch {
+            do { writes.append((name, try node.api.applicationWrite(name, value))) } catch {
                 return reply(exception: .value, query, "\(name) = \(value): \(error)")
             }
-            writes.append((name, value))
         }
         switch commit(writes) {
         case .success:
@@ -409,7 +396,7 @@ final class ModbusServer: @unchecked Sendable {
     }
 
     /// Commits on the node loop and waits for the result (this thread only).
-    func commit(_ writes: [(QRegisterName, Value)]) -> Result<Void, APIError> {
+    func commit(_ writes: [(QRegisterName, Write)]) -> Result<Void, APIError> {
         let node = self.node
         let groups = Dictionary(grouping: writes, by: { $0.0.group })
         let future: EventLoopFuture<Void> = node.loop.flatSubmit {
@@ -417,9 +404,7 @@ final class ModbusServer: @unchecked Sendable {
             var left = groups.count
             var firstError: Error?
             for (group, ws) in groups {
-                let write = LocalWrite(group: group, writes: ws.map { name, value in
-                    Write(name.name, node.config.schema.spec(for: name).policy == .device ? .desire : .set, value)
-                })
+                let write = LocalWrite(group: group, writes: ws.map(\.1))
                 do {
                     try node.api.enqueue(write) { result in
                         if case .failure(let e) = result { firstError = firstError ?? APIError(e.message) }

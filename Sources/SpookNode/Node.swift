@@ -356,10 +356,11 @@ public final class Node: @unchecked Sendable {
 
     // MARK: reload (SIGHUP)
 
-    /// Applies what can change on a running node: the log level, and an
-    /// agent's devices (removed ones dissolved, new ones started, changed
-    /// ones restarted). A config that changes anything else is refused
-    /// whole, with a log line that says what, and the running one stays.
+    /// Applies what can change on a running node: the log level; an agent's
+    /// devices (removed ones dissolved, new ones started, changed ones
+    /// restarted) and upstreams (all restarted when any changed); a daemon's
+    /// peers and its TLS listeners' certificate files. A config that changes
+    /// anything else is refused whole, with a log line, and the running one stays.
     public func reload(_ next: Role) {
         try? loop.submit {
             guard next.fixedPart == self.role.fixedPart else {

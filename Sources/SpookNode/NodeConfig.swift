@@ -243,13 +243,7 @@ extension ConfigReader {
         }
         if let m = doc.table("metrics") {
             m.rejectUnknownKeys(["listen"])
-            if let text = m.string("listen", required: true) {
-                if case .tcp(let host, let port)? = try? Endpoint.parse("tcp://\(text)") {
-                    c.metricsListen = (host, port)
-                } else {
-                    fail("metrics.listen", "\"listen\" = \"\(text)\" must be HOST:PORT, e.g. 127.0.0.1:9464")
-                }
-            }
+            c.metricsListen = hostPort(m, "listen", example: "127.0.0.1:9464")
         }
         if let hb = doc.table("heartbeat") {
             hb.rejectUnknownKeys(["interval_ms", "missed_max"])
@@ -311,6 +305,16 @@ extension ConfigReader {
         c.schema = Schema(registers: rules)
         c.modbusServers = modbusServers(doc, schema: c.schema)
         return c
+    }
+
+    /// A required `HOST:PORT` key (a TCP listener of ours), or nil after a failure naming `example`.
+    func hostPort(_ t: Table, _ k: String, example: String) -> (host: String, port: Int)? {
+        guard let text = t.string(k, required: true) else { return nil }
+        guard case .tcp(let host, let port)? = try? Endpoint.parse("tcp://\(text)") else {
+            fail(t.key(k), "\"\(k)\" = \"\(text)\" must be HOST:PORT, e.g. \(example)")
+            return nil
+        }
+        return (host, port)
     }
 
     func hexKey(_ t: Table, _ k: String) -> [UInt8]? {

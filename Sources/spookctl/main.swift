@@ -111,7 +111,7 @@ struct Spookctl: ParsableCommand {
         @Argument(help: "domain/group/register") var register: String
         @Argument(help: "The value.") var value: String
         func run() throws {
-            let v = (try? JSONValue.parse(Array(value.utf8))) ?? .string(value)
+            let v = JSONValue.parseOrString(value)
             let a = try options.call(.object(["op": .string("set"), "register": .string(register), "value": v]))
             if options.json { options.show(a) } else { print("\(register): written as \(a["origin"]?.string ?? "?")#\(text(a["seq"]))") }
         }
