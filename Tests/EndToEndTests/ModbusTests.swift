@@ -24,6 +24,14 @@ final class PymodbusServer {
     }
 }
 
+/// Two linked pseudo-terminals, `ttyA` and `ttyB` in `dir`, made by socat: a serial wire.
+func ptyPair(_ dir: TemporaryDirectory) throws -> (socat: ChildProcess, a: String, b: String) {
+    let a = dir.file("ttyA"), b = dir.file("ttyB")
+    let socat = try ChildProcess("/usr/bin/socat", ["pty,raw,echo=0,link=\(a)", "pty,raw,echo=0,link=\(b)"])
+    try waitUntil("socat's ptys") { access(a, F_OK) == 0 && access(b, F_OK) == 0 }
+    return (socat, a, b)
+}
+
 /// The register map both Modbus tests use (server layout in pymodbus-server.py).
 func modbusDevice(_ head: String) -> String {
     head + """
@@ -133,10 +141,8 @@ func modbusDevice(_ head: String) -> String {
     /// Modbus RTU over a socat pseudo-terminal pair, pymodbus on the far end.
     @Test func pymodbusOverRTU() throws {
         let dir = TemporaryDirectory()
-        let a = dir.file("ttyA"), b = dir.file("ttyB")
-        let socat = try ChildProcess("/usr/bin/socat", ["pty,raw,echo=0,link=\(a)", "pty,raw,echo=0,link=\(b)"])
+        let (socat, a, b) = try ptyPair(dir)
         defer { socat.signal(SIGTERM); socat.wait() }
-        try waitUntil("socat's ptys") { access(a, F_OK) == 0 && access(b, F_OK) == 0 }
         let server = try PymodbusServer(["--rtu", b, "--baud", "19200"])
         defer { server.stop() }
         let device = modbusDevice("[[device]]\nname = \"plc\"\nkind = \"modbus-rtu\"\nport = \"\(a)\"\nbaud = 19200\nparity = \"none\"\n")
@@ -246,10 +252,8 @@ func modbusDevice(_ head: String) -> String {
     /// nobody answers, goes offline alone while the others keep polling.
     @Test func unitsOnOneRS485LineShareItAndFailAlone() throws {
         let dir = TemporaryDirectory()
-        let a = dir.file("ttyA"), b = dir.file("ttyB")
-        let socat = try ChildProcess("/usr/bin/socat", ["pty,raw,echo=0,link=\(a)", "pty,raw,echo=0,link=\(b)"])
+        let (socat, a, b) = try ptyPair(dir)
         defer { socat.signal(SIGTERM); socat.wait() }
-        try waitUntil("socat's ptys") { access(a, F_OK) == 0 && access(b, F_OK) == 0 }
         let server = try PymodbusServer(["--rtu", b, "--baud", "19200", "--unit", "1", "--unit", "2"])
         defer { server.stop() }
         let devices = SerialLineTests.unit("plc1", a, unit: 1) + SerialLineTests.unit("plc2", a, unit: 2, access: "rw") + SerialLineTests.unit("plc3", a, unit: 3)

@@ -46,6 +46,11 @@ enum DeviceBench {
         return (c.daemon, c.edge, c.edgeAPI, c.upAPI)
     }
 
+    /// The `[[device]]` table of a Modbus TCP PLC on 127.0.0.1:`port`, group bench.dev/plc, with `map`'s registers.
+    static func plc(port: Int, pollMs: Int, map: String) -> String {
+        "[[device]]\nname = \"plc\"\nkind = \"modbus-tcp\"\nurl = \"tcp://127.0.0.1:\(port)\"\npoll_ms = \(pollMs)\ngroup = \"bench.dev/plc\"\n" + map
+    }
+
     /// What the bridge's stop-and-wait costs at least: one durable commit per change.
     static func singleCommits(dir: String) throws -> Double {
         let store = try SQLiteStore(path: "\(dir)/single.db", options: StoreOptions(sync: .full))
@@ -76,15 +81,7 @@ enum DeviceBench {
         _ = ticking.line()
         var load = "[[device.register]]\nname = \"clock\"\ntable = \"holding\"\naddress = 98\ntype = \"u32\"\n"
         for i in 100..<200 { load += "[[device.register]]\nname = \"r\(i)\"\ntable = \"holding\"\naddress = \(i)\n" }
-        let (daemon, edge, _, up) = try cluster(dir: dir, binaries: binaries, edgeBinary: edgeBinary, device: """
-            [[device]]
-            name = "plc"
-            kind = "modbus-tcp"
-            url = "tcp://127.0.0.1:\(port)"
-            poll_ms = 100
-            group = "bench.dev/plc"
-            \(load)
-            """)
+        let (daemon, edge, _, up) = try cluster(dir: dir, binaries: binaries, edgeBinary: edgeBinary, device: plc(port: port, pollMs: 100, map: load))
         defer { edge.stop(); daemon.stop() }
         let cpu0 = edge.cpuTicks, t0 = now()
         let (latencies, _) = try clockLatencies(up, register: "bench.dev/plc/clock", seconds: seconds)
@@ -113,15 +110,7 @@ enum DeviceBench {
         do {
             let d = "\(dir)/poll"
             mkdir(d, 0o700)
-            let (daemon, edge, api, _) = try cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary, device: """
-                [[device]]
-                name = "plc"
-                kind = "modbus-tcp"
-                url = "tcp://127.0.0.1:\(port)"
-                poll_ms = 0
-                group = "bench.dev/plc"
-                \(points)
-                """)
+            let (daemon, edge, api, _) = try cluster(dir: d, binaries: binaries, edgeBinary: edgeBinary, device: plc(port: port, pollMs: 0, map: points))
             defer { edge.stop(); daemon.stop() }
             while try transactions(api) == 0 { usleep(10_000) }
             let t0 = now(), n0 = try transactions(api)
