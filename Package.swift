@@ -19,12 +19,22 @@ let package = Package(
         .executable(name: "spook-sim", targets: ["spook-sim"]),
         .executable(name: "spook-bench", targets: ["spook-bench"]),
     ],
+    // MQTT (Sparkplug B) in spook-edge: on by default. `--disable-default-traits`
+    // builds an agent without it, and without SwiftProtobuf and
+    // FoundationEssentials (about 4 MiB less; docs/mqtt.md).
+    traits: [
+        .trait(name: "MQTT", description: "The MQTT Sparkplug B edge node in spook-edge (libmosquitto, swift-protobuf)."),
+        .default(enabledTraits: ["MQTT"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.29.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        // Sparkplug B payloads (the generated code is committed: builds never run protoc).
+        // No traits: the default ones pull in Foundation's streams.
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
     ],
     targets: [
         // System libraries, found through pkg-config (scripts/install-deps installs them).
@@ -32,6 +42,7 @@ let package = Package(
         .systemLibrary(name: "CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
         .systemLibrary(name: "CSerialPort", pkgConfig: "libserialport", providers: [.apt(["libserialport-dev"])]),
         .systemLibrary(name: "CUSB", pkgConfig: "libusb-1.0", providers: [.apt(["libusb-1.0-0-dev"])]),
+        .systemLibrary(name: "CMosquitto", pkgConfig: "libmosquitto", providers: [.apt(["libmosquitto-dev"])]),
 
         // The pure core: names, values, clocks, deltas, collapse, vectors, HalfPair.
         .target(name: "SpookCore"),
@@ -70,10 +81,27 @@ let package = Package(
         // Deterministic simulation of replicas over faulty links (tests and `spook-sim`).
         .target(name: "SpookSimulation", dependencies: ["SpookCore", "SpookStore", "SpookWire", "SpookLink"]),
 
+        // The MQTT Sparkplug B edge node: payloads (generated from sparkplug_b.proto), topics,
+        // and the runtime over libmosquitto. Only spook-edge links it (spookd stays free of Foundation).
+        .target(
+            name: "SpookSparkplug",
+            dependencies: [
+                "SpookCore", "SpookNode", "SpookStore", "CMosquitto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["sparkplug_b.proto"]
+        ),
+
         // The two daemons' shared command line (run, check-config).
         .target(name: "SpookCommand", dependencies: ["SpookNode"]),
         .executableTarget(name: "spookd", dependencies: ["SpookCommand", "SpookNode"]),
-        .executableTarget(name: "spook-edge", dependencies: ["SpookCommand", "SpookNode"]),
+        .executableTarget(
+            name: "spook-edge",
+            dependencies: ["SpookCommand", "SpookNode", .target(name: "SpookSparkplug", condition: .when(traits: ["MQTT"]))]
+        ),
         .executableTarget(name: "spookctl", dependencies: ["SpookNode", "SpookLink", "SpookCore", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "spook-sim",
@@ -103,6 +131,7 @@ let package = Package(
         .testTarget(name: "SpookCoreTests", dependencies: ["SpookCore"]),
         .testTarget(name: "SpookWireTests", dependencies: ["SpookWire", "SpookCore"]),
         .testTarget(name: "SpookNodeTests", dependencies: ["SpookNode", "SpookCore", "SpookLink"]),
+        .testTarget(name: "SpookSparkplugTests", dependencies: ["SpookSparkplug", "SpookCore", "SpookNode"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["SpookNode", "SpookLink", "SpookWire", "SpookStore", "SpookCore", "SpookDevices", "SpookTestSupport", "spookd", "spook-edge", "spookctl"]

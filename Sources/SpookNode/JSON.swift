@@ -83,11 +83,11 @@ extension JSONValue {
     }
 }
 
-struct APIError: Error, CustomStringConvertible {
-    let description: String
+package struct APIError: Error, CustomStringConvertible {
+    package let description: String
     /// The answer's `"code"` (docs/api.md): bad-request, not-found, busy, refused, invalid, internal.
-    let code: String
-    init(_ description: String, code: String = "bad-request") {
+    package let code: String
+    package init(_ description: String, code: String = "bad-request") {
         self.description = description
         self.code = code
     }

@@ -155,7 +155,7 @@ final class OutboundBudget: ChannelOutboundHandler, @unchecked Sendable {
 
 /// Says a limit was reached once per `intervalMs` per kind (with how many
 /// times since), so a flood cannot flood the log too.
-final class RateLimitedLog: Sendable {
+package final class RateLimitedLog: Sendable {
     let logger: Logger
     let intervalMs: UInt64
     private let last = NIOLockedValueBox<[String: (atMs: UInt64, suppressed: Int)]>([:])
@@ -165,7 +165,7 @@ final class RateLimitedLog: Sendable {
         self.intervalMs = intervalMs
     }
 
-    func warning(_ kind: String, _ message: String, nowMs: UInt64) {
+    package func warning(_ kind: String, _ message: String, nowMs: UInt64) {
         let suppressed: Int? = last.withLockedValue { seen in
             if let previous = seen[kind], nowMs < previous.atMs + intervalMs {
                 seen[kind] = (previous.atMs, previous.suppressed + 1)

@@ -14,7 +14,7 @@ import SpookStore
 /// per line each way. Requests are handled on the node loop; writes that
 /// arrive together are committed together (group commit) and answered only
 /// once durable.
-final class LocalAPI: @unchecked Sendable {
+package final class LocalAPI: @unchecked Sendable {
     static let lineMax = 1 << 20
 
     /// Confined to the node loop, like everything the API owns.
@@ -211,7 +211,7 @@ final class LocalAPI: @unchecked Sendable {
     /// named pipe, the Modbus server): refused for `$` registers, coerced to
     /// and checked against the register's declaration, on the desired side
     /// of a device register.
-    func applicationWrite(_ name: QRegisterName, _ value: Value) throws -> Write {
+    package func applicationWrite(_ name: QRegisterName, _ value: Value) throws -> Write {
         guard !name.isSystem else { throw APIError("\(name): registers starting with $ belong to the substrate", code: "refused") }
         let spec = node.config.schema.spec(for: name)
         let typed = value.coerced(to: spec.type)
@@ -222,7 +222,7 @@ final class LocalAPI: @unchecked Sendable {
     /// Queues a local write for the next commit (one StateBlock for all the
     /// writes of a loop turn); `reply` runs once it is durable or refused.
     /// Node loop only. Throws `busy` past `[limits] pending_writes_max`.
-    func enqueue(_ write: LocalWrite, reply: @escaping (Result<Delta, CoreError>) -> Void) throws {
+    package func enqueue(_ write: LocalWrite, reply: @escaping (Result<Delta, CoreError>) -> Void) throws {
         guard pending.count < node.config.limits.pendingWritesMax else {
             node.metrics.internalError("busy")
             throw APIError("busy: \(pending.count) writes already wait for the next commit ([limits] pending_writes_max); try again", code: "busy")

@@ -9,7 +9,7 @@ import SpookStore
 /// The node's Prometheus metrics (swift-prometheus), served as text on
 /// `GET /metrics` when `[metrics] listen` is set. Counters are bumped where
 /// things happen; gauges are read from the node when scraped.
-final class NodeMetrics: @unchecked Sendable {
+package final class NodeMetrics: @unchecked Sendable {
     let registry = PrometheusCollectorRegistry()
     let commitSeconds: DurationHistogram
     let reconnects: Counter
@@ -108,10 +108,38 @@ final class NodeMetrics: @unchecked Sendable {
         registry.makeCounter(descriptor: NodeMetrics.fifoRefusedName, labels: [("reason", reason)]).increment()
     }
 
+    static var mqttRefusedName: MetricNameDescriptor { name("mqtt_refused", "total", "Sparkplug commands (NCMD, DCMD) or their metrics refused, by reason") }
+    static var mqttPublishedName: MetricNameDescriptor { name("mqtt_published", "total", "Sparkplug messages published, by type") }
+    static var mqttConnectedName: MetricNameDescriptor { name("mqtt", "connected", "1 while the Sparkplug edge node is connected to its broker and born") }
+    static var mqttBacklogName: MetricNameDescriptor { name("mqtt_backlog", "rows", "History rows not yet acknowledged by the MQTT broker (store-and-forward)") }
+
+    /// `reason` is one of `MQTTSpec.refusalReasons`.
+    package func mqttRefused(_ reason: String) {
+        registry.makeCounter(descriptor: NodeMetrics.mqttRefusedName, labels: [("reason", reason)]).increment()
+    }
+
+    /// `type` is one of `MQTTSpec.messageTypes`.
+    package func mqttPublished(_ type: String) {
+        registry.makeCounter(descriptor: NodeMetrics.mqttPublishedName, labels: [("type", type)]).increment()
+    }
+
+    static var mqttTrimmedName: MetricNameDescriptor {
+        name("mqtt_backlog_trimmed", "total", "History rows trimmed before the MQTT broker had them ([mqtt] backlog_rows_max reached)")
+    }
+
+    package func mqttTrimmed(_ rows: Int) {
+        registry.makeCounter(descriptor: NodeMetrics.mqttTrimmedName).increment(by: Int64(rows))
+    }
+
+    package func mqttState(connected: Bool, backlogRows: Int64) {
+        registry.makeGauge(descriptor: NodeMetrics.mqttConnectedName).set(to: connected ? 1 : 0)
+        registry.makeGauge(descriptor: NodeMetrics.mqttBacklogName).set(to: Double(backlogRows))
+    }
+
     static var internalErrorsName: MetricNameDescriptor { name("internal_errors", "total", "Store or status errors on paths that would otherwise be silent, by where") }
 
     /// `place` is one of a fixed set of names in the code (never peer input).
-    func internalError(_ place: String) {
+    package func internalError(_ place: String) {
         registry.makeCounter(descriptor: NodeMetrics.internalErrorsName, labels: [("where", place)]).increment()
     }
 
@@ -146,6 +174,13 @@ final class NodeMetrics: @unchecked Sendable {
         }
         if !node.config.modbusServers.isEmpty {
             for r in ModbusServer.Refusal.allCases { _ = registry.makeCounter(descriptor: NodeMetrics.modbusServerRefusedName, labels: [("reason", r.rawValue)]) }
+        }
+        if node.config.mqtt != nil {
+            for r in MQTTSpec.refusalReasons { _ = registry.makeCounter(descriptor: NodeMetrics.mqttRefusedName, labels: [("reason", r)]) }
+            for t in MQTTSpec.messageTypes { _ = registry.makeCounter(descriptor: NodeMetrics.mqttPublishedName, labels: [("type", t)]) }
+            _ = registry.makeGauge(descriptor: NodeMetrics.mqttConnectedName)
+            _ = registry.makeGauge(descriptor: NodeMetrics.mqttBacklogName)
+            _ = registry.makeCounter(descriptor: NodeMetrics.mqttTrimmedName)
         }
     }
 

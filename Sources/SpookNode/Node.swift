@@ -13,6 +13,15 @@ import SpookLink
 import SpookStore
 import SpookWire
 
+/// A part of a node built outside this module (the MQTT Sparkplug B edge
+/// node in spook-edge), told of changes like the built-in façades.
+public protocol NodeService: AnyObject, Sendable {
+    /// Registers changed (node loop): read what is new from the store.
+    func changed()
+    /// Ends it for good: called once, off the node loop, before the store closes.
+    func stop()
+}
+
 /// The wall clock, for HLC readings and heartbeats.
 public struct SystemClock: PhysicalClock {
     public init() {}
@@ -96,10 +105,10 @@ public final class Node: @unchecked Sendable {
     public private(set) var role: Role
     public let config: NodeConfig
     public let identity: Identity
-    let store: SQLiteStore
+    package let store: SQLiteStore
     let storeLock: StoreLock
-    let logger: Logger
-    let clock: any PhysicalClock
+    package let logger: Logger
+    package let clock: any PhysicalClock
     let ioGroup: MultiThreadedEventLoopGroup
     let nodeGroup: MultiThreadedEventLoopGroup
     public var loop: EventLoop { nodeGroup.next() }
@@ -109,7 +118,7 @@ public final class Node: @unchecked Sendable {
     var upstreams: [Upstream] = []
     var servers: [Channel] = []
     var nonces = NonceRegistry()
-    var api: LocalAPI!
+    package var api: LocalAPI!
     /// The agent's device HalfPairs (edge only).
     var devices: DeviceHost?
     /// How `usb` devices are opened: libusb, unless a test (or a simulator) says otherwise. Set before `start`.
@@ -121,6 +130,11 @@ public final class Node: @unchecked Sendable {
     var fifo: FifoReader?
     /// `[[modbus_server]]` façades (node loop).
     var modbusServers: [ModbusServer] = []
+    /// Services built outside this module: the `[mqtt]` Sparkplug edge node (node loop).
+    var services: [any NodeService] = []
+    /// Makes the `[mqtt]` service and starts it; spook-edge's main sets this
+    /// before `start` when the build has MQTT (nil: it has none).
+    nonisolated(unsafe) public static var makeMQTT: ((MQTTSpec, Node) throws -> any NodeService)?
     /// Bumped when a reload replaces `upstreams`: timers and connections of
     /// the old ones see it and stand down (their indices mean nothing now).
     var upstreamEpoch = 0
@@ -130,9 +144,9 @@ public final class Node: @unchecked Sendable {
     var listenerTLS: [(listener: DaemonConfig.Listener, context: NIOLockedValueBox<NIOSSLContext>)] = []
     /// Configured peer names by public key (hex), for logs and metric labels.
     var peerNames: [String: String]
-    let metrics = NodeMetrics()
+    package let metrics = NodeMetrics()
     let budget: NodeBudget
-    let limitLog: RateLimitedLog
+    package let limitLog: RateLimitedLog
 
     public init(role: Role, logger: Logger, clock: any PhysicalClock = SystemClock()) throws {
         self.role = role
@@ -195,6 +209,7 @@ public final class Node: @unchecked Sendable {
                     let names = Set(changed)
                     for server in self.modbusServers { server.changed(names) }
                 }
+                for service in self.services { service.changed() }
             }
             self.metrics.prepare(self)
         }.wait()
@@ -210,6 +225,13 @@ public final class Node: @unchecked Sendable {
                 try server.start()
                 self.modbusServers.append(server)
             }.wait()
+        }
+        if let spec = config.mqtt {
+            guard let make = Node.makeMQTT else {
+                throw APIError("[mqtt]: this build has no MQTT (it was built with --disable-default-traits); remove [mqtt] or use a build with it")
+            }
+            let service = try loop.submit { try make(spec, self) }.wait()
+            try loop.submit { self.services.append(service) }.wait()
         }
         try loop.submit {
             // Retention counts from the last link, or from now for a peer never seen linked.
@@ -320,6 +342,7 @@ public final class Node: @unchecked Sendable {
         for s in servers { try? s.close().wait() }
         try? metrics.server?.close().wait()
         for server in (try? loop.submit { self.modbusServers }.wait()) ?? [] { server.stop() }
+        for service in (try? loop.submit { self.services }.wait()) ?? [] { service.stop() }
         fifo?.stop()
         api?.close()
         for link in (try? loop.submit { Array(self.links.values) }.wait()) ?? [] { try? link.channel.close().wait() }

@@ -146,6 +146,8 @@ public struct NodeConfig: Sendable {
     public var schema = Schema()
     /// `[[modbus_server]]`: registers served to SCADA over Modbus TCP.
     public var modbusServers: [ModbusServerSpec] = []
+    /// `[mqtt]`: the agent as a Sparkplug B edge node (spook-edge only).
+    public var mqtt: MQTTSpec?
 }
 
 /// `spook-edge`: the upstream links it keeps entangled.
@@ -346,8 +348,9 @@ extension EdgeConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = EdgeConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "upstream", "device", "modbus_server"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "upstream", "device", "modbus_server", "mqtt"])
             c.node = reader.nodeConfig(doc)
+            c.node.mqtt = reader.mqtt(doc, nodeName: c.node.name)
             // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
             if (try? QDomain("spook.\(c.node.name)")) == nil {
                 reader.fail("node.name", "an agent's \"name\" must be a domain label (a-z, 0-9, \"-\"): its registers live in spook.<name>")
@@ -398,8 +401,9 @@ extension DaemonConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = DaemonConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer", "modbus_server"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer", "modbus_server", "mqtt"])
             c.node = reader.nodeConfig(doc)
+            if doc.has("mqtt") { reader.fail("mqtt", "[mqtt] belongs to spook-edge's config: spookd is not a Sparkplug edge node") }
             for l in doc.tables("listen") {
                 l.rejectUnknownKeys(["url", "cert", "key"])
                 if let e = reader.endpoint(l, "url") {

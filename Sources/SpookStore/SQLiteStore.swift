@@ -330,7 +330,7 @@ public final class SQLiteStore: Store {
             try also?()
             return id
         }
-        dirtyAcks = []
+        lazyWritten()
         vector = nextVector
         state = nextState
         hlcHigh = nextHigh
@@ -415,17 +415,41 @@ public final class SQLiteStore: Store {
     /// appended row pays for its own removal once (amortised O(1)).
     private func trimHistoryIfDue() throws {
         guard historyUntrimmed >= max(1_024, state.registers.count * options.historyLength) else { return }
+        var keepAfter = Int64.max
+        if let hold = historyHold {
+            // Rows a reader has not consumed stay, up to rowsMax of them.
+            let head = try historyHead()
+            keepAfter = max(hold.after, head - Int64(hold.rowsMax))
+            if keepAfter > hold.after {
+                let c = try db.statement("SELECT COUNT(*) FROM history WHERE id > ? AND id <= ?")
+                c.bind(1, hold.after)
+                c.bind(2, keepAfter)
+                _ = try c.step()
+                historyHoldOverrun += Int(c.int64(0))
+                logger.warning("history rows a reader holds exceed its bound: the oldest are trimmed like any other", metadata: [
+                    "rows_max": "\(hold.rowsMax)", "reader_at": "\(hold.after)", "trimmed_from": "\(keepAfter)",
+                ])
+            }
+        }
         try db.transaction {
             let s = try db.statement("""
                 DELETE FROM history WHERE id IN (
                     SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS newer FROM history)
-                    WHERE newer > ?)
+                    WHERE newer > ? AND id <= ?)
                 """)
             s.bind(1, Int64(options.historyLength))
+            s.bind(2, keepAfter)
             try s.step()
         }
         historyUntrimmed = 0
     }
+
+    /// A reader of the history (MQTT store-and-forward) that has consumed
+    /// the rows through `after`: newer rows are not trimmed to the
+    /// per-register bound until more than `rowsMax` of them wait.
+    public var historyHold: (after: Int64, rowsMax: Int)?
+    /// Rows a reader held that were trimmed anyway (its `rowsMax` reached).
+    public private(set) var historyHoldOverrun = 0
 
     static func changedSides(old: RegisterState?, new: RegisterState) -> [(HistoryEntry.Side, Versioned)] {
         switch (old, new) {
@@ -666,8 +690,12 @@ public final class SQLiteStore: Store {
     /// Peers whose acknowledged vector in memory is ahead of the file (`lazyAcks`).
     private var dirtyAcks: Set<String> = []
 
-    /// Writes the acknowledgements kept in memory (inside the caller's transaction).
+    /// Cursors set with `setCursorLazily` and not yet in the file.
+    private var dirtyCursors: [String: Int64] = [:]
+
+    /// Writes the acknowledgements and cursors kept in memory (inside the caller's transaction).
     private func writeDirtyAcks() throws {
+        for (key, value) in dirtyCursors.sorted(by: { $0.key < $1.key }) { try setMeta("cursor " + key, value) }
         guard !dirtyAcks.isEmpty else { return }
         let s = try db.statement("INSERT INTO peers(peer, origin, seq) VALUES (?, ?, ?) ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq")
         for peer in dirtyAcks.sorted() {
@@ -682,11 +710,60 @@ public final class SQLiteStore: Store {
         }
     }
 
-    /// Writes the acknowledgements `lazyAcks` kept in memory; nothing when none wait.
-    public func flushAcks() throws {
-        guard !dirtyAcks.isEmpty else { return }
-        try db.transaction { try writeDirtyAcks() }
+    /// What `writeDirtyAcks` wrote is in the file now.
+    private func lazyWritten() {
         dirtyAcks = []
+        dirtyCursors = [:]
+    }
+
+    /// Writes the acknowledgements (`lazyAcks`) and cursors kept in memory; nothing when none wait.
+    public func flushAcks() throws {
+        guard !dirtyAcks.isEmpty || !dirtyCursors.isEmpty else { return }
+        try db.transaction { try writeDirtyAcks() }
+        lazyWritten()
+    }
+
+    // MARK: cursors (readers of the history that keep their place, e.g. MQTT store-and-forward)
+
+    /// A reader's place, as last written (nil: never set).
+    public func cursor(_ key: String) throws -> Int64? {
+        if let v = dirtyCursors[key] { return v }
+        return try meta("cursor " + key).map { Int64(bitPattern: $0) }
+    }
+
+    /// Sets a reader's place now, in a transaction of its own.
+    public func setCursor(_ key: String, _ value: Int64) throws {
+        try db.transaction { try setMeta("cursor " + key, value) }
+        dirtyCursors[key] = nil
+    }
+
+    /// Sets a reader's place with the next commit or compaction step: losing
+    /// it to a crash only makes the reader read some rows again.
+    public func setCursorLazily(_ key: String, _ value: Int64) {
+        dirtyCursors[key] = value
+    }
+
+    /// The id of the newest history row (0: none yet). Ids only grow.
+    public func historyHead() throws -> Int64 {
+        let s = try db.statement("SELECT COALESCE(MAX(id), 0) FROM history")
+        _ = try s.step()
+        return s.int64(0)
+    }
+
+    /// History rows after `id`, oldest first, at most `limit`, with their
+    /// ids: what every register took since a reader's cursor. Rows the
+    /// history bound trimmed are gone (`[node] history` per register).
+    public func historyRows(after id: Int64, limit: Int) throws -> [(id: Int64, change: RegisterChange)] {
+        let s = try db.statement("SELECT id, name, side, body FROM history WHERE id > ? ORDER BY id LIMIT ?")
+        s.bind(1, id)
+        s.bind(2, Int64(limit))
+        var out: [(id: Int64, change: RegisterChange)] = []
+        while try s.step() {
+            let text = s.text(1)
+            guard let name = try? QRegisterName(text) else { throw StoreError(.corrupt, "\(path): history row \(s.int64(0)) names \"\(text)\"") }
+            out.append((s.int64(0), RegisterChange(name: name, entry: try historyEntry(of: name, side: s.int64(2), body: s.blob(3)))))
+        }
+        return out
     }
 
     public func replaceAck(peer: String, vector: QStateVector) throws {
@@ -790,7 +867,7 @@ public final class SQLiteStore: Store {
             // The horizon follows acknowledgements: the file never holds it ahead of them.
             try writeDirtyAcks()
         }
-        dirtyAcks = []
+        lazyWritten()
         horizon = nextHorizon
         // SQLite checkpoints the WAL on its own (every 1,000 pages); a checkpoint
         // per step would cost every step an fsync.
@@ -805,22 +882,25 @@ public final class SQLiteStore: Store {
         s.bind(1, name.description)
         s.bind(2, Int64(options.historyLength))
         var out: [HistoryEntry] = []
-        while try s.step() {
-            guard let side = HistoryEntry.Side(rawValue: UInt8(truncatingIfNeeded: s.int64(0))) else {
-                throw StoreError(.corrupt, "\(path): history of \(name) has unknown side \(s.int64(0))")
-            }
-            var r = ByteReader(s.blob(1))
-            do {
-                let value = try Value.decode(from: &r)
-                let hlc = HLCTimestamp(rawValue: try r.read(UInt64.self, "hlc"))
-                let origin = Origin(try r.read(UInt64.self, "origin"))
-                let seq = try r.read(UInt64.self, "seq")
-                out.append(HistoryEntry(side: side, versioned: Versioned(value, Stamp(hlc: hlc, origin: origin, seq: seq))))
-            } catch let e as CoreError {
-                throw StoreError(.corrupt, "\(path): history of \(name) cannot be read back: \(e.message)")
-            }
-        }
+        while try s.step() { out.append(try historyEntry(of: name, side: s.int64(0), body: s.blob(1))) }
         return out
+    }
+
+    /// One history row's side and body, read back (`appendHistory` wrote them).
+    private func historyEntry(of name: QRegisterName, side code: Int64, body: [UInt8]) throws -> HistoryEntry {
+        guard let side = HistoryEntry.Side(rawValue: UInt8(truncatingIfNeeded: code)) else {
+            throw StoreError(.corrupt, "\(path): history of \(name) has unknown side \(code)")
+        }
+        var r = ByteReader(body)
+        do {
+            let value = try Value.decode(from: &r)
+            let hlc = HLCTimestamp(rawValue: try r.read(UInt64.self, "hlc"))
+            let origin = Origin(try r.read(UInt64.self, "origin"))
+            let seq = try r.read(UInt64.self, "seq")
+            return HistoryEntry(side: side, versioned: Versioned(value, Stamp(hlc: hlc, origin: origin, seq: seq)))
+        } catch let e as CoreError {
+            throw StoreError(.corrupt, "\(path): history of \(name) cannot be read back: \(e.message)")
+        }
     }
 
     public func verify() throws -> VerifyReport {

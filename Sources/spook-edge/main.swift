@@ -1,5 +1,8 @@
 import SpookCommand
 import SpookNode
+#if MQTT
+import SpookSparkplug
+#endif
 
 enum SpookEdge: DaemonKind {
     static let name = "spook-edge"
@@ -8,4 +11,8 @@ enum SpookEdge: DaemonKind {
     static func role(_ config: EdgeConfig) -> Node.Role { .edge(config) }
 }
 
+#if MQTT
+// The [mqtt] Sparkplug B edge node (a build without the MQTT trait refuses [mqtt] at start).
+Node.makeMQTT = SparkplugEdgeNode.make
+#endif
 DaemonCommand<SpookEdge>.start()

@@ -8,13 +8,16 @@ import Glibc
 public final class ChildProcess {
     public let pid: pid_t
     private let stdoutFD: Int32
+    /// The write end of the child's stdin, when made `withStdin` (else -1).
+    private var stdinFD: Int32 = -1
     private var buffer: [UInt8] = []
     public private(set) var exited = false
 
     /// - Parameters:
     ///   - environment: variables to add to (or replace in) the test's own environment.
     ///   - stderrPath: a file for the child's stderr (default: the test's own).
-    public init(_ path: String, _ arguments: [String], environment: [String: String] = [:], stderrPath: String? = nil) throws {
+    ///   - withStdin: give the child a pipe on stdin for `writeLine` (default: the test's own stdin).
+    public init(_ path: String, _ arguments: [String], environment: [String: String] = [:], stderrPath: String? = nil, withStdin: Bool = false) throws {
         // A test that writes to a child's socket after the child died must see
         // EPIPE, not die of SIGPIPE (which would orphan the other children).
         _ = Glibc.signal(SIGPIPE, SIG_IGN)
@@ -25,6 +28,13 @@ public final class ChildProcess {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
         posix_spawn_file_actions_addclose(&actions, fds[0])
+        var input: [Int32] = [-1, -1]
+        if withStdin {
+            guard pipe(&input) == 0 else { throw Failure("pipe: \(errno)") }
+            // The test keeps the write end: no child may inherit it (EOF must reach this one).
+            _ = fcntl(input[1], F_SETFD, FD_CLOEXEC)
+            posix_spawn_file_actions_adddup2(&actions, input[0], 0)
+        }
         if let stderrPath { posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_APPEND, 0o600) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -52,7 +62,12 @@ public final class ChildProcess {
         var child: pid_t = 0
         let rc = posix_spawn(&child, path, &actions, &attributes, argv, envp)
         close(fds[1])
+        if withStdin {
+            close(input[0])
+            stdinFD = input[1]
+        }
         guard rc == 0 else {
+            if withStdin { close(input[1]) }
             close(fds[0])
             throw Failure("posix_spawn \(path): \(String(cString: strerror(rc)))")
         }
@@ -63,6 +78,18 @@ public final class ChildProcess {
     deinit {
         if !exited { kill(pid, SIGKILL); _ = wait() }
         close(stdoutFD)
+        if stdinFD >= 0 { close(stdinFD) }
+    }
+
+    /// Writes one line to the child's stdin (made `withStdin`).
+    public func writeLine(_ line: String) throws {
+        let bytes = Array((line + "\n").utf8)
+        var done = 0
+        while done < bytes.count {
+            let n = bytes[done...].withUnsafeBytes { write(stdinFD, $0.baseAddress, $0.count) }
+            guard n > 0 else { throw Failure("writing to the child's stdin: \(String(cString: strerror(errno)))") }
+            done += n
+        }
     }
 
     /// The next line of stdout, or nil at end of file. Throws past the deadline.
