@@ -113,8 +113,10 @@ let package = Package(
         .executableTarget(
             name: "spook-bench",
             dependencies: [
-                "SpookCore", "SpookStore", "SpookLink", "SpookNode", "CSQLite",
+                "SpookCore", "SpookStore", "SpookLink", "SpookNode", "CSQLite", "SpookSparkplug", "CMosquitto",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             path: "bench/Sources/spook-bench"
         ),

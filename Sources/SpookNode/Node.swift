@@ -134,7 +134,7 @@ public final class Node: @unchecked Sendable {
     var services: [any NodeService] = []
     /// Makes the `[mqtt]` service and starts it; spook-edge's main sets this
     /// before `start` when the build has MQTT (nil: it has none).
-    nonisolated(unsafe) public static var makeMQTT: ((MQTTSpec, Node) throws -> any NodeService)?
+    nonisolated(unsafe) public static var makeMQTT: (@Sendable (MQTTSpec, Node) throws -> any NodeService)?
     /// Bumped when a reload replaces `upstreams`: timers and connections of
     /// the old ones see it and stand down (their indices mean nothing now).
     var upstreamEpoch = 0

@@ -71,7 +71,7 @@ final class MosquittoConnection: @unchecked Sendable {
         defer { fclose(f) }
         var line = [CChar](repeating: 0, count: 1_024)
         guard fgets(&line, Int32(line.count), f) != nil else { throw APIError("[mqtt] password_file \(path): empty") }
-        var text = String(cString: line)
+        var text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         while text.last == "\n" || text.last == "\r" { text.removeLast() }
         return text
     }

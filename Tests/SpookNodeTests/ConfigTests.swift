@@ -25,6 +25,7 @@ import Testing
             Issue.record("plc1 is not a modbus-tcp device")
         }
         #expect(edge.devices.last?.match?.vendor == "0483")
+        #expect(edge.node.mqtt?.groupID == "plant-a" && edge.node.mqtt?.domain.description == "site1.line1" && edge.node.mqtt?.backlogRowsMax == 500_000)
         let daemon = try DaemonConfig.load(path: Self.repo.appendingPathComponent("configs/spookd.toml").path, checkFiles: false)
         #expect(daemon.listen.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400), .unix(path: "/run/spookd/spookd.link")])
         #expect(edge.node.schema == daemon.node.schema, "replicas that share groups must declare them alike")

@@ -74,17 +74,22 @@ enum DeviceBench {
     /// registers 100…199 all change every 100 ms, polled every 100 ms by the
     /// agent and forwarded durably to a daemon. The agent's CPU (% of one core)
     /// and RSS over `seconds`, and each clock change's latency to upstream.
-    static func gatewayLoad(dir: String, binaries: String, edgeBinary: String, tools: String, seconds: Double) throws -> (cpuPercent: Double, rssMiB: Double, latencies: [Double]) {
+    /// `edgeExtra` adds tables to the agent's config; `latencies` measures
+    /// (default: each clock change's latency to upstream).
+    static func gatewayLoad(
+        dir: String, binaries: String, edgeBinary: String, tools: String, seconds: Double, edgeExtra: String = "",
+        latencies measure: (APIClient, Double) throws -> [Double] = { up, seconds in try clockLatencies(up, register: "bench.dev/plc/clock", seconds: seconds).latencies }
+    ) throws -> (cpuPercent: Double, rssMiB: Double, latencies: [Double]) {
         let port = freePort()
         let ticking = try LinkBench.Process("\(tools)/modbus-server", ["\(port)", "--tick-ms", "100"], readable: true)
         defer { ticking.stop() }
         _ = ticking.line()
         var load = "[[device.register]]\nname = \"clock\"\ntable = \"holding\"\naddress = 98\ntype = \"u32\"\n"
         for i in 100..<200 { load += "[[device.register]]\nname = \"r\(i)\"\ntable = \"holding\"\naddress = \(i)\n" }
-        let (daemon, edge, _, up) = try cluster(dir: dir, binaries: binaries, edgeBinary: edgeBinary, device: plc(port: port, pollMs: 100, map: load))
+        let (daemon, edge, _, up) = try cluster(dir: dir, binaries: binaries, edgeBinary: edgeBinary, device: plc(port: port, pollMs: 100, map: load) + edgeExtra)
         defer { edge.stop(); daemon.stop() }
         let cpu0 = edge.cpuTicks, t0 = now()
-        let (latencies, _) = try clockLatencies(up, register: "bench.dev/plc/clock", seconds: seconds)
+        let latencies = try measure(up, seconds)
         let cpu = Double(edge.cpuTicks - cpu0) / Double(sysconf(Int32(_SC_CLK_TCK))) / (now() - t0) * 100
         return (cpu, Double(edge.rssKiB) / 1024, latencies)
     }

@@ -4,7 +4,7 @@
 //
 //     bench/run              (release build, then this)
 //     bench/run --quick      (smaller counts, for a smoke run)
-//     bench/run --only P     one part: core, store, link, longrun, devices or footprint
+//     bench/run --only P     one part: core, store, link, longrun, devices, mqtt or footprint
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +14,7 @@ import SpookStore
 
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
-/// `--only core`, `store`, `link`, `longrun`, `devices` or `footprint` runs one part.
+/// `--only core`, `store`, `link`, `longrun`, `devices`, `mqtt` or `footprint` runs one part.
 let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
     i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
 }
@@ -189,6 +189,16 @@ if runs("devices") {
     let root = getcwd(&cwd, cwd.count).map { String(cString: $0) } ?? "."
     rows += try DeviceBench.run(dir: devDir, binaries: binaries, edgeBinary: edgeBinary, tools: "\(root)/bench/modbus/build",
                                 sim: "\(root)/firmware-bridge/build/sfb-sim", seconds: quick ? 1 : 3)
+}
+
+// MARK: mqtt (the Sparkplug DDATA path, a local mosquitto)
+
+if runs("mqtt") {
+    let mqttDir = "\(dir)/mqtt"
+    mkdir(mqttDir, 0o700)
+    var cwd = [CChar](repeating: 0, count: 4096)
+    let root = getcwd(&cwd, cwd.count).map { String(cString: $0) } ?? "."
+    rows += try SparkplugBench.run(dir: mqttDir, binaries: binaries, edgeBinary: edgeBinary, tools: "\(root)/bench/modbus/build", seconds: quick ? 3 : 10)
 }
 
 // MARK: footprint (the static agent against the dynamic one)
