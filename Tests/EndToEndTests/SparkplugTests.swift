@@ -181,6 +181,7 @@ extension JSONValue {
 
         // Hostile commands: each refused, counted by reason; nothing else is affected.
         let speedAlias = plcMetrics.first { $0["name"] == .string("speed") }?["alias"]?.intValue ?? 0
+        #expect(speedAlias >= 2, "device metrics have aliases from 2 up")
         for command in [
             #"{"dcmd": "plc", "metrics": [{"name": "nope", "datatype": "Int64", "value": 1}]}"#,
             #"{"dcmd": "plc", "metrics": [{"name": "speed", "datatype": "Double", "value": 2.5}]}"#,
@@ -202,6 +203,10 @@ extension JSONValue {
             return false
         }
         #expect(c.value("gw1", "site1.dev/plc/speed") == .int(1500), "no refused command changed the speed (speed alias \(speedAlias))")
+        #expect((MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), "spook_device_errors_total{device=\"plc\"}") ?? 0) >= 1, "the device's refusal is counted")
+        // A command by alias (what DBIRTH announced) works like one by name.
+        try host.send(#"{"dcmd": "plc", "metrics": [{"alias": \#(speedAlias), "datatype": "Int64", "value": 1600}]}"#)
+        try c.waitFor("speed 1600 by alias") { c.value("spookd", "site1.dev/plc/speed") == .int(1600) }
 
         // NCMD rebirth: NBIRTH again with seq 0 and the same bdSeq, then every device.
         let birthsBefore = host.of("NBIRTH").count

@@ -8,7 +8,7 @@ DDATA only for born devices, NDEATH's bdSeq against the NBIRTH's), and
 prints one JSON line per message on stdout; a rule broken prints a line with
 "violation". Lines on stdin are commands to publish (JSON):
   {"ncmd": "rebirth"}
-  {"dcmd": DEVICE, "metrics": [{"name": N, "datatype": "Int64", "value": V}, ...]}
+  {"dcmd": DEVICE, "metrics": [{"name": N or "alias": A, "datatype": "Int64", "value": V}, ...]}
   {"raw": TOPIC, "hex": BYTES}          (anything, for hostile input)
 
 usage: sparkplug-host.py PORT GROUP EDGE_NODE
@@ -136,7 +136,8 @@ for text in sys.stdin:
         payload = sp.NCmd(timestamp=now, metrics=(metric,)).encode(include_dtypes=True)
         client.publish(f"spBv1.0/{group}/NCMD/{node}", payload, qos=1)
     elif "dcmd" in cmd:
-        metrics = tuple(sp.Metric(timestamp=now, name=m["name"], datatype=sp.DataType[m["datatype"].upper()], value=m["value"])
+        metrics = tuple(sp.Metric(timestamp=now, name=m.get("name"), alias=m.get("alias"),
+                                  datatype=sp.DataType[m["datatype"].upper()], value=m["value"])
                         for m in cmd["metrics"])
         payload = sp.DCmd(timestamp=now, metrics=metrics).encode(include_dtypes=True)
         client.publish(f"spBv1.0/{group}/DCMD/{node}/{cmd['dcmd']}", payload, qos=1)
