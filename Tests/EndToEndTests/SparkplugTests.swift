@@ -13,15 +13,18 @@ final class MosquittoBroker {
     let dir: TemporaryDirectory
     var process: ChildProcess?
 
-    init(port: Int, dir: TemporaryDirectory) throws {
+    /// `listeners`: more listener sections (after the plain, anonymous one on `port`).
+    init(port: Int, dir: TemporaryDirectory, listeners: String = "") throws {
         self.port = port
         self.dir = dir
         // As root, mosquitto would switch to user "mosquitto", who cannot write the test's folder.
         let user = getpwuid(getuid()).map { String(cString: $0.pointee.pw_name) } ?? "root"
         let conf = """
             user \(user)
+            per_listener_settings true
             listener \(port) 127.0.0.1
             allow_anonymous true
+            \(listeners)
             persistence true
             persistence_location \(dir.path)/
             queue_qos0_messages true
@@ -257,6 +260,47 @@ extension JSONValue {
         let lastBdSeq = Self.bdSeq(host.of("NBIRTH").last)
         c.stopEdge()
         try c.waitFor("the agent's own NDEATH") { host.of("NDEATH").contains { Self.bdSeq($0) == lastBdSeq && $0["current"] == .bool(true) } }
+        #expect(host.violations.isEmpty, "\(host.violations)")
+    }
+
+    /// A broker that takes the agent only over TLS, with a user name and
+    /// password: the node connects with the CA, the credentials from
+    /// password_file, and is born. The host listens on a plain listener.
+    @Test func overTLSWithCredentials() throws {
+        let dir = TemporaryDirectory()
+        try TransportTests.certificates(in: dir)
+        let passwd = try ChildProcess("/usr/bin/mosquitto_passwd", ["-b", "-c", dir.file("passwd"), "gw1", "s3cret"])
+        #expect(passwd.wait() == 0)
+        try "s3cret\n".write(toFile: dir.file("password"), atomically: true, encoding: .utf8)
+        let brokerPort = try CuttableProxy.freePort(), tlsPort = try CuttableProxy.freePort(), metrics = try CuttableProxy.freePort()
+        let broker = try MosquittoBroker(port: brokerPort, dir: dir, listeners: """
+            listener \(tlsPort) 127.0.0.1
+            cafile \(dir.file("ca.pem"))
+            certfile \(dir.file("server.pem"))
+            keyfile \(dir.file("server.key"))
+            allow_anonymous false
+            password_file \(dir.file("passwd"))
+            """)
+        defer { broker.stop() }
+        let host = try SparkplugHost(port: brokerPort, group: "plant", node: "gw1")
+        defer { host.stop() }
+        let mqtt = """
+            [mqtt]
+            broker = "tls://localhost:\(tlsPort)"
+            ca = "\(dir.file("ca.pem"))"
+            username = "gw1"
+            password_file = "\(dir.file("password"))"
+            group_id = "plant"
+            domain = "site1.dev"
+
+            """
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: Self.schema,
+                            edgeExtra: "[metrics]\nlisten = \"127.0.0.1:\(metrics)\"\n" + Self.schema + mqtt)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.set("gw1", "site1.dev/app/counter", .int(7))
+        try c.waitFor("NBIRTH over TLS, and counter 7") { !host.of("NBIRTH").isEmpty && host.values("app", "counter").contains { $0.value == .int(7) } }
+        #expect(MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), "spook_mqtt_connected") == 1)
         #expect(host.violations.isEmpty, "\(host.violations)")
     }
 }
