@@ -4,6 +4,7 @@ import Glibc
 import CMosquitto
 import Logging
 import NIOCore
+import NIOPosix
 import SpookCore
 import SpookNode
 import SpookStore
@@ -31,6 +32,10 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
     var retry: Scheduled<Void>?
     var connackDeadline: Scheduled<Void>?
     var stopped = false
+    /// Where connecting (name resolution, the TCP connect) and closing (joining
+    /// the network thread) happen: never on the node loop. One thread, so a
+    /// connection's close always follows its connect.
+    let blocking = NIOThreadPool(numberOfThreads: 1)
     /// CONNACK received and NBIRTH published: DBIRTH, DDATA and DDEATH may follow.
     var born = false
 
@@ -65,11 +70,20 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
         self.logger = node.logger
         backoff = ReconnectBackoff(baseMs: spec.reconnectBaseMs, capMs: spec.reconnectCapMs)
         MosquittoConnection.initialiseLibrary()
-        ackedThrough = try node.store.cursor(SparkplugEdgeNode.cursorKey) ?? node.store.historyHead()
+        if let cursor = try node.store.cursor(SparkplugEdgeNode.cursorKey) {
+            ackedThrough = cursor
+        } else {
+            // The first start: what came before is in the births; what comes
+            // after is owed to the broker, even if this process dies before
+            // it ever connects.
+            ackedThrough = try node.store.historyHead()
+            try node.store.setCursor(SparkplugEdgeNode.cursorKey, ackedThrough)
+        }
         sentThrough = ackedThrough
         // The next connection's bdSeq follows the last one used, across restarts.
         bdSeq = UInt8(truncatingIfNeeded: (try node.store.cursor(SparkplugEdgeNode.bdSeqKey)).map { $0 + 1 } ?? 0)
         node.store.historyHold = (ackedThrough, spec.backlogRowsMax)
+        blocking.start()
         report()
         connect()
     }
@@ -96,9 +110,13 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
             let will = SparkplugPayload(timestampMs: nowMs, seq: nil, metrics: [SparkplugPayload.bdSeqMetric(bdSeq, timestampMs: nowMs)])
             let c = try MosquittoConnection(spec: spec, owner: self, generation: generation, will: (topic(.ndeath), will.bytes))
             connection = c
-            try c.connect()
             logger.info("MQTT connecting", metadata: ["broker": "\(spec.host):\(spec.port)", "bdSeq": "\(bdSeq)"])
             let gen = generation
+            blocking.submit { [self] _ in
+                do { try c.connect() } catch {
+                    node.loop.execute { [self] in if gen == generation { lost("\(error)") } }
+                }
+            }
             // Keepalive and a half: the broker's own deadline for a silent client.
             connackDeadline = node.loop.scheduleTask(in: .milliseconds(Int64(spec.keepaliveS) * 1_500)) { [self] in
                 if gen == generation, !born { lost("no CONNACK within \(spec.keepaliveS * 3 / 2) s") }
@@ -114,7 +132,7 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
         connackDeadline?.cancel()
         let wasBorn = born
         born = false
-        connection?.close()
+        if let old = connection { blocking.submit { _ in old.close() } }
         connection = nil
         inflight = []
         sentThrough = ackedThrough
@@ -411,7 +429,7 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
             retry?.cancel()
             connackDeadline?.cancel()
             defer { connection = nil }
-            guard born, let c = connection else { connection?.close(); return nil }
+            guard born, let c = connection else { return connection }
             // A clean goodbye: the NDEATH the will would have sent.
             let now = nowMs
             let death = SparkplugPayload(timestampMs: now, seq: nil, metrics: [SparkplugPayload.bdSeqMetric(bdSeq, timestampMs: now)])
@@ -419,7 +437,9 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
             node.metrics.mqttPublished("NDEATH")
             return c
         }.wait()
-        // Off the node loop: DISCONNECT follows the NDEATH out, then the thread ends.
-        c?.close()
+        // Off the node loop, after any connect or close still queued: DISCONNECT
+        // follows the NDEATH out, then the network thread ends.
+        if let c { blocking.submit { _ in c.close() } }
+        try? blocking.syncShutdownGracefully()
     }
 }

@@ -303,4 +303,40 @@ extension JSONValue {
         #expect(MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), "spook_mqtt_connected") == 1)
         #expect(host.violations.isEmpty, "\(host.violations)")
     }
+
+    /// Store-and-forward is the store's, not memory's: values written while
+    /// the broker is unreachable survive a kill -9 of the agent and are
+    /// published, in order and historical, once the restarted agent reaches
+    /// the broker; the restarted node uses a bdSeq of its own.
+    @Test func theBacklogSurvivesAKilledAgent() throws {
+        let dir = TemporaryDirectory()
+        let brokerPort = try CuttableProxy.freePort(), metrics = try CuttableProxy.freePort()
+        let broker = try MosquittoBroker(port: brokerPort, dir: dir)
+        defer { broker.stop() }
+        let proxy = try CuttableProxy(to: brokerPort)
+        let host = try SparkplugHost(port: brokerPort, group: "plant", node: "gw1")
+        defer { host.stop() }
+        let mqtt = "[mqtt]\nbroker = \"tcp://127.0.0.1:\(proxy.port)\"\ngroup_id = \"plant\"\ndomain = \"site1.dev\"\nreconnect_base_ms = 200\nreconnect_cap_ms = 1000\n"
+        let c = try Cluster(owns: ["gw1": ["site1.dev"]], extraDaemonToml: Self.schema,
+                            edgeExtra: "[metrics]\nlisten = \"127.0.0.1:\(metrics)\"\n" + Self.schema + mqtt)
+        try c.startDaemon()
+        try c.startEdge()
+        try c.set("gw1", "site1.dev/app/counter", .int(1))
+        try c.waitFor("counter 1 on the host") { host.values("app", "counter").contains { $0.value == .int(1) } }
+        let firstBdSeq = try #require(Self.bdSeq(host.of("NBIRTH").last))
+
+        proxy.partition()
+        try c.waitFor("the agent sees the broker gone") { MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), "spook_mqtt_connected") == 0 }
+        for i in 2...21 { try c.set("gw1", "site1.dev/app/counter", .int(Int64(i))) }
+        try c.waitFor("20 rows in the backlog") { (MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), "spook_mqtt_backlog_rows") ?? 0) >= 20 }
+        c.stopEdge(signal: SIGKILL)
+        try c.startEdge()
+        proxy.heal()
+        try c.waitFor("counter 21 from the restarted agent", seconds: 40) { host.values("app", "counter", dataOnly: true).contains { $0.value == .int(21) } }
+        let replay = host.values("app", "counter", dataOnly: true).filter { ($0.value.intValue ?? 0) >= 2 }
+        #expect(replay.map { $0.value.intValue ?? 0 } == Array(2...21), "each value once, in order")
+        #expect(replay.allSatisfy { $0.historical }, "older than the new birth")
+        #expect(Self.bdSeq(host.of("NBIRTH").last) != firstBdSeq)
+        #expect(host.violations.isEmpty, "\(host.violations)")
+    }
 }
