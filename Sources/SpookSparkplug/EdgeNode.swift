@@ -48,6 +48,9 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
     var nextAlias = NodeMetricName.rebirthAlias + 1
     /// Each born device (by group): the datatype each metric was born with.
     var births: [QGroupName: [QRegisterName: SparkplugType]] = [:]
+    /// The value each metric last carried in this session (births included):
+    /// a write of the same value again is no change, and sends nothing.
+    var lastSent: [QRegisterName: Value] = [:]
 
     /// History rows through this id are published, or need not be.
     var sentThrough: Int64 = 0
@@ -173,6 +176,7 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
         guard let c = connection else { return }
         seq = 0
         births = [:]
+        lastSent = [:]
         let now = nowMs
         let rebirth = SparkplugMetric(name: NodeMetricName.rebirth, alias: NodeMetricName.rebirthAlias, type: .boolean, value: .bool(false), timestampMs: now)
         let nbirth = SparkplugPayload(timestampMs: now, seq: nextSeq(), metrics: [SparkplugPayload.bdSeqMetric(bdSeq, timestampMs: now), rebirth])
@@ -229,6 +233,7 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
             let value = state.value.flatMap { SparkplugType($0.type) == t ? $0 : nil }
             metrics.append(SparkplugMetric(name: name.name, alias: alias(name), type: t, value: value, timestampMs: state.stamps.map(\.hlc.ms).max() ?? now))
             types[name] = t
+            lastSent[name] = value ?? .null
         }
         let payload = SparkplugPayload(timestampMs: now, seq: nextSeq(), metrics: metrics)
         guard c.publish(topic(.dbirth, device: group.name), payload.bytes, qos: 0) != nil else { return lost("DBIRTH not sent") }
@@ -291,9 +296,14 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
                     t = births[group]?[name]
                 }
                 guard let t, born else { continue }
+                // Report by exception: the same value written again is no change
+                // (history since the cursor goes out whole: each row was a change then).
+                let historical = id <= historicalThrough
+                guard historical || lastSent[name] != value else { continue }
+                lastSent[name] = value
                 let metric = SparkplugMetric(
                     name: nil, alias: alias(name), type: t, value: SparkplugType(value.type) == t ? value : nil,
-                    timestampMs: change.entry.versioned.stamp.hlc.ms, historical: id <= historicalThrough)
+                    timestampMs: change.entry.versioned.stamp.hlc.ms, historical: historical)
                 if pending == nil { pending = (group, []) }
                 pending?.metrics.append(metric)
             }

@@ -324,6 +324,11 @@ extension JSONValue {
         try c.set("gw1", "site1.dev/app/counter", .int(1))
         try c.waitFor("counter 1 on the host") { host.values("app", "counter").contains { $0.value == .int(1) } }
         let firstBdSeq = try #require(Self.bdSeq(host.of("NBIRTH").last))
+        // Report by exception: 1 written again is no change; 0 is.
+        try c.set("gw1", "site1.dev/app/counter", .int(1))
+        try c.set("gw1", "site1.dev/app/counter", .int(0))
+        try c.waitFor("counter 0 on the host") { host.values("app", "counter", dataOnly: true).contains { $0.value == .int(0) } }
+        #expect(host.values("app", "counter").filter { $0.value == .int(1) }.count == 1, "\(host.values("app", "counter"))")
 
         proxy.partition()
         try c.waitFor("the agent sees the broker gone") { MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), "spook_mqtt_connected") == 0 }
