@@ -35,6 +35,8 @@ let package = Package(
         // Sparkplug B payloads (the generated code is committed: builds never run protoc).
         // No traits: the default ones pull in Foundation's streams.
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
+        // Tests only: the WebAssembly core run under WasmKit (no default traits: no file system, no disassembler).
+        .package(url: "https://github.com/swiftwasm/WasmKit", .upToNextMinor(from: "0.4.2"), traits: ["MultiThread"]),
     ],
     targets: [
         // System libraries, found through pkg-config (scripts/install-deps installs them).
@@ -145,7 +147,7 @@ let package = Package(
         .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",
-            dependencies: ["SpookCore", "SpookStore"],
+            dependencies: ["SpookCore", "SpookStore", .product(name: "WasmKit", package: "WasmKit")],
             path: "Tests/Conformance",
             exclude: ["make-vectors.py"],
             resources: [.copy("vectors")]
