@@ -4,7 +4,7 @@
 //
 //     bench/run              (release build, then this)
 //     bench/run --quick      (smaller counts, for a smoke run)
-//     bench/run --only P     one part: core, store, link, longrun, devices, mqtt or footprint
+//     bench/run --only P     one part: core, store, wasm, link, longrun, devices, mqtt or footprint
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +14,7 @@ import SpookStore
 
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
-/// `--only core`, `store`, `link`, `longrun`, `devices`, `mqtt` or `footprint` runs one part.
+/// `--only core`, `store`, `wasm`, `link`, `longrun`, `devices`, `mqtt` or `footprint` runs one part.
 let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
     i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
 }
@@ -154,6 +154,43 @@ for (sync, batch, count) in [(SyncLevel.full, 1, 2_000), (.full, 100, 50_000), (
     store.close()
     let raw = rawSQLite(deltas.map(\.encoded), batch: batch, sync: sync, path: "\(dir)/raw-\(run).db")
     rows.append(Row(name: "store commit, sync=\(sync), \(batch)/block", value: committed, unit: "deltas/s durable", baseline: "raw SQLite insert", baselineValue: raw))
+}
+
+// MARK: the WebAssembly core (wasm/, under Node) against the Swift core, same deltas
+
+if runs("wasm") {
+    let n = 200_000 / scale
+    let encoded = makeDeltas(n, writes: 1).map(\.encoded)
+    var file: [UInt8] = []
+    for e in encoded {
+        withUnsafeBytes(of: UInt32(e.count).bigEndian) { file += $0 }
+        file += e
+    }
+    let deltaFile = "\(dir)/wasm-deltas.bin", stateFile = "\(dir)/wasm-state.bin"
+    guard let f = fopen(deltaFile, "wb"), fwrite(file, 1, file.count, f) == file.count else { fatalError("cannot write \(deltaFile)") }
+    fclose(f)
+    // What the WebAssembly core does per delta: decode (with validation) and collapse.
+    var swiftState = CollapseState()
+    let swiftRate = rate(count: n) {
+        var s = CollapseState()
+        for e in encoded { try! s.apply(Delta.decode(e)) }
+        swiftState = s
+    }
+    guard system("make -s -C wasm") == 0 else { fatalError("make -C wasm failed") }
+    let node = try LinkBench.Process("/usr/bin/node", ["wasm/bench.mjs", deltaFile, stateFile], readable: true)
+    let fields = (node.line() ?? "").split(separator: " ")
+    node.stop()
+    guard fields.count == 2, let wasmRate = Double(fields[1]) else { fatalError("wasm/bench.mjs printed \(fields)") }
+    var same = false
+    if let g = fopen(stateFile, "rb") {
+        var bytes = [UInt8](repeating: 0, count: 4 << 20)
+        let got = fread(&bytes, 1, bytes.count, g)
+        fclose(g)
+        same = Array(bytes[..<got]) == swiftState.canonicalBytes()
+    }
+    guard same else { fatalError("the WebAssembly core's state differs from the Swift core's after the same deltas") }
+    rows.append(Row(name: "WebAssembly core (Node), decode + apply, 1 write/delta (same state bytes)", value: wasmRate, unit: "deltas/s",
+                    baseline: "Swift core, decode + apply, same deltas", baselineValue: swiftRate))
 }
 
 // MARK: link (real processes)
