@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SpookCore
+import SpookLink
+import SpookNode
+import SpookTestSupport
+import Testing
+
+/// The browser HalfPair (wasm/halfpair.mjs on the WebAssembly core), run in
+/// Node over a real WebSocket to a real spookd, beside a real spook-edge.
+@Suite(.serialized) struct BrowserHalfPairTests {
+    /// The replica's JSON lines, collected as they come.
+    final class Client: @unchecked Sendable {
+        let process: ChildProcess
+        private let lock = NSLock()
+        private var lines: [JSONValue] = []
+
+        init(url: String, daemonKey: String, seed: String, publicKey: String, pattern: String) throws {
+            process = try ChildProcess("/usr/bin/node", [
+                "--experimental-websocket", "--no-warnings", "\(repositoryRoot)/wasm/test/halfpair-client.mjs", url, daemonKey, seed, publicKey, pattern,
+            ], withStdin: true)
+            Thread { [unowned self] in
+                while let line = try? self.process.readLine(timeoutMs: 600_000) {
+                    guard let j = try? JSONValue.parse(Array(line.utf8)) else { continue }
+                    self.lock.lock()
+                    self.lines.append(j)
+                    self.lock.unlock()
+                }
+            }.start()
+        }
+
+        func seen(_ key: String) -> [JSONValue] {
+            lock.lock()
+            defer { lock.unlock() }
+            return lines.filter { $0[key] != nil }
+        }
+
+        /// The replica's registers, read back from its core's state bytes.
+        func registers() throws -> JSONValue? {
+            let before = seen("state").count
+            try process.writeLine(#"{"state": true}"#)
+            try waitUntil("the replica's state") { seen("state").count > before }
+            return seen("state").last?["registers"]
+        }
+
+        func value(_ register: String) throws -> JSONValue? { try registers()?[register]?["value"] }
+
+        func write(_ group: String, _ register: String, int: Int) throws {
+            try process.writeLine(#"{"write": {"group": "\#(group)", "writes": [{"register": "\#(register)", "kind": "set", "value": {"int": "\#(int)"}}]}}"#)
+        }
+    }
+
+    static func seed(_ keyFile: String) throws -> String {
+        let text = try String(contentsOfFile: keyFile, encoding: .utf8)
+        guard let hex = text.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines), hex.count == 64 else {
+            throw ChildProcess.Failure("\(keyFile): not a spook key file")
+        }
+        return hex
+    }
+
+    @Test func aBrowserReplicaReadsWritesAndConvergesWithAnAgent() throws {
+        let port = try CuttableProxy.freePort()
+        let c = try Cluster(edges: ["gw1", "web"], daemonLink: "ws://127.0.0.1:\(port)/spook")
+        try c.startDaemon()
+        try c.startEdge("gw1")
+        try c.waitFor("gw1 linked") { c.coherent() }
+        try c.set("spookd", "site1.l1/m/speed", .int(5))
+        let web = try #require(c.edgeKeys["web"])
+        let client = try Client(url: "ws://127.0.0.1:\(port)/spook", daemonKey: c.daemonKey.publicKey.hex,
+                                seed: try Self.seed(c.dir.file("web.key")), publicKey: web.publicKey.hex, pattern: "site1.*")
+        defer { client.process.signal(SIGTERM); _ = client.process.wait() }
+        try c.waitFor("the replica's handshake") { !client.seen("ready").isEmpty || !client.seen("error").isEmpty }
+        #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
+
+        // Catch-up, then live changes, decided by the WebAssembly core.
+        try c.waitFor("speed 5 in the replica") { try client.value("site1.l1/m/speed") == .object(["int": .string("5")]) }
+        try c.set("gw1", "site1.l1/m/speed", .int(6))
+        try c.waitFor("speed 6, written on the agent, in the replica") { try client.value("site1.l1/m/speed") == .object(["int": .string("6")]) }
+
+        // A write from the replica: acknowledged by the daemon, on the agent too.
+        try client.write("site1.l1/m", "setpoint", int: 42)
+        try c.waitFor("the daemon acknowledged the replica's write") { !client.seen("written").isEmpty }
+        try c.waitFor("setpoint 42 on the agent") { c.value("gw1", "site1.l1/m/setpoint") == .int(42) }
+
+        // The replica and the agent write one register at once, several times: all converge.
+        for i in 0..<10 {
+            try client.write("site1.l1/m", "race", int: 100 + i)
+            try c.set("gw1", "site1.l1/m/race", .int(Int64(200 + i)))
+        }
+        try c.waitFor("the replica, the daemon and the agent agree on race") {
+            guard let mine = try client.value("site1.l1/m/race"), case .object(let o) = mine, case .string(let text)? = o["int"],
+                  let n = Int64(text) else { return false }
+            return c.value("spookd", "site1.l1/m/race") == .int(n) && c.value("gw1", "site1.l1/m/race") == .int(n)
+        }
+        #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
+    }
+}

@@ -1,0 +1,42 @@
+// A browser-like replica in Node, for the end-to-end test
+// (Tests/EndToEndTests/BrowserHalfPairTests.swift): the WebAssembly core
+// and halfpair.mjs over a real WebSocket to a real spookd.
+//   node --experimental-websocket halfpair-client.mjs URL DAEMON_KEY_HEX SEED_HEX PUBLIC_KEY_HEX DOMAIN_PATTERN
+// Prints JSON lines; takes commands on stdin:
+//   {"write": {"group": G, "writes": [{"register": R, "kind": "set", "value": {"int": "7"}}]}}
+//   {"state": true}
+import { readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { loadCore, decodeState, hex, unhex } from '../spook-core.mjs';
+import { HalfPair, importSeed } from '../halfpair.mjs';
+
+const [url, daemonKey, seed, publicKey, pattern] = process.argv.slice(2);
+const say = (o) => process.stdout.write(JSON.stringify(o, (_, v) => (typeof v === 'bigint' ? v.toString() : v)) + '\n');
+const core = await loadCore(readFileSync(fileURLToPath(new URL('../build/spook_core.wasm', import.meta.url))));
+const pair = new HalfPair({
+  url, core, privateKey: await importSeed(unhex(seed)), publicKey: unhex(publicKey), daemonKey: unhex(daemonKey),
+  domains: [pattern], name: 'browser-test', onChange: (groups) => say({ changed: groups }),
+});
+try {
+  await pair.connect();
+} catch (e) {
+  say({ error: String(e.message ?? e), stack: String(e.stack ?? '') });
+  process.exit(1);
+}
+say({ ready: true, origin: pair.origin.toString(16).padStart(16, '0') });
+for await (const line of createInterface({ input: process.stdin })) {
+  const cmd = JSON.parse(line);
+  try {
+    if (cmd.write) {
+      await pair.write(cmd.write.group, cmd.write.writes);
+      say({ written: cmd.write.group });
+    } else if (cmd.state) {
+      const state = core.state();
+      say({ state: hex(state), registers: decodeState(state) });
+    }
+  } catch (e) {
+    say({ error: String(e.message ?? e) });
+  }
+}
+pair.close();
