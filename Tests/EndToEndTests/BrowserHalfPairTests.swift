@@ -96,4 +96,24 @@ import Testing
         }
         #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
     }
+
+    /// The conformance vectors against the WebAssembly core in real headless
+    /// Chromium (Debian's), from a page served on 127.0.0.1.
+    @Test func theConformanceVectorsPassInHeadlessChromium() throws {
+        let server = try ChildProcess("/usr/bin/node", ["\(repositoryRoot)/wasm/test/serve.mjs", repositoryRoot])
+        defer { server.signal(SIGTERM); _ = server.wait() }
+        let ready = try server.readLine(timeoutMs: 20_000) ?? ""
+        let port = try #require(ready.split(separator: " ").last.flatMap { Int($0) }, "serve.mjs said \(ready)")
+        let profile = TemporaryDirectory()
+        let chromium = try ChildProcess("/usr/bin/chromium", [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(profile.path)", "--virtual-time-budget=60000",
+            "--dump-dom", "http://127.0.0.1:\(port)/wasm/test/conformance.html",
+        ], stderrPath: profile.file("chromium.log"))
+        var dom: [String] = []
+        while let line = try chromium.readLine(timeoutMs: 120_000) { dom.append(line) }
+        #expect(chromium.wait() == 0)
+        let files = try FileManager.default.contentsOfDirectory(atPath: "\(repositoryRoot)/Tests/Conformance/vectors").filter { $0.hasSuffix(".json") }
+        #expect(files.count >= 52)
+        #expect(dom.contains { $0.contains("conformance pass \(files.count) fail 0") }, "\(dom.filter { $0.contains("conformance") })")
+    }
 }
