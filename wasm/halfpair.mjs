@@ -3,7 +3,7 @@
 // by WebCrypto, then ESTP, with every delta decided by the WebAssembly
 // core (spook-core.mjs). No synchronisation rule lives here: this file
 // only frames, signs, and keeps the per-origin vector of what it holds.
-// Protocol: docs/protocol.md. Not yet: snapshots, reconnection.
+// Protocol: docs/protocol.md. Not yet: snapshots.
 
 import { encodeDelta } from './spook-core.mjs';
 
@@ -67,6 +67,25 @@ export async function originOf(publicKey) {
   return new DataView(h.buffer).getBigUint64(0);
 }
 
+const mask64 = (1n << 64n) - 1n;
+function mix(x) {
+  let z = x & mask64;
+  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & mask64;
+  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & mask64;
+  return z ^ (z >> 31n);
+}
+
+/** The deterministic reconnect delay of SUBSTRATE §4, exactly as the Swift
+ * core computes it (ReconnectBackoff): min(cap, base·2^attempt)·jitter, the
+ * jitter in [0.5, 1) from a hash of (origin, attempt). */
+export function backoffMs(origin, attempt, baseMs = 500n, capMs = 30000n) {
+  const exp = BigInt(Math.min(attempt, 63));
+  const scaled = (baseMs << exp) & mask64;
+  const raw = scaled >> exp !== baseMs || scaled > capMs ? capMs : scaled;
+  const numerator = (1n << 31n) | (mix(origin ^ mix((BigInt(attempt) + 0x53504f4f4b000000n) & mask64)) >> 33n);
+  return Number((raw * numerator) >> 32n);
+}
+
 /** Imports a 32-byte Ed25519 private seed (a spook key file's hex) as a WebCrypto key. */
 export async function importSeed(seed) {
   const pkcs8 = concat([Uint8Array.from([0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20]), seed]);
@@ -85,7 +104,13 @@ export class HalfPair {
    * @param {(names: string[]) => void} [o.onChange]
    */
   constructor(o) {
+    this.heartbeatMs = 1000;
+    this.baseMs = 500;
+    this.capMs = 30000;
     Object.assign(this, o);
+    // Silent this long (three heartbeats), a link is dead: dial again.
+    this.silenceMs = 3 * this.heartbeatMs;
+    this.own = new Map();       // own seq → delta bytes the daemon has not acknowledged
     this.held = new Map();      // origin → highest contiguous seq applied
     this.waiting = new Map();   // "origin#seq" → delta bytes whose predecessor has not come yet
     this.ownSeq = 0n;
@@ -95,38 +120,59 @@ export class HalfPair {
     this.state = 'closed';
   }
 
-  /** Connects and completes the handshake; resolves once the daemon's VECTOR was answered. */
-  async connect() {
+  /** Links, and keeps linking: after a lost or refused link it dials again
+   * after `backoffMs(origin, attempt)`, as an agent does. Resolves at the first link. */
+  async start() {
     this.origin = await originOf(this.publicKey);
+    this.running = true;
+    this.attempt = 0;
+    this.gen = 0;
+    return new Promise((resolve) => { this.firstLink = resolve; this.dial(); });
+  }
+
+  /** One connection attempt; events of older attempts are ignored (`gen`). */
+  dial() {
+    const gen = ++this.gen;
     this.nonce = crypto.getRandomValues(new Uint8Array(32));
     this.hello = concat([be(1, 2), Uint8Array.of(1), this.publicKey, this.nonce, be(this.domains.length, 2),
       ...this.domains.map(text16), text16(this.name ?? 'browser')]);
-    this.ws = new WebSocket(this.url);
-    this.ws.binaryType = 'arraybuffer';
+    const ws = new WebSocket(this.url);
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
     this.state = 'handshake';
-    return new Promise((resolve, reject) => {
-      this.ready = { resolve, reject };
-      this.ws.onopen = () => this.send(T.HELLO, this.hello);
-      // One frame at a time, in order: handling one may await WebCrypto.
-      let queue = Promise.resolve();
-      this.ws.onmessage = (e) => {
-        const bytes = new Uint8Array(e.data);
-        queue = queue.then(() => this.receive(bytes)).catch((err) => this.fail(err));
-      };
-      this.ws.onclose = () => { this.state = 'closed'; clearInterval(this.beat); reject(new Error('closed')); };
-      this.ws.onerror = () => reject(new Error(`cannot reach ${this.url}`));
-    });
+    this.lastHeard = Date.now();
+    // One frame at a time, in order: handling one may await WebCrypto.
+    let queue = Promise.resolve();
+    ws.onopen = () => { if (gen === this.gen) this.send(T.HELLO, this.hello); };
+    ws.onmessage = (e) => {
+      if (gen !== this.gen) return;
+      this.lastHeard = Date.now();
+      const bytes = new Uint8Array(e.data);
+      queue = queue.then(() => (gen === this.gen ? this.receive(bytes, gen) : undefined)).catch((err) => this.lost(gen, err));
+    };
+    ws.onclose = () => this.lost(gen, new Error('the link closed'));
+    ws.onerror = () => this.lost(gen, new Error(`cannot reach ${this.url}`));
+    // The handshake has as long as a silent link.
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = setTimeout(() => { if (gen === this.gen && this.state === 'handshake') this.lost(gen, new Error('no handshake')); }, this.silenceMs);
+  }
+
+  /** The link `gen` is gone: forget it, and dial again after the backoff. */
+  lost(gen, err) {
+    if (gen !== this.gen) return;
+    this.gen++;
+    this.state = 'closed';
+    clearInterval(this.beat);
+    try { this.ws.close(); } catch { /* already closed */ }
+    this.onState?.('closed', String(err?.message ?? err));
+    if (!this.running) return;
+    const delay = backoffMs(this.origin, this.attempt++, BigInt(this.baseMs), BigInt(this.capMs));
+    this.retry = setTimeout(() => this.dial(), delay);
   }
 
   send(type, payload) { this.ws.send(frame(type, payload)); }
 
-  fail(err) {
-    this.error = err;
-    try { this.ws.close(); } catch { /* already closed */ }
-    this.ready?.reject(err);
-  }
-
-  async receive(bytes) {
+  async receive(bytes, gen) {
     const { type, payload } = unframe(bytes);
     const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
     switch (type) {
@@ -148,14 +194,28 @@ export class HalfPair {
         if (!ok) throw new Error('bad-signature');
         this.state = 'linked';
         this.send(T.VECTOR, vectorBytes(this.held));
-        this.beat = setInterval(() => this.send(T.HEARTBEAT, be(Date.now(), 8)), 200);
+        clearInterval(this.beat);
+        this.beat = setInterval(() => {
+          if (Date.now() - this.lastHeard > this.silenceMs) this.lost(gen, new Error('the daemon went silent'));
+          else this.send(T.HEARTBEAT, be(Date.now(), 8));
+        }, this.heartbeatMs);
         break;
       }
-      case T.VECTOR:
+      case T.VECTOR: {
+        // What the daemon holds of our origin: what it lacks of ours goes (again).
+        let has = 0n;
+        for (let i = 0, n = dv.getUint32(0); i < n; i++) {
+          if (dv.getBigUint64(4 + 16 * i) === this.origin) has = dv.getBigUint64(12 + 16 * i);
+        }
+        const missing = [...this.own].filter(([seq]) => seq > has).sort(([a], [b]) => (a < b ? -1 : 1)).map(([, d]) => d);
+        for (let i = 0; i < missing.length; i += 1000) this.sendDeltas(missing.slice(i, i + 1000));
         this.send(T.ACK, vectorBytes(this.held));
-        this.ready?.resolve();
-        this.ready = null;
+        this.attempt = 0;
+        this.onState?.('linked');
+        this.firstLink?.();
+        this.firstLink = null;
         break;
+      }
       case T.DELTAS: {
         const count = dv.getUint32(0);
         let at = 4;
@@ -172,7 +232,9 @@ export class HalfPair {
       case T.ACK: {
         const n = dv.getUint32(0);
         for (let i = 0; i < n; i++) this.acked.set(dv.getBigUint64(4 + 16 * i), dv.getBigUint64(12 + 16 * i));
-        this.waiters = this.waiters.filter((w) => ((this.acked.get(this.origin) ?? 0n) >= w.seq ? (w.resolve(), false) : true));
+        const mine = this.acked.get(this.origin) ?? 0n;
+        this.waiters = this.waiters.filter((w) => (mine >= w.seq ? (w.resolve(), false) : true));
+        for (const seq of this.own.keys()) if (seq <= mine) this.own.delete(seq);
         break;
       }
       case T.HEARTBEAT: break;
@@ -180,7 +242,7 @@ export class HalfPair {
         const code = dv.getUint16(0), len = dv.getUint16(2);
         throw new Error(`daemon: error ${code}: ${new TextDecoder().decode(payload.subarray(4, 4 + len))}`);
       }
-      case T.CLOSE: this.ws.close(); break;
+      case T.CLOSE: this.lost(gen, new Error('the daemon closed the link')); break;
       case T.SNAPSHOT: throw new Error('snapshots are not implemented in this HalfPair yet');
       default: throw new Error(`unknown-type ${type}`);
     }
@@ -219,13 +281,24 @@ export class HalfPair {
     if (code !== 'ok') throw new Error(`refused locally: ${code}`);
     this.held.set(this.origin, this.ownSeq);
     const seq = this.ownSeq;
+    this.own.set(seq, bytes);
     const done = new Promise((resolve) => this.waiters.push({ seq, resolve }));
-    this.send(T.DELTAS, concat([be(1, 4), be(bytes.length, 4), bytes]));
+    // Unlinked, it waits in `own`: the next link's VECTOR sends it.
+    if (this.state === 'linked') this.sendDeltas([bytes]);
     return done;
   }
 
+  sendDeltas(list) {
+    this.send(T.DELTAS, concat([be(list.length, 4), ...list.flatMap((d) => [be(d.length, 4), d])]));
+  }
+
+  /** Stops for good. */
   close() {
+    this.running = false;
+    clearTimeout(this.retry);
+    clearTimeout(this.handshakeTimer);
     clearInterval(this.beat);
-    this.ws?.close();
+    this.gen++;
+    try { this.ws?.close(); } catch { /* already closed */ }
   }
 }

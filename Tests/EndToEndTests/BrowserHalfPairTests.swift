@@ -97,6 +97,50 @@ import Testing
         #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
     }
 
+    /// Partitions between the browser replica and the daemon (a TCP proxy
+    /// in front of the WebSocket listener): while cut, the replica and the
+    /// agent both write one register and the daemon another; after each
+    /// heal the replica links again (deterministic backoff), sends what the
+    /// daemon lacks of its own, catches up, and all three converge.
+    @Test func aBrowserReplicaConvergesWithAnAgentThroughPartitions() throws {
+        let port = try CuttableProxy.freePort()
+        let c = try Cluster(edges: ["gw1", "web"], daemonLink: "ws://127.0.0.1:\(port)/spook")
+        try c.startDaemon()
+        try c.startEdge("gw1")
+        try c.waitFor("gw1 linked") { c.coherent() }
+        let proxy = try CuttableProxy(to: port)
+        let web = try #require(c.edgeKeys["web"])
+        let client = try Client(url: "ws://127.0.0.1:\(proxy.port)/spook", daemonKey: c.daemonKey.publicKey.hex,
+                                seed: try Self.seed(c.dir.file("web.key")), publicKey: web.publicKey.hex, pattern: "site1.*")
+        defer { client.process.signal(SIGTERM); _ = client.process.wait() }
+        try c.waitFor("the replica linked") { !client.seen("ready").isEmpty }
+        func int(_ j: JSONValue?) -> Int64? {
+            if case .object(let o)? = j, case .string(let t)? = o["int"] { return Int64(t) }
+            return nil
+        }
+        for round in 0..<3 {
+            let links = client.seen("link").filter { $0["link"] == .string("linked") }.count
+            proxy.partition()
+            try c.waitFor("the replica saw the cut (round \(round))") { client.seen("link").last?["link"] == .string("closed") }
+            for i in 0..<5 {
+                try client.write("site1.l1/m", "race", int: 1_000 * round + 100 + i)
+                try c.set("gw1", "site1.l1/m/race", .int(Int64(1_000 * round + 200 + i)))
+                try c.set("spookd", "site1.l1/m/other", .int(Int64(1_000 * round + i)))
+            }
+            proxy.heal()
+            try c.waitFor("round \(round): linked again, and all three agree", seconds: 30) {
+                guard client.seen("link").filter({ $0["link"] == .string("linked") }).count > links,
+                      let registers = try client.registers(), let race = int(registers["site1.l1/m/race"]?["value"]),
+                      let other = int(registers["site1.l1/m/other"]?["value"]) else { return false }
+                return other == Int64(1_000 * round + 4) && c.value("spookd", "site1.l1/m/race") == .int(race)
+                    && c.value("gw1", "site1.l1/m/race") == .int(race) && c.value("gw1", "site1.l1/m/other") == .int(other)
+            }
+        }
+        // Every write the replica made while cut was acknowledged by the daemon (durable there) after the heal.
+        try c.waitFor("15 writes acknowledged") { client.seen("written").count == 15 }
+        #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
+    }
+
     /// The conformance vectors against the WebAssembly core in real headless
     /// Chromium (Debian's), from a page served on 127.0.0.1.
     @Test func theConformanceVectorsPassInHeadlessChromium() throws {

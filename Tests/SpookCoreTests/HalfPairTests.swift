@@ -144,6 +144,14 @@ import Testing
         #expect(b.delayMs(origin: Origin(1), attempt: .max) < 30_000)
     }
 
+    /// Fixed delays every implementation must compute (the browser HalfPair's
+    /// `backoffMs` in wasm/halfpair.mjs is checked against the same numbers).
+    @Test func backoffVectors() {
+        let a = ReconnectBackoff(baseMs: 500, capMs: 30_000), b = ReconnectBackoff(baseMs: 50, capMs: 400)
+        #expect((0..<8).map { a.delayMs(origin: Origin(0x6668_7aad_f862_bd77), attempt: $0) } == [282, 532, 1961, 2844, 5586, 15462, 21989, 21770])
+        #expect((0..<5).map { b.delayMs(origin: Origin(0xa1), attempt: $0) } == [48, 81, 132, 348, 361])
+    }
+
     /// Hardening defect 2: silence while entangling or reentangling (link
     /// up, catch-up running) ends the link after `heartbeatsMissedMax`
     /// intervals, as in coherent; anything heard resets the count.

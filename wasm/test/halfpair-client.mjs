@@ -17,20 +17,18 @@ const core = await loadCore(readFileSync(fileURLToPath(new URL('../build/spook_c
 const pair = new HalfPair({
   url, core, privateKey: await importSeed(unhex(seed)), publicKey: unhex(publicKey), daemonKey: unhex(daemonKey),
   domains: [pattern], name: 'browser-test', onChange: (groups) => say({ changed: groups }),
+  onState: (state, why) => say({ link: state, why }),
+  // The test daemon's heartbeat (200 ms, 3 missed) and the agents' fast reconnects.
+  heartbeatMs: 100, baseMs: 50, capMs: 400,
 });
-try {
-  await pair.connect();
-} catch (e) {
-  say({ error: String(e.message ?? e), stack: String(e.stack ?? '') });
-  process.exit(1);
-}
+await pair.start();
 say({ ready: true, origin: pair.origin.toString(16).padStart(16, '0') });
 for await (const line of createInterface({ input: process.stdin })) {
   const cmd = JSON.parse(line);
   try {
     if (cmd.write) {
-      await pair.write(cmd.write.group, cmd.write.writes);
-      say({ written: cmd.write.group });
+      // Not awaited: writes made while unlinked wait together for the next link.
+      pair.write(cmd.write.group, cmd.write.writes).then(() => say({ written: cmd.write.group }), (e) => say({ error: String(e.message ?? e) }));
     } else if (cmd.state) {
       const state = core.state();
       say({ state: hex(state), registers: decodeState(state) });
