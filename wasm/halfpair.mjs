@@ -3,9 +3,9 @@
 // by WebCrypto, then ESTP, with every delta decided by the WebAssembly
 // core (spook-core.mjs). No synchronisation rule lives here: this file
 // only frames, signs, and keeps the per-origin vector of what it holds.
-// Protocol: docs/protocol.md. Not yet: snapshots.
+// Protocol: docs/protocol.md.
 
-import { encodeDelta } from './spook-core.mjs';
+import { encodeDelta, registerStateLength, hex } from './spook-core.mjs';
 
 const utf8 = new TextEncoder();
 const T = { HELLO: 1, AUTH: 2, VECTOR: 3, DELTAS: 4, ACK: 5, SNAPSHOT: 6, HEARTBEAT: 7, ERROR: 8, CLOSE: 9 };
@@ -243,9 +243,54 @@ export class HalfPair {
         throw new Error(`daemon: error ${code}: ${new TextDecoder().decode(payload.subarray(4, 4 + len))}`);
       }
       case T.CLOSE: this.lost(gen, new Error('the daemon closed the link')); break;
-      case T.SNAPSHOT: throw new Error('snapshots are not implemented in this HalfPair yet');
+      case T.SNAPSHOT: this.snapshot(payload, dv); break;
       default: throw new Error(`unknown-type ${type}`);
     }
+  }
+
+  /** One SNAPSHOT chunk; once every chunk for one vector is here, each
+   * register is merged by the core, the vector raised, and ACK sent. */
+  snapshot(payload, dv) {
+    const index = dv.getUint32(0), count = dv.getUint32(4);
+    const vectorAt = 8, entries = dv.getUint32(vectorAt);
+    let at = vectorAt + 4 + 16 * entries;
+    const key = hex(payload.subarray(vectorAt, at));
+    const records = [];
+    for (let n = dv.getUint32(at), i = (at += 4, 0); i < n; i++) {
+      const start = at;
+      at += 2 + dv.getUint16(at);
+      at += registerStateLength(payload, at);
+      records.push(payload.slice(start, at));
+    }
+    if (at !== payload.length || index >= count) throw new Error('malformed: snapshot chunk');
+    if (this.chunks?.key !== key || this.chunks.count !== count) this.chunks = { key, count, parts: new Map(), registers: 0 };
+    if (!this.chunks.parts.has(index)) this.chunks.registers += records.length;
+    // Bounded: a replica holds at most the core's registers.
+    if (this.chunks.registers > 4096) throw new Error('a snapshot of more registers than this replica holds (4096)');
+    this.chunks.parts.set(index, records);
+    if (this.chunks.parts.size < count) return;
+    const changed = new Set();
+    for (const part of this.chunks.parts.values()) {
+      for (const r of part) {
+        const code = this.core.merge(r);
+        if (code !== 'ok') throw new Error(`snapshot register refused: ${code}`);
+        const name = new TextDecoder().decode(r.subarray(2, 2 + ((r[0] << 8) | r[1])));
+        changed.add(name.slice(0, name.lastIndexOf('/')));
+      }
+    }
+    this.chunks = null;
+    for (let i = 0; i < entries; i++) {
+      const origin = dv.getBigUint64(vectorAt + 4 + 16 * i), seq = dv.getBigUint64(vectorAt + 12 + 16 * i);
+      if (seq > (this.held.get(origin) ?? 0n)) this.held.set(origin, seq);
+    }
+    // Deltas that waited for what the snapshot covered.
+    for (const [k, bytes] of [...this.waiting]) {
+      this.waiting.delete(k);
+      this.take(bytes, changed);
+    }
+    this.send(T.ACK, vectorBytes(this.held));
+    this.onSnapshot?.(count);
+    if (changed.size) this.onChange?.([...changed]);
   }
 
   /** Applies a delta once its origin's previous seqs are held; later ones wait for it. */

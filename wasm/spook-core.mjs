@@ -58,6 +58,12 @@ export class Core {
     return this.view(n).slice();
   }
 
+  /** Merges one register of a snapshot (u16 name length, name, register state); the code name. */
+  merge(record) {
+    this.put(record);
+    return codes[this.x.sc_merge(this.io, record.length)];
+  }
+
   /** A value's canonical bytes decoded and written again by the core, or the refusal's code name. */
   roundtripValue(bytes) {
     this.put(bytes);
@@ -176,6 +182,35 @@ function readSide(r) {
   const { v, raw } = readValue(r);
   const hlc = r.big(8), origin = r.big(8), seq = r.big(8);
   return { value: v, raw, stamp: [hlc, origin, seq], from: `${origin.toString(16).padStart(16, '0')}#${seq}` };
+}
+
+/** The length of the canonical register state at `at` (for splitting snapshots and states). */
+export function registerStateLength(bytes, at) {
+  const r = new Reader(bytes);
+  r.at = at;
+  const tag = r.b[r.at++];
+  const flags = tag === 1 ? r.b[r.at++] : 1;
+  for (let k = 0; k < 2; k++) {
+    if (!(flags & (1 << k))) continue;
+    readValue(r);
+    r.at += 24;
+  }
+  if (r.at > bytes.length) throw new RangeError('a register state runs past its bytes');
+  return r.at - at;
+}
+
+/** A whole state's registers as snapshot records (u16 name length, name, register state). */
+export function stateRecords(bytes) {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = [];
+  let at = 4;
+  for (let n = dv.getUint32(0); n > 0; n--) {
+    const start = at;
+    at += 2 + dv.getUint16(at);
+    at += registerStateLength(bytes, at);
+    out.push(bytes.slice(start, at));
+  }
+  return out;
 }
 
 const later = (a, b) => a[0] !== b[0] ? a[0] > b[0] : a[1] !== b[1] ? a[1] > b[1] : a[2] > b[2];

@@ -505,6 +505,73 @@ int sc_apply(const uint8_t *p, uint32_t n) {
     return SC_OK;
 }
 
+/* ---- snapshots: one register's state merged in --------------------------- */
+
+/* Reads a value and its stamp (a register state's side). */
+static int side_read(reader *r, const uint8_t **v, uint32_t *vn, uint64_t *hlc, uint64_t *origin, uint64_t *seq) {
+    int code = value_read(r, v, vn);
+    if (code != SC_OK) return code;
+    *hlc = big(r, 8);
+    *origin = big(r, 8);
+    *seq = big(r, 8);
+    return r->short_read ? SC_MALFORMED : SC_OK;
+}
+
+/* Merges one side of a snapshot into s when it beats what s holds. */
+static void merge_side(side *s, const uint8_t *v, uint32_t vn, uint64_t hlc, uint64_t origin, uint64_t seq) {
+    write_t w = {0, v, 0, vn, 0};
+    if (!beats(s, &w, hlc, origin, seq)) return;
+    s->off = arena_put(v, vn);
+    s->len = vn;
+    s->hlc = hlc;
+    s->origin = origin;
+    s->seq = seq;
+}
+
+SC_EXPORT(sc_merge)
+int sc_merge(const uint8_t *p, uint32_t n) {
+    reader r = {p, n, 0, 0};
+    uint32_t name_len = (uint32_t)big(&r, 2);
+    const uint8_t *name = take(&r, name_len);
+    if (r.short_read || !valid_utf8(name, name_len)) return SC_MALFORMED;
+    uint32_t slash = name_len;
+    for (uint32_t i = 0; i < name_len; i++) if (name[i] == '/') slash = i;
+    if (slash == name_len || !group_ok(name, slash) || !register_local_ok(name + slash + 1, name_len - slash - 1)) return SC_INVALID_NAME;
+    uint8_t tag = (uint8_t)big(&r, 1), flags = 1;
+    if (r.short_read || tag > 1) return SC_MALFORMED;
+    if (tag == 1) {
+        flags = (uint8_t)big(&r, 1);
+        if (r.short_read || (flags & ~3) != 0) return SC_MALFORMED;
+    }
+    const uint8_t *v[2] = {0, 0};
+    uint32_t vn[2] = {0, 0};
+    uint64_t hlc[2], origin[2], seq[2];
+    for (int k = 0; k < 2; k++) {
+        if (!(flags & (1 << k))) continue;
+        int code = side_read(&r, &v[k], &vn[k], &hlc[k], &origin[k], &seq[k]);
+        if (code != SC_OK) return code;
+    }
+    if (r.at != n) return SC_MALFORMED;
+    int found;
+    uint32_t k = find(name, name_len, &found);
+    if (!found && reg_count >= SC_REGISTERS_MAX) return SC_FULL;
+    if (arena_used + name_len + vn[0] + vn[1] > SC_ARENA_BYTES / 2) arena_compact();
+    if (arena_used + name_len + vn[0] + vn[1] > SC_ARENA_BYTES / 2) return SC_FULL;
+    if (!found) {
+        for (uint32_t j = reg_count; j > k; j--) regs[j] = regs[j - 1];
+        reg_count++;
+        regs[k].name_off = arena_put(name, name_len);
+        regs[k].name_len = (uint16_t)name_len;
+        regs[k].device = tag;
+        regs[k].r.len = regs[k].d.len = 0;
+    }
+    reg *g = &regs[k];
+    if (g->device != tag) return SC_OK; /* lww against device: the snapshot changes nothing (QSCS) */
+    if (flags & 1) merge_side(&g->r, v[0], vn[0], hlc[0], origin[0], seq[0]);
+    if (flags & 2) merge_side(&g->d, v[1], vn[1], hlc[1], origin[1], seq[1]);
+    return SC_OK;
+}
+
 /* ---- the state ------------------------------------------------------------ */
 
 static void put_side(writer *w, const side *s) {

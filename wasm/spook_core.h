@@ -53,6 +53,11 @@ int sc_decode(const uint8_t *p, uint32_t n);
  * (canonical bytes). SC_OK also for a delta that changes nothing. */
 int sc_apply(const uint8_t *p, uint32_t n);
 
+/* Merges one register of a snapshot: u16 name length, the full name
+ * ("domain/group/register"), then its canonical register state (QSCS:
+ * each side keeps the greater stamp). */
+int sc_merge(const uint8_t *p, uint32_t n);
+
 /* Writes the canonical state bytes to out; returns their length, or
  * 0xffffffff when they need more than cap bytes. */
 uint32_t sc_state(uint8_t *out, uint32_t cap);

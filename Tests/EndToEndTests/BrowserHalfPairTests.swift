@@ -141,6 +141,33 @@ import Testing
         #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
     }
 
+    /// A daemon that compacted away the deltas the replica lacks sends it a
+    /// snapshot: the replica's core merges it, and later deltas apply on top.
+    @Test func aBrowserReplicaCatchesUpFromASnapshot() throws {
+        let port = try CuttableProxy.freePort()
+        let c = try Cluster(edges: ["gw1", "web"], extraDaemonToml: "[compaction]\ninterval_ms = 100\npeer_retention_s = 1\n",
+                            daemonLink: "ws://127.0.0.1:\(port)/spook")
+        try c.startDaemon()
+        try c.startEdge("gw1")
+        try c.waitFor("gw1 linked") { c.coherent() }
+        for i in 0..<200 { try c.set("spookd", "site1.l1/snap/r\(i % 10)", .int(Int64(i))) }
+        try c.waitFor("the daemon's log compacted", seconds: 15) {
+            if case .int(let n)? = try c.status("spookd")["log_deltas"] { return n == 0 }
+            return false
+        }
+        let web = try #require(c.edgeKeys["web"])
+        let client = try Client(url: "ws://127.0.0.1:\(port)/spook", daemonKey: c.daemonKey.publicKey.hex,
+                                seed: try Self.seed(c.dir.file("web.key")), publicKey: web.publicKey.hex, pattern: "site1.*")
+        defer { client.process.signal(SIGTERM); _ = client.process.wait() }
+        try c.waitFor("a snapshot, and r9 = 199 in the replica") {
+            try !client.seen("snapshot").isEmpty && client.value("site1.l1/snap/r9") == .object(["int": .string("199")])
+        }
+        for r in 0..<10 { #expect(try client.value("site1.l1/snap/r\(r)") == .object(["int": .string("\(190 + r)")])) }
+        try c.set("spookd", "site1.l1/snap/r0", .int(1_000))
+        try c.waitFor("a delta after the snapshot") { try client.value("site1.l1/snap/r0") == .object(["int": .string("1000")]) }
+        #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
+    }
+
     /// The conformance vectors against the WebAssembly core in real headless
     /// Chromium (Debian's), from a page served on 127.0.0.1.
     @Test func theConformanceVectorsPassInHeadlessChromium() throws {

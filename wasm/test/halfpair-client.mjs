@@ -18,6 +18,7 @@ const pair = new HalfPair({
   url, core, privateKey: await importSeed(unhex(seed)), publicKey: unhex(publicKey), daemonKey: unhex(daemonKey),
   domains: [pattern], name: 'browser-test', onChange: (groups) => say({ changed: groups }),
   onState: (state, why) => say({ link: state, why }),
+  onSnapshot: (chunks) => say({ snapshot: chunks }),
   // The test daemon's heartbeat (200 ms, 3 missed) and the agents' fast reconnects.
   heartbeatMs: 100, baseMs: 50, capMs: 400,
 });

@@ -1,7 +1,7 @@
 // One conformance vector checked against a core: the list of what differs
 // (empty when it passes). Shared by the Node test and the browser page, so
 // both run exactly the same checks.
-import { encodeDelta, encodeSchema, encodeValue, decodeState, hex, unhex } from '../spook-core.mjs';
+import { encodeDelta, encodeSchema, encodeValue, decodeState, stateRecords, hex, unhex } from '../spook-core.mjs';
 
 // Deterministic orders: the given one, reversed, and seeded shuffles with a duplicate.
 export function orders(n, seed) {
@@ -49,6 +49,30 @@ export function checkVector(core, v, seed) {
     expect(canon([...refused].sort()) === canon(expectedRefused), `refusals, order ${order}: ${[...refused]}`);
     if (v.expect.state_hex) expect(hex(state) === v.expect.state_hex, 'state bytes');
   }
+  // State transfer: the whole state, as snapshot records, merged into an
+  // empty replica gives the same bytes; merged again, nothing changes; merged
+  // into a replica that applied only the first half of the deltas, the same.
+  const full = core.state();
+  const records = stateRecords(full);
+  for (const start of [0, Math.floor(deltas.length / 2)]) {
+    core.reset();
+    core.loadSchema(encodeSchema(v.schema));
+    for (const d of deltas.slice(0, start)) core.apply(d);
+    for (let pass = 0; pass < 2; pass++) {
+      for (const r of records) expect(core.merge(r) === 'ok', `merge of ${hex(r).slice(0, 40)}…`);
+    }
+    expect(hex(core.state()) === hex(full), `the state through a snapshot (after ${start} deltas)`);
+  }
+  // ... and an older snapshot (half the deltas) merged into the whole state changes nothing.
+  core.reset();
+  core.loadSchema(encodeSchema(v.schema));
+  for (const d of deltas.slice(0, Math.floor(deltas.length / 2))) core.apply(d);
+  const half = stateRecords(core.state());
+  core.reset();
+  core.loadSchema(encodeSchema(v.schema));
+  for (const d of deltas) core.apply(d);
+  for (const r of half) core.merge(r);
+  expect(hex(core.state()) === hex(full), 'an older snapshot changes nothing');
   for (const bad of v.invalid ?? []) {
     const before = hex(core.state());
     const code = core.apply(encodeDelta(bad.delta));
