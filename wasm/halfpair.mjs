@@ -8,6 +8,10 @@
 import { encodeDelta, registerStateLength, hex } from './spook-core.mjs';
 
 const utf8 = new TextEncoder();
+// ERROR codes (docs/protocol.md).
+const errorNames = [undefined, 'bad-magic', 'unsupported-version', 'frame-too-large', 'bad-checksum', 'unknown-type', 'malformed',
+  'unexpected-frame', 'unauthorised', 'bad-signature', 'replayed-handshake', 'forbidden', 'timeout', 'overloaded', 'internal',
+  'seq-conflict', 'clock-drift'];
 const T = { HELLO: 1, AUTH: 2, VECTOR: 3, DELTAS: 4, ACK: 5, SNAPSHOT: 6, HEARTBEAT: 7, ERROR: 8, CLOSE: 9 };
 
 // CRC-32C (Castagnoli), reflected, as the frames carry it.
@@ -240,7 +244,7 @@ export class HalfPair {
       case T.HEARTBEAT: break;
       case T.ERROR: {
         const code = dv.getUint16(0), len = dv.getUint16(2);
-        throw new Error(`daemon: error ${code}: ${new TextDecoder().decode(payload.subarray(4, 4 + len))}`);
+        throw new Error(`the daemon refused: ${errorNames[code] ?? code}: ${new TextDecoder().decode(payload.subarray(4, 4 + len))}`);
       }
       case T.CLOSE: this.lost(gen, new Error('the daemon closed the link')); break;
       case T.SNAPSHOT: this.snapshot(payload, dv); break;

@@ -49,7 +49,7 @@ package final class NodeMetrics: @unchecked Sendable {
     /// Per device name: transactions counted so far (a device's count restarts when a reload re-creates it).
     var deviceCounted: [String: Int] = [:]
     /// The `reason` values of spook_connections_refused_total.
-    static let refusalReasons = ["limit", "handshake-timeout", "slow-reader", "api-clients"]
+    static let refusalReasons = ["limit", "handshake-timeout", "slow-reader", "api-clients", "web-clients"]
     let process = ProcessMetrics()
 
     init() {

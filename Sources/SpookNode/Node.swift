@@ -128,6 +128,8 @@ public final class Node: @unchecked Sendable {
     var compactionFollowUp: Scheduled<Void>?
     /// `[api] fifo`, when configured.
     var fifo: FifoReader?
+    /// `[web]`, when configured.
+    var web: WebServer?
     /// `[[modbus_server]]` façades (node loop).
     var modbusServers: [ModbusServer] = []
     /// Services built outside this module: the `[mqtt]` Sparkplug edge node (node loop).
@@ -240,6 +242,12 @@ public final class Node: @unchecked Sendable {
             let every = TimeAmount.milliseconds(Int64(self.config.compactionIntervalMs))
             self.compactionTimer = self.loop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in self.compactionStep() }
         }.wait()
+        if let w = config.web {
+            let server = WebServer(w, node: self)
+            try server.start(group: ioGroup)
+            web = server
+            logger.info("web page", metadata: ["listen": "http://\(w.host):\(w.port)/", "link": "\(w.link)"])
+        }
         if let m = config.metricsListen {
             try metrics.listen(host: m.host, port: m.port, group: ioGroup, node: self)
             logger.info("metrics", metadata: ["listen": "http://\(m.host):\(m.port)/metrics"])
@@ -341,6 +349,7 @@ public final class Node: @unchecked Sendable {
         }.wait()
         for s in servers { try? s.close().wait() }
         try? metrics.server?.close().wait()
+        web?.stop()
         for server in (try? loop.submit { self.modbusServers }.wait()) ?? [] { server.stop() }
         for service in (try? loop.submit { self.services }.wait()) ?? [] { service.stop() }
         fifo?.stop()

@@ -148,6 +148,8 @@ public struct NodeConfig: Sendable {
     public var modbusServers: [ModbusServerSpec] = []
     /// `[mqtt]`: the agent as a Sparkplug B edge node (spook-edge only).
     public var mqtt: MQTTSpec?
+    /// `[web]`: the live register page (nil: not served).
+    public var web: WebSpec?
 }
 
 /// `spook-edge`: the upstream links it keeps entangled.
@@ -348,9 +350,10 @@ extension EdgeConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = EdgeConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "upstream", "device", "modbus_server", "mqtt"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "upstream", "device", "modbus_server", "mqtt", "web"])
             c.node = reader.nodeConfig(doc)
             c.node.mqtt = reader.mqtt(doc, nodeName: c.node.name)
+            c.node.web = reader.web(doc, daemon: false)
             // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
             if (try? QDomain("spook.\(c.node.name)")) == nil {
                 reader.fail("node.name", "an agent's \"name\" must be a domain label (a-z, 0-9, \"-\"): its registers live in spook.<name>")
@@ -401,9 +404,10 @@ extension DaemonConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = DaemonConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer", "modbus_server", "mqtt"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer", "modbus_server", "mqtt", "web"])
             c.node = reader.nodeConfig(doc)
             if doc.has("mqtt") { reader.fail("mqtt", "[mqtt] belongs to spook-edge's config: spookd is not a Sparkplug edge node") }
+            c.node.web = reader.web(doc, daemon: true)
             for l in doc.tables("listen") {
                 l.rejectUnknownKeys(["url", "cert", "key"])
                 if let e = reader.endpoint(l, "url") {

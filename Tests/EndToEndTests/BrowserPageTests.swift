@@ -1,0 +1,110 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SpookCore
+import SpookLink
+import SpookNode
+import SpookTestSupport
+import Testing
+
+/// The live register page (`[web]` on spookd, wasm/web/) in real headless
+/// Chromium, driven over the DevTools protocol (wasm/test/cdp.mjs).
+@Suite(.serialized) struct BrowserPageTests {
+    /// One Chromium tab on `url`.
+    final class Tab {
+        let process: ChildProcess
+        let profile = TemporaryDirectory()
+
+        init(_ url: String) throws {
+            process = try ChildProcess("/usr/bin/node", ["--experimental-websocket", "--no-warnings", "\(repositoryRoot)/wasm/test/cdp.mjs",
+                                                         "/usr/bin/chromium", profile.path, url], withStdin: true)
+            let first = try process.readLine(timeoutMs: 60_000) ?? ""
+            guard first.contains("ready") else { throw ChildProcess.Failure("cdp.mjs: \(first)") }
+        }
+
+        /// The value of a JavaScript expression in the page.
+        func eval(_ expression: String) throws -> JSONValue? {
+            let request = JSONValue.object(["eval": .string(expression)]).serialized
+            try process.writeLine(String(decoding: request, as: UTF8.self))
+            let line = try process.readLine(timeoutMs: 30_000) ?? ""
+            return try JSONValue.parse(Array(line.utf8))["value"]
+        }
+
+        func text(_ selector: String) throws -> String? {
+            if case .string(let s)? = try eval("document.querySelector('\(selector)')?.textContent ?? null") { return s }
+            return nil
+        }
+
+        func screenshot(_ path: String) throws {
+            try process.writeLine(String(decoding: JSONValue.object(["screenshot": .string(path)]).serialized, as: UTF8.self))
+            _ = try process.readLine(timeoutMs: 30_000)
+        }
+
+        deinit {
+            process.signal(SIGTERM)
+            _ = process.wait()
+        }
+    }
+
+    @Test func thePageShowsValuesWritesDesiredValuesAndRefusesAnUnknownKey() throws {
+        let link = try CuttableProxy.freePort(), webPort = try CuttableProxy.freePort(), devicePort = try CuttableProxy.freePort()
+        let device = try PymodbusServer(["--tcp", "\(devicePort)"])
+        defer { device.stop() }
+        let web = """
+            [web]
+            listen = "127.0.0.1:\(webPort)"
+            assets = "\(repositoryRoot)/wasm"
+            link = "ws://127.0.0.1:\(link)/spook"
+            domains = ["site1.*"]
+
+            """
+        let c = try Cluster(edges: ["gw1", "web"], owns: ["gw1": ["site1.dev"]], extraDaemonToml: deviceSchema + web,
+                            daemonLink: "ws://127.0.0.1:\(link)/spook",
+                            edgeExtra: deviceSchema + modbusDevice("[[device]]\nname = \"plc\"\nkind = \"modbus-tcp\"\nurl = \"tcp://127.0.0.1:\(devicePort)\"\n"))
+        try c.startDaemon()
+        try c.startEdge("gw1")
+        try c.waitFor("the device's speed upstream") { c.value("spookd", "site1.dev/plc/speed") == .int(1234) }
+        try c.set("spookd", "site1.l1/m/speed", .int(5))
+
+        let key = try #require(c.edgeKeys["web"])
+        let seed = try BrowserHalfPairTests.seed(c.dir.file("web.key"))
+        let tab = try Tab("http://127.0.0.1:\(webPort)/web/#seed=\(seed)&pub=\(key.publicKey.hex)")
+        try c.waitFor("the page linked") { try tab.text("#status") == "linked" }
+        // A value set upstream with spookctl appears in the page's DOM.
+        let ctl = try ChildProcess(Cluster.binary("spookctl"), ["set", "site1.l1/m/speed", "6", "--socket", c.socket("spookd")])
+        #expect(ctl.wait() == 0)
+        try c.waitFor("speed 6 in the page") { try tab.text("tr[data-register=\"site1.l1/m/speed\"] .value") == "6" }
+        try c.waitFor("the device's registers in the page") { try tab.text("tr[data-register=\"site1.dev/plc/speed\"] .value") == "1234" }
+        #expect(try tab.text("tr[data-register=\"site1.dev/plc/$online\"] .value") == "true")
+
+        // A desired value set from the page reaches the device and comes back as reported.
+        _ = try tab.eval("""
+            (() => { document.getElementById('reg').value = 'site1.dev/plc/speed'; document.getElementById('val').value = '777';
+                     document.getElementById('kind').value = 'desire'; document.getElementById('set').click(); return true; })()
+            """)
+        try c.waitFor("the device took 777") { c.value("gw1", "site1.dev/plc/speed") == .int(777) }
+        try c.waitFor("reported 777 in the page, nothing pending") {
+            try tab.text("tr[data-register=\"site1.dev/plc/speed\"] .value") == "777" && tab.text("tr[data-register=\"site1.dev/plc/speed\"] .pending") == ""
+        }
+        #expect(try tab.text("#written") == "acknowledged by the daemon")
+        // History of a register: what the page saw, newest first.
+        _ = try tab.eval("document.querySelector('tr[data-register=\"site1.dev/plc/speed\"]').click()")
+        try c.waitFor("the history shows 777 then 1234") {
+            guard case .string(let h)? = try tab.eval("document.getElementById('history').textContent") else { return false }
+            return h.hasPrefix("777") && h.contains("1234")
+        }
+        let artifacts = "\(repositoryRoot)/.build/artifacts"
+        mkdir(artifacts, 0o755)
+        try tab.screenshot("\(artifacts)/browser-page.png")
+        let png = try #require(FileManager.default.contents(atPath: "\(artifacts)/browser-page.png"))
+        #expect(png.count > 10_000 && Array(png.prefix(4)) == [0x89, 0x50, 0x4E, 0x47], "a PNG screenshot")
+
+        // A page whose key no [[peer]] lists is refused, and says so.
+        let stranger = Identity()
+        let strangerSeed = stranger.privateKey.seed.hex
+        let refused = try Tab("http://127.0.0.1:\(webPort)/web/#seed=\(strangerSeed)&pub=\(stranger.publicKey.hex)")
+        try c.waitFor("the stranger's page refused") { (try refused.text("#why"))?.contains("unauthorised") == true }
+        #expect(try refused.text("#status") != "linked")
+    }
+}
