@@ -211,6 +211,8 @@ export class HalfPair {
         for (let i = 0, n = dv.getUint32(0); i < n; i++) {
           if (dv.getBigUint64(4 + 16 * i) === this.origin) has = dv.getBigUint64(12 + 16 * i);
         }
+        // A page loaded again under a kept key: its seqs go on after what the daemon holds.
+        if (has > this.ownSeq && this.own.size === 0) this.ownSeq = has;
         const missing = [...this.own].filter(([seq]) => seq > has).sort(([a], [b]) => (a < b ? -1 : 1)).map(([, d]) => d);
         for (let i = 0; i < missing.length; i += 1000) this.sendDeltas(missing.slice(i, i + 1000));
         this.send(T.ACK, vectorBytes(this.held));
