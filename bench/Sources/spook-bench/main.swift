@@ -4,7 +4,7 @@
 //
 //     bench/run              (release build, then this)
 //     bench/run --quick      (smaller counts, for a smoke run)
-//     bench/run --only P     one part: core, store, wasm, link, longrun, devices, mqtt or footprint
+//     bench/run --only P     one part: core, store, wasm, link, longrun, devices, mqtt, page or footprint
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +14,7 @@ import SpookStore
 
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
-/// `--only core`, `store`, `wasm`, `link`, `longrun`, `devices`, `mqtt` or `footprint` runs one part.
+/// `--only core`, `store`, `wasm`, `link`, `longrun`, `devices`, `mqtt`, `page` or `footprint` runs one part.
 let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
     i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
 }
@@ -236,6 +236,16 @@ if runs("mqtt") {
     var cwd = [CChar](repeating: 0, count: 4096)
     let root = getcwd(&cwd, cwd.count).map { String(cString: $0) } ?? "."
     rows += try SparkplugBench.run(dir: mqttDir, binaries: binaries, edgeBinary: edgeBinary, tools: "\(root)/bench/modbus/build", seconds: quick ? 3 : 10)
+}
+
+// MARK: page (the live register page in headless Chromium)
+
+if runs("page") {
+    let pageDir = "\(dir)/page"
+    mkdir(pageDir, 0o700)
+    var cwd = [CChar](repeating: 0, count: 4096)
+    let root = getcwd(&cwd, cwd.count).map { String(cString: $0) } ?? "."
+    rows += try PageBench.run(dir: pageDir, binaries: binaries, edgeBinary: edgeBinary, root: root, seconds: quick ? 3 : 10)
 }
 
 // MARK: footprint (the static agent against the dynamic one)
