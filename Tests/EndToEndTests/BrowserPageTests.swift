@@ -107,4 +107,47 @@ import Testing
         try c.waitFor("the stranger's page refused") { (try refused.text("#why"))?.contains("unauthorised") == true }
         #expect(try refused.text("#status") != "linked")
     }
+
+    /// The page in real Chromium and a real agent write one register at once
+    /// through partitions between the page and the daemon (a TCP proxy in
+    /// front of the WebSocket listener that config.json names); after each
+    /// heal the page, the daemon and the agent hold the same value.
+    @Test func thePageAndAnAgentConvergeThroughPartitions() throws {
+        let link = try CuttableProxy.freePort(), webPort = try CuttableProxy.freePort()
+        let proxy = try CuttableProxy(to: link)
+        let web = """
+            [web]
+            listen = "127.0.0.1:\(webPort)"
+            assets = "\(repositoryRoot)/wasm"
+            link = "ws://127.0.0.1:\(proxy.port)/spook"
+            domains = ["site1.*"]
+
+            """
+        let c = try Cluster(edges: ["gw1", "web"], extraDaemonToml: web, daemonLink: "ws://127.0.0.1:\(link)/spook")
+        try c.startDaemon()
+        try c.startEdge("gw1")
+        try c.waitFor("gw1 linked") { c.coherent() }
+        let key = try #require(c.edgeKeys["web"])
+        let tab = try Tab("http://127.0.0.1:\(webPort)/web/#seed=\(try BrowserHalfPairTests.seed(c.dir.file("web.key")))&pub=\(key.publicKey.hex)")
+        try c.waitFor("the page linked") { try tab.text("#status") == "linked" }
+        let cell = "tr[data-register=\"site1.l1/m/race\"] .value"
+        for round in 0..<3 {
+            proxy.partition()
+            try c.waitFor("round \(round): the page saw the cut") { try tab.text("#status") == "closed" }
+            for i in 0..<3 {
+                // The page's write waits (unacknowledged) while cut; the agent's goes through.
+                _ = try tab.eval("""
+                    (() => { document.getElementById('reg').value = 'site1.l1/m/race'; document.getElementById('val').value = '\(1_000 * round + 100 + i)';
+                             document.getElementById('kind').value = 'set'; document.getElementById('set').click(); return true; })()
+                    """)
+                try c.set("gw1", "site1.l1/m/race", .int(Int64(1_000 * round + 200 + i)))
+            }
+            proxy.heal()
+            try c.waitFor("round \(round): linked again, the page's writes acknowledged, all three agree", seconds: 30) {
+                guard try tab.text("#status") == "linked", try tab.text("#written") == "acknowledged by the daemon",
+                      let shown = try tab.text(cell), let n = Int64(shown) else { return false }
+                return c.value("spookd", "site1.l1/m/race") == .int(n) && c.value("gw1", "site1.l1/m/race") == .int(n)
+            }
+        }
+    }
 }
