@@ -246,7 +246,7 @@ public final class Node: @unchecked Sendable {
             let server = WebServer(w, node: self)
             try server.start(group: ioGroup)
             web = server
-            logger.info("web page", metadata: ["listen": "http://\(w.host):\(w.port)/", "link": "\(w.link)"])
+            logger.info("web page", metadata: ["listen": "\(w.cert == nil ? "http" : "https")://\(w.host):\(w.port)/", "link": "\(w.link)"])
         }
         if let m = config.metricsListen {
             try metrics.listen(host: m.host, port: m.port, group: ioGroup, node: self)

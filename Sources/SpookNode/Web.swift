@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import SpookCore
 import SpookLink
 
@@ -23,6 +24,9 @@ public struct WebSpec: Sendable, Hashable {
     /// Domain patterns the page subscribes to.
     public var domains: [String] = ["*"]
     public var clientsMax = 64
+    /// HTTPS: the certificate chain and key (PEM), like a tls:// listener's.
+    public var cert: String?
+    public var key: String?
 
     /// Largest file served (the page's files are a few tens of KB).
     public static let fileBytesMax = 8 * 1024 * 1024
@@ -32,7 +36,7 @@ extension ConfigReader {
     /// `[web]`, when present. `daemon`: a daemon may leave out `link_key` (its own key).
     func web(_ doc: Table, daemon: Bool) -> WebSpec? {
         guard let t = doc.table("web") else { return nil }
-        t.rejectUnknownKeys(["listen", "assets", "link", "link_key", "domains", "clients_max"])
+        t.rejectUnknownKeys(["listen", "assets", "link", "link_key", "domains", "clients_max", "cert", "key"])
         var spec = WebSpec()
         if let (host, port) = hostPort(t, "listen", example: "127.0.0.1:8080") { (spec.host, spec.port) = (host, port) }
         if let assets = t.string("assets") {
@@ -55,6 +59,9 @@ extension ConfigReader {
             spec.domains = patterns
         }
         spec.clientsMax = t.int("clients_max", in: 1...10_000) ?? spec.clientsMax
+        spec.cert = t.string("cert")
+        spec.key = t.string("key")
+        if (spec.cert == nil) != (spec.key == nil) { fail(t.key(spec.cert == nil ? "key" : "cert"), "\"cert\" and \"key\" go together (HTTPS for the page)") }
         return spec
     }
 }
@@ -80,7 +87,7 @@ final class WebServer: @unchecked Sendable {
             // The page heartbeats as this node's links do ([heartbeat] interval_ms).
             "heartbeatMs": .int(Int64(node.config.heartbeatIntervalMs)),
         ])
-        config = json.serialized
+        config = json.serialized + [10]
     }
 
     /// The schema as the page's encodeSchema reads it (docs/browser.md).
@@ -107,6 +114,7 @@ final class WebServer: @unchecked Sendable {
     }
 
     func start(group: EventLoopGroup) throws {
+        let tls = try spec.cert.map { try Node.serverTLS(cert: $0, key: spec.key ?? "") }
         channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { [self] channel in
@@ -121,6 +129,9 @@ final class WebServer: @unchecked Sendable {
                     return channel.close()
                 }
                 channel.closeFuture.whenComplete { [self] _ in clients.withLockedValue { $0 -= 1 } }
+                if let tls {
+                    do { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) } catch { return channel.close() }
+                }
                 return channel.pipeline.configureHTTPServerPipeline().flatMap {
                     channel.pipeline.addHandler(WebHandler(server: self))
                 }

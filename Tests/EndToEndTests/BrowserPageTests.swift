@@ -150,4 +150,40 @@ import Testing
             }
         }
     }
+
+    /// `[web]` with `cert` and `key`: the page's files over HTTPS, the
+    /// certificate verified against its CA (openssl s_client).
+    @Test func thePageIsServedOverHTTPS() throws {
+        let dir = TemporaryDirectory()
+        try TransportTests.certificates(in: dir)
+        let webPort = try CuttableProxy.freePort(), link = try CuttableProxy.freePort()
+        let web = """
+            [web]
+            listen = "127.0.0.1:\(webPort)"
+            assets = "\(repositoryRoot)/wasm"
+            link = "wss://localhost:\(link)/spook"
+            cert = "\(dir.file("server.pem"))"
+            key = "\(dir.file("server.key"))"
+
+            """
+        let c = try Cluster(extraDaemonToml: web, directory: dir)
+        try c.startDaemon()
+        func get(_ path: String) throws -> [String] {
+            let request = dir.file("request")
+            try "GET \(path) HTTP/1.0\r\nHost: localhost\r\n\r\n".write(toFile: request, atomically: true, encoding: .utf8)
+            let p = try ChildProcess("/bin/sh", ["-c", "/usr/bin/openssl s_client -quiet -verify_return_error -connect 127.0.0.1:\(webPort) -servername localhost -CAfile '\(dir.file("ca.pem"))' < '\(request)' 2>/dev/null"])
+            var lines: [String] = []
+            while let line = try p.readLine(timeoutMs: 20_000) { lines.append(line) }
+            _ = p.wait()
+            return lines
+        }
+        var answer: [String] = []
+        try c.waitFor("config.json over HTTPS") {
+            answer = try get("/config.json")
+            return answer.first?.hasPrefix("HTTP/1.0 200") == true
+        }
+        #expect(answer.contains { $0.contains("\"link\":\"wss://localhost:\(link)/spook\"") }, "\(answer)")
+        #expect(try get("/web/index.html").contains { $0.contains("<title>Spook Edge: registers</title>") })
+        #expect(try get("/../Package.swift").first?.hasPrefix("HTTP/1.0 404") == true, "nothing outside the assets")
+    }
 }
