@@ -1,8 +1,9 @@
 // A HalfPair over a WebSocket for browsers (and Node ≥ 20 with
 // --experimental-websocket): the ETCP handshake with an Ed25519 key held
-// by WebCrypto, then ESTP, with every delta decided by the WebAssembly
-// core (spook-core.mjs). No synchronisation rule lives here: this file
-// only frames, signs, and keeps the per-origin vector of what it holds.
+// by WebCrypto, then ESTP. The WebAssembly core (spook-core.mjs) checks and
+// seals every frame, takes every delta in its origin's order, keeps the
+// replica's vector and collapses; this file signs, reads message fields,
+// and keeps deltas that came before their predecessors.
 // Protocol: docs/protocol.md.
 
 import { encodeDelta, registerStateLength, hex } from './spook-core.mjs';
@@ -12,19 +13,8 @@ const utf8 = new TextEncoder();
 const errorNames = [undefined, 'bad-magic', 'unsupported-version', 'frame-too-large', 'bad-checksum', 'unknown-type', 'malformed',
   'unexpected-frame', 'unauthorised', 'bad-signature', 'replayed-handshake', 'forbidden', 'timeout', 'overloaded', 'internal',
   'seq-conflict', 'clock-drift'];
+const waitingMax = 100_000;
 const T = { HELLO: 1, AUTH: 2, VECTOR: 3, DELTAS: 4, ACK: 5, SNAPSHOT: 6, HEARTBEAT: 7, ERROR: 8, CLOSE: 9 };
-
-// CRC-32C (Castagnoli), reflected, as the frames carry it.
-const crcTable = new Uint32Array(256).map((_, n) => {
-  let c = n;
-  for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
-  return c >>> 0;
-});
-export function crc32c(bytes) {
-  let c = 0xffffffff;
-  for (const b of bytes) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
-}
 
 function concat(parts) {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -39,29 +29,6 @@ function be(v, k) {
   return b;
 }
 const text16 = (s) => { const b = utf8.encode(s); return concat([be(b.length, 2), b]); };
-
-/** One ETCP frame: "SP", version 1, type, u32 length, payload, CRC-32C of bytes 2 …. */
-export function frame(type, payload) {
-  const head = concat([Uint8Array.of(0x53, 0x50, 1, type), be(payload.length, 4), payload]);
-  return concat([head, be(crc32c(head.subarray(2)), 4)]);
-}
-
-/** Reads one whole frame (a WebSocket message carries exactly one); throws on anything wrong. */
-export function unframe(bytes) {
-  if (bytes.length < 12 || bytes[0] !== 0x53 || bytes[1] !== 0x50) throw new Error('bad-magic');
-  if (bytes[2] !== 1) throw new Error('unsupported-version');
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const n = dv.getUint32(4);
-  if (bytes.length !== 12 + n) throw new Error('malformed: frame length');
-  if (dv.getUint32(8 + n) !== crc32c(bytes.subarray(2, 8 + n))) throw new Error('bad-checksum');
-  return { type: bytes[3], payload: bytes.subarray(8, 8 + n) };
-}
-
-/** A QStateVector (Map origin BigInt → seq BigInt) as bytes: ascending origins, zeros left out. */
-function vectorBytes(vector) {
-  const entries = [...vector].filter(([, s]) => s > 0n).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return concat([be(entries.length, 4), ...entries.flatMap(([o, s]) => [be(o, 8), be(s, 8)])]);
-}
 
 async function sha256(bytes) { return new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)); }
 
@@ -115,9 +82,8 @@ export class HalfPair {
     // Silent this long (three heartbeats), a link is dead: dial again.
     this.silenceMs = 3 * this.heartbeatMs;
     this.own = new Map();       // own seq → delta bytes the daemon has not acknowledged
-    this.held = new Map();      // origin → highest contiguous seq applied
-    this.waiting = new Map();   // "origin#seq" → delta bytes whose predecessor has not come yet
-    this.ownSeq = 0n;
+    this.waiting = new Map();   // "origin#seq" → delta bytes whose predecessor has not come yet (bounded)
+    this.ownSeq = 0n;           // the last seq this replica wrote
     this.lastHlc = 0n;
     this.acked = new Map();     // what the daemon acknowledged holding
     this.waiters = [];
@@ -174,10 +140,10 @@ export class HalfPair {
     this.retry = setTimeout(() => this.dial(), delay);
   }
 
-  send(type, payload) { this.ws.send(frame(type, payload)); }
+  send(type, payload) { this.ws.send(this.core.frameSeal(type, payload)); }
 
   async receive(bytes, gen) {
-    const { type, payload } = unframe(bytes);
+    const { type, payload } = this.core.frameCheck(bytes);
     const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
     switch (type) {
       case T.HELLO: {
@@ -197,7 +163,7 @@ export class HalfPair {
         const ok = await crypto.subtle.verify({ name: 'Ed25519' }, key, payload, concat([utf8.encode('spook etcp v1 auth responder'), this.transcript]));
         if (!ok) throw new Error('bad-signature');
         this.state = 'linked';
-        this.send(T.VECTOR, vectorBytes(this.held));
+        this.send(T.VECTOR, this.core.vector());
         clearInterval(this.beat);
         this.beat = setInterval(() => {
           if (Date.now() - this.lastHeard > this.silenceMs) this.lost(gen, new Error('the daemon went silent'));
@@ -212,10 +178,10 @@ export class HalfPair {
           if (dv.getBigUint64(4 + 16 * i) === this.origin) has = dv.getBigUint64(12 + 16 * i);
         }
         // A page loaded again under a kept key: its seqs go on after what the daemon holds.
-        if (has > this.ownSeq && this.own.size === 0) this.ownSeq = has;
+        if (has > this.core.held(this.origin) && this.own.size === 0) this.ownSeq = has;
         const missing = [...this.own].filter(([seq]) => seq > has).sort(([a], [b]) => (a < b ? -1 : 1)).map(([, d]) => d);
         for (let i = 0; i < missing.length; i += 1000) this.sendDeltas(missing.slice(i, i + 1000));
-        this.send(T.ACK, vectorBytes(this.held));
+        this.send(T.ACK, this.core.vector());
         this.attempt = 0;
         this.onState?.('linked');
         this.firstLink?.();
@@ -231,7 +197,7 @@ export class HalfPair {
           this.take(payload.slice(at + 4, at + 4 + n), changed);
           at += 4 + n;
         }
-        this.send(T.ACK, vectorBytes(this.held));
+        this.send(T.ACK, this.core.vector());
         if (changed.size) this.onChange?.([...changed]);
         break;
       }
@@ -285,36 +251,39 @@ export class HalfPair {
       }
     }
     this.chunks = null;
-    for (let i = 0; i < entries; i++) {
-      const origin = dv.getBigUint64(vectorAt + 4 + 16 * i), seq = dv.getBigUint64(vectorAt + 12 + 16 * i);
-      if (seq > (this.held.get(origin) ?? 0n)) this.held.set(origin, seq);
-    }
+    const raised = this.core.raiseVector(payload.slice(vectorAt, vectorAt + 4 + 16 * entries));
+    if (raised !== 'ok') throw new Error(`snapshot vector refused: ${raised}`);
     // Deltas that waited for what the snapshot covered.
     for (const [k, bytes] of [...this.waiting]) {
       this.waiting.delete(k);
       this.take(bytes, changed);
     }
-    this.send(T.ACK, vectorBytes(this.held));
+    this.send(T.ACK, this.core.vector());
     this.onSnapshot?.(count);
     if (changed.size) this.onChange?.([...changed]);
   }
 
-  /** Applies a delta once its origin's previous seqs are held; later ones wait for it. */
+  /** Gives a delta to the core in its origin's order; one that came before
+   * its predecessor waits (at most `waitingMax` of them). */
   take(bytes, changed) {
-    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    let origin = dv.getBigUint64(0), seq = dv.getBigUint64(8);
-    const have = this.held.get(origin) ?? 0n;
-    if (seq <= have) return;
-    if (seq > have + 1n) { this.waiting.set(`${origin}#${seq}`, bytes); return; }
     for (;;) {
-      this.core.apply(bytes); // a delta the schema refuses is held all the same (its place in the origin's seqs)
-      const groupLen = new DataView(bytes.buffer, bytes.byteOffset).getUint16(24);
-      changed.add(new TextDecoder().decode(bytes.subarray(26, 26 + groupLen)));
-      this.held.set(origin, seq);
-      seq += 1n;
-      const next = this.waiting.get(`${origin}#${seq}`);
+      const code = this.core.take(bytes);
+      const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      const origin = dv.getBigUint64(0), seq = dv.getBigUint64(8);
+      if (code === 'held') return;
+      if (code === 'gap') {
+        if (this.waiting.size >= waitingMax) throw new Error(`more than ${waitingMax} deltas wait for their predecessors`);
+        this.waiting.set(`${origin}#${seq}`, bytes);
+        return;
+      }
+      if (['malformed', 'full', 'invalid-name', 'duplicate-register', 'empty-delta', 'invalid-seq', 'value-too-large', 'too-many-writes'].includes(code)) {
+        throw new Error(`malformed: a delta the core cannot take (${code})`);
+      }
+      // Taken (a delta the schema refuses holds its place all the same).
+      changed.add(new TextDecoder().decode(bytes.subarray(26, 26 + dv.getUint16(24))));
+      const next = this.waiting.get(`${origin}#${seq + 1n}`);
       if (!next) return;
-      this.waiting.delete(`${origin}#${seq}`);
+      this.waiting.delete(`${origin}#${seq + 1n}`);
       bytes = next;
     }
   }
@@ -323,15 +292,14 @@ export class HalfPair {
   async write(group, writes) {
     const ms = BigInt(Date.now());
     this.lastHlc = (ms << 16n) > this.lastHlc ? ms << 16n : this.lastHlc + 1n;
-    this.ownSeq += 1n;
+    const seq = (this.ownSeq > this.core.held(this.origin) ? this.ownSeq : this.core.held(this.origin)) + 1n;
     const bytes = encodeDelta({
-      origin: this.origin.toString(16).padStart(16, '0'), seq: this.ownSeq,
+      origin: this.origin.toString(16).padStart(16, '0'), seq,
       hlc: [this.lastHlc >> 16n, this.lastHlc & 0xffffn], group, writes,
     });
-    const code = this.core.apply(bytes);
+    const code = this.core.take(bytes);
     if (code !== 'ok') throw new Error(`refused locally: ${code}`);
-    this.held.set(this.origin, this.ownSeq);
-    const seq = this.ownSeq;
+    this.ownSeq = seq;
     this.own.set(seq, bytes);
     const done = new Promise((resolve) => this.waiters.push({ seq, resolve }));
     // Unlinked, it waits in `own`: the next link's VECTOR sends it.

@@ -5,8 +5,11 @@
 
 export const codes = [
   'ok', 'malformed', 'invalid-name', 'duplicate-register', 'empty-delta', 'invalid-seq', 'value-too-large',
-  'too-many-writes', 'type-mismatch', 'kind-not-allowed', 'not-owner', 'full', 'invalid-pattern',
+  'too-many-writes', 'type-mismatch', 'kind-not-allowed', 'not-owner', 'full', 'invalid-pattern', 'held', 'gap',
 ];
+
+// ETCP error codes (docs/protocol.md), as frameCheck names them.
+export const frameErrors = [undefined, 'bad-magic', 'unsupported-version', 'frame-too-large', 'bad-checksum', 'unknown-type', 'malformed'];
 
 const IO_BYTES = 1024 * 1024;
 
@@ -55,6 +58,42 @@ export class Core {
   state() {
     const n = this.x.sc_state(this.io, IO_BYTES);
     if (n === 0xffffffff) throw new RangeError(`the state needs more than ${IO_BYTES} bytes`);
+    return this.view(n).slice();
+  }
+
+  /** Takes a delta in its origin's seq order: 'held' (seen), 'gap' (an earlier seq missing), or apply's code. */
+  take(bytes) {
+    this.put(bytes);
+    return codes[this.x.sc_take(this.io, bytes.length)];
+  }
+
+  /** What the replica holds of an origin (BigInt). */
+  held(origin) { return BigInt.asUintN(64, this.x.sc_held(BigInt.asIntN(64, origin))); }
+
+  /** The replica's QStateVector bytes. */
+  vector() {
+    const n = this.x.sc_vector(this.io, IO_BYTES);
+    return this.view(n).slice();
+  }
+
+  /** Raises the vector to cover a QStateVector (a snapshot's); the code name. */
+  raiseVector(bytes) {
+    this.put(bytes);
+    return codes[this.x.sc_vector_raise(this.io, bytes.length)];
+  }
+
+  /** Checks a whole ETCP frame: {type, payload}; throws the protocol's error name. */
+  frameCheck(bytes, bound = IO_BYTES - 12) {
+    this.put(bytes);
+    const r = this.x.sc_frame_check(this.io, bytes.length, bound);
+    if (r >= 0x100) throw new Error(frameErrors[r - 0x100] ?? 'malformed');
+    return { type: r, payload: bytes.subarray(8, bytes.length - 4) };
+  }
+
+  /** A frame of `type` around `payload`. */
+  frameSeal(type, payload) {
+    this.view(payload.length + 8).set(payload, 8);
+    const n = this.x.sc_frame_seal(this.io, type, payload.length);
     return this.view(n).slice();
   }
 

@@ -572,6 +572,137 @@ int sc_merge(const uint8_t *p, uint32_t n) {
     return SC_OK;
 }
 
+/* ---- the replica's vector: what it holds of each origin ------------------ */
+
+#define SC_ORIGINS_MAX 1024u
+static uint64_t held_origin[SC_ORIGINS_MAX], held_seq[SC_ORIGINS_MAX];
+static uint32_t held_count;
+
+/* The index of origin in the (ascending) table, or where it would go. */
+static uint32_t held_find(uint64_t origin, int *found) {
+    uint32_t lo = 0, hi = held_count;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (held_origin[mid] == origin) { *found = 1; return mid; }
+        if (held_origin[mid] < origin) lo = mid + 1; else hi = mid;
+    }
+    *found = 0;
+    return lo;
+}
+
+static uint64_t held_get(uint64_t origin) {
+    int found;
+    uint32_t i = held_find(origin, &found);
+    return found ? held_seq[i] : 0;
+}
+
+static int held_set(uint64_t origin, uint64_t seq) {
+    int found;
+    uint32_t i = held_find(origin, &found);
+    if (!found) {
+        if (held_count >= SC_ORIGINS_MAX) return SC_FULL;
+        for (uint32_t j = held_count; j > i; j--) { held_origin[j] = held_origin[j - 1]; held_seq[j] = held_seq[j - 1]; }
+        held_count++;
+        held_origin[i] = origin;
+        held_seq[i] = 0;
+    }
+    if (seq > held_seq[i]) held_seq[i] = seq;
+    return SC_OK;
+}
+
+/* Takes a delta in its origin's order: SC_HELD when its seq is held
+ * already, SC_GAP when an earlier seq is missing (the caller keeps it for
+ * later), else the delta is applied (or refused by the schema: its seq is
+ * held all the same) and the vector moves on; the code of the apply. */
+SC_EXPORT(sc_take)
+int sc_take(const uint8_t *p, uint32_t n) {
+    if (n < 16) return SC_MALFORMED;
+    reader r = {p, n, 0, 0};
+    uint64_t o = big(&r, 8), s = big(&r, 8), have = held_get(o);
+    if (s <= have) return SC_HELD;
+    if (s > have + 1) return SC_GAP;
+    int code = sc_apply(p, n);
+    if (code == SC_MALFORMED || code == SC_FULL || (code >= SC_INVALID_NAME && code <= SC_TOO_MANY_WRITES)) return code;
+    int room = held_set(o, s);
+    return room != SC_OK ? room : code;
+}
+
+/* What the replica holds of `origin` (for its own next seq). */
+SC_EXPORT(sc_held)
+uint64_t sc_held(uint64_t origin) { return held_get(origin); }
+
+/* Raises the vector to cover a QStateVector (a snapshot's): u32 count, then (u64 origin, u64 seq). */
+SC_EXPORT(sc_vector_raise)
+int sc_vector_raise(const uint8_t *p, uint32_t n) {
+    reader r = {p, n, 0, 0};
+    uint32_t count = (uint32_t)big(&r, 4);
+    if (r.short_read || n != 4 + 16 * (uint64_t)count) return SC_MALFORMED;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t o = big(&r, 8), s = big(&r, 8);
+        int code = held_set(o, s);
+        if (code != SC_OK) return code;
+    }
+    return SC_OK;
+}
+
+/* The replica's QStateVector: u32 count, then (u64 origin, u64 seq) ascending, zeros left out. */
+SC_EXPORT(sc_vector)
+uint32_t sc_vector(uint8_t *out, uint32_t cap) {
+    writer w = {out, cap, 0, 0};
+    uint32_t nonzero = 0;
+    for (uint32_t i = 0; i < held_count; i++) nonzero += held_seq[i] != 0;
+    put_big(&w, nonzero, 4);
+    for (uint32_t i = 0; i < held_count; i++) {
+        if (!held_seq[i]) continue;
+        put_big(&w, held_origin[i], 8);
+        put_big(&w, held_seq[i], 8);
+    }
+    return w.overflow ? 0xFFFFFFFFu : w.at;
+}
+
+/* ---- ETCP frames -------------------------------------------------------------- */
+
+static uint32_t crc32c(const uint8_t *p, uint32_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (uint32_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0x82F63B78u ^ (c >> 1) : c >> 1;
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* Checks one whole frame (magic, version, length against `bound`, exact
+ * size, CRC-32C, type 1 … 9): its type, or 0x100 + the protocol's error
+ * code (1 bad-magic, 2 unsupported-version, 3 frame-too-large,
+ * 4 bad-checksum, 5 unknown-type, 6 malformed). The payload is at +8. */
+SC_EXPORT(sc_frame_check)
+uint32_t sc_frame_check(const uint8_t *p, uint32_t n, uint32_t bound) {
+    if (n < 2 || p[0] != 'S' || p[1] != 'P') return 0x100 + 1;
+    if (n < 3 || p[2] != 1) return 0x100 + 2;
+    if (n < 8) return 0x100 + 6;
+    reader r = {p + 4, 4, 0, 0};
+    uint32_t len = (uint32_t)big(&r, 4);
+    if (len > bound) return 0x100 + 3;
+    if ((uint64_t)n != 12 + (uint64_t)len) return 0x100 + 6;
+    reader c = {p + 8 + len, 4, 0, 0};
+    if ((uint32_t)big(&c, 4) != crc32c(p + 2, 6 + len)) return 0x100 + 4;
+    if (p[3] < 1 || p[3] > 9) return 0x100 + 5;
+    return p[3];
+}
+
+/* Writes a frame of `type` around the payload already at out + 8 (len
+ * bytes): the header before it, the CRC-32C after; the frame's length. */
+SC_EXPORT(sc_frame_seal)
+uint32_t sc_frame_seal(uint8_t *out, uint32_t type, uint32_t len) {
+    writer w = {out, 8, 0, 0};
+    uint8_t head[4] = {'S', 'P', 1, (uint8_t)type};
+    put(&w, head, 4);
+    put_big(&w, len, 4);
+    writer t = {out + 8 + len, 4, 0, 0};
+    put_big(&t, crc32c(out + 2, 6 + len), 4);
+    return 12 + len;
+}
+
 /* ---- the state ------------------------------------------------------------ */
 
 static void put_side(writer *w, const side *s) {
@@ -619,6 +750,7 @@ uint32_t sc_value_roundtrip(const uint8_t *p, uint32_t n, uint8_t *out, uint32_t
 SC_EXPORT(sc_reset)
 void sc_reset(void) {
     reg_count = 0;
+    held_count = 0;
     arena_used = 0;
     rule_count = owner_count = 0;
 }

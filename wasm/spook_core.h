@@ -37,7 +37,9 @@ enum sc_code {
     SC_KIND_NOT_ALLOWED = 9,
     SC_NOT_OWNER = 10,
     SC_FULL = 11,
-    SC_INVALID_PATTERN = 12
+    SC_INVALID_PATTERN = 12,
+    SC_HELD = 13, /* sc_take: that seq is held already */
+    SC_GAP = 14   /* sc_take: an earlier seq of its origin is missing */
 };
 
 /* Forgets every register and the schema. */
@@ -57,6 +59,15 @@ int sc_apply(const uint8_t *p, uint32_t n);
  * ("domain/group/register"), then its canonical register state (QSCS:
  * each side keeps the greater stamp). */
 int sc_merge(const uint8_t *p, uint32_t n);
+
+/* The replica's vector (sc_take, sc_held, sc_vector_raise, sc_vector) and
+ * ETCP frames (sc_frame_check, sc_frame_seal): docs/browser.md. */
+int sc_take(const uint8_t *p, uint32_t n);
+uint64_t sc_held(uint64_t origin);
+int sc_vector_raise(const uint8_t *p, uint32_t n);
+uint32_t sc_vector(uint8_t *out, uint32_t cap);
+uint32_t sc_frame_check(const uint8_t *p, uint32_t n, uint32_t bound);
+uint32_t sc_frame_seal(uint8_t *out, uint32_t type, uint32_t len);
 
 /* Writes the canonical state bytes to out; returns their length, or
  * 0xffffffff when they need more than cap bytes. */
