@@ -212,7 +212,14 @@ export class HalfPair {
       case T.HEARTBEAT: break;
       case T.ERROR: {
         const code = dv.getUint16(0), len = dv.getUint16(2);
-        throw new Error(`the daemon refused: ${errorNames[code] ?? code}: ${new TextDecoder().decode(payload.subarray(4, 4 + len))}`);
+        const err = new Error(`the daemon refused: ${errorNames[code] ?? code}: ${new TextDecoder().decode(payload.subarray(4, 4 + len))}`);
+        if (errorNames[code] === 'forbidden') {
+          // Our unacknowledged writes were refused (the daemon keeps their seqs, withheld): say so, send none again.
+          for (const w of this.waiters) w.reject(err);
+          this.waiters = [];
+          this.own.clear();
+        }
+        throw err;
       }
       case T.CLOSE: this.lost(gen, new Error('the daemon closed the link')); break;
       case T.SNAPSHOT: this.snapshot(payload, dv); break;
@@ -301,7 +308,7 @@ export class HalfPair {
     if (code !== 'ok') throw new Error(`refused locally: ${code}`);
     this.ownSeq = seq;
     this.own.set(seq, bytes);
-    const done = new Promise((resolve) => this.waiters.push({ seq, resolve }));
+    const done = new Promise((resolve, reject) => this.waiters.push({ seq, resolve, reject }));
     // Unlinked, it waits in `own`: the next link's VECTOR sends it.
     if (this.state === 'linked') this.sendDeltas([bytes]);
     return done;

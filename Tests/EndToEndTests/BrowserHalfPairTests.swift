@@ -168,6 +168,26 @@ import Testing
         #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
     }
 
+    /// A write outside the replica's grant is refused by the daemon: the
+    /// write fails with `forbidden` (it is not acknowledged), and the
+    /// replica links again and goes on.
+    @Test func aWriteOutsideTheGrantIsRefused() throws {
+        let port = try CuttableProxy.freePort()
+        let c = try Cluster(edges: ["gw1", "web"], grants: ["web": ["site2.*"]], daemonLink: "ws://127.0.0.1:\(port)/spook")
+        try c.startDaemon()
+        let web = try #require(c.edgeKeys["web"])
+        let client = try Client(url: "ws://127.0.0.1:\(port)/spook", daemonKey: c.daemonKey.publicKey.hex,
+                                seed: try Self.seed(c.dir.file("web.key")), publicKey: web.publicKey.hex, pattern: "*")
+        defer { client.process.signal(SIGTERM); _ = client.process.wait() }
+        try c.waitFor("the replica linked") { !client.seen("ready").isEmpty }
+        try client.write("site1.l1/m", "x", int: 1)
+        try c.waitFor("the write refused as forbidden") { client.seen("error").contains { $0["error"]?.string?.contains("forbidden") == true } }
+        #expect(client.seen("written").isEmpty, "a refused write is never reported acknowledged")
+        #expect(c.value("spookd", "site1.l1/m/x") == nil)
+        try client.write("site2.l1/m", "x", int: 2)
+        try c.waitFor("a granted write after it") { !client.seen("written").isEmpty && c.value("spookd", "site2.l1/m/x") == .int(2) }
+    }
+
     /// The conformance vectors against the WebAssembly core in real headless
     /// Chromium (Debian's), from a page served on 127.0.0.1.
     @Test func theConformanceVectorsPassInHeadlessChromium() throws {
