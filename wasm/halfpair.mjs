@@ -6,7 +6,7 @@
 // and keeps deltas that came before their predecessors.
 // Protocol: docs/protocol.md.
 
-import { encodeDelta, registerStateLength, hex } from './spook-core.mjs';
+import { encodeDelta, registerStateLength, hex, bigEndian, concat, lengthPrefixed } from './spook-core.mjs';
 
 const utf8 = new TextEncoder();
 // ERROR codes (docs/protocol.md).
@@ -14,21 +14,11 @@ const errorNames = [undefined, 'bad-magic', 'unsupported-version', 'frame-too-la
   'unexpected-frame', 'unauthorised', 'bad-signature', 'replayed-handshake', 'forbidden', 'timeout', 'overloaded', 'internal',
   'seq-conflict', 'clock-drift'];
 const waitingMax = 100_000;
+const taken = new Set(['ok', 'type-mismatch', 'kind-not-allowed', 'not-owner']);
 const T = { HELLO: 1, AUTH: 2, VECTOR: 3, DELTAS: 4, ACK: 5, SNAPSHOT: 6, HEARTBEAT: 7, ERROR: 8, CLOSE: 9 };
 
-function concat(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
-  return out;
-}
-function be(v, k) {
-  const b = new Uint8Array(k);
-  let x = BigInt.asUintN(8 * k, BigInt(v));
-  for (let i = k - 1; i >= 0; i--) { b[i] = Number(x & 0xffn); x >>= 8n; }
-  return b;
-}
-const text16 = (s) => { const b = utf8.encode(s); return concat([be(b.length, 2), b]); };
+const be = bigEndian;
+const text16 = (s) => lengthPrefixed(s, 2);
 
 async function sha256(bytes) { return new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)); }
 
@@ -283,10 +273,8 @@ export class HalfPair {
         this.waiting.set(`${origin}#${seq}`, bytes);
         return;
       }
-      if (['malformed', 'full', 'invalid-name', 'duplicate-register', 'empty-delta', 'invalid-seq', 'value-too-large', 'too-many-writes'].includes(code)) {
-        throw new Error(`malformed: a delta the core cannot take (${code})`);
-      }
-      // Taken (a delta the schema refuses holds its place all the same).
+      // Taken: applied, or refused by the schema (it holds its place all the same).
+      if (!taken.has(code)) throw new Error(`malformed: a delta the core cannot take (${code})`);
       changed.add(new TextDecoder().decode(bytes.subarray(26, 26 + dv.getUint16(24))));
       const next = this.waiting.get(`${origin}#${seq + 1n}`);
       if (!next) return;

@@ -117,23 +117,35 @@ export class Core {
 
 const utf8 = new TextEncoder();
 
+/** An unsigned integer as `k` big-endian bytes. */
+export function bigEndian(v, k) {
+  const b = new Uint8Array(k);
+  let x = BigInt.asUintN(8 * k, BigInt(v));
+  for (let i = k - 1; i >= 0; i--) { b[i] = Number(x & 0xffn); x >>= 8n; }
+  return b;
+}
+
+/** Byte arrays joined into one. */
+export function concat(parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+/** UTF-8 text after its length as `k` big-endian bytes. */
+export function lengthPrefixed(s, k) {
+  const b = utf8.encode(s);
+  return concat([bigEndian(b.length, k), b]);
+}
+
 class Bytes {
   constructor() { this.parts = []; }
   u8(v) { this.parts.push(Uint8Array.of(v)); }
-  big(v, k) {
-    const b = new Uint8Array(k);
-    let x = BigInt.asUintN(8 * k, BigInt(v));
-    for (let i = k - 1; i >= 0; i--) { b[i] = Number(x & 0xffn); x >>= 8n; }
-    this.parts.push(b);
-  }
+  big(v, k) { this.parts.push(bigEndian(v, k)); }
   raw(b) { this.parts.push(b); }
-  text(s, k) { const b = utf8.encode(s); this.big(b.length, k); this.raw(b); }
-  done() {
-    const out = new Uint8Array(this.parts.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of this.parts) { out.set(p, at); at += p.length; }
-    return out;
-  }
+  text(s, k) { this.parts.push(lengthPrefixed(s, k)); }
+  done() { return concat(this.parts); }
 }
 
 export const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');

@@ -267,15 +267,25 @@ final class MetricsHTTPHandler: ChannelInboundHandler, @unchecked Sendable {
                 default: return (.notFound, "text/plain", Array("not found; try /metrics or /healthz\n".utf8))
                 }
             }.whenSuccess { status, type, body in
-                var headers = HTTPHeaders()
-                headers.add(name: "Content-Type", value: type)
-                headers.add(name: "Content-Length", value: "\(body.count)")
-                headers.add(name: "Connection", value: "close")
-                channel.write(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)), promise: nil)
-                channel.write(HTTPServerResponsePart.body(.byteBuffer(channel.allocator.buffer(bytes: body))), promise: nil)
-                channel.writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { _ in channel.close(promise: nil) }
+                channel.sendHTTP(status: status, type: type, body: body)
             }
         }
+    }
+}
+
+extension Channel {
+    /// Writes one whole HTTP/1 response (the metrics and the page's
+    /// listeners); the connection closes after it unless `keepAlive`.
+    func sendHTTP(status: HTTPResponseStatus, type: String, body: [UInt8], headers extra: [(String, String)] = [],
+                  version: HTTPVersion = .http1_1, keepAlive: Bool = false, withBody: Bool = true) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: type)
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        for (name, value) in extra { headers.add(name: name, value: value) }
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        write(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: status, headers: headers)), promise: nil)
+        if withBody { write(HTTPServerResponsePart.body(.byteBuffer(allocator.buffer(bytes: body))), promise: nil) }
+        writeAndFlush(HTTPServerResponsePart.end(nil)).whenComplete { [self] _ in if !keepAlive { close(promise: nil) } }
     }
 }
 

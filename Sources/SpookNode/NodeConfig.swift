@@ -203,8 +203,8 @@ public struct DaemonConfig: Sendable {
 
 // MARK: reading
 
-enum ConfigFile {
-    static func read(_ path: String) throws -> String {
+package enum ConfigFile {
+    package static func read(_ path: String) throws -> String {
         guard let f = fopen(path, "r") else {
             throw ConfigError(diagnostics: [ConfigDiagnostic(file: path, line: 1, column: 1, message: "cannot read: \(String(cString: strerror(errno)))")])
         }

@@ -174,7 +174,6 @@ final class WebServer: @unchecked Sendable {
 
 final class WebHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
     let server: WebServer
     var head: HTTPRequestHead?
 
@@ -188,19 +187,13 @@ final class WebHandler: ChannelInboundHandler, @unchecked Sendable {
             guard let head else { return }
             let (status, type, body, location) = head.method == .GET || head.method == .HEAD
                 ? server.respond(head.uri) : (.methodNotAllowed, "text/plain", Array("GET only\n".utf8), nil)
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: type)
-            headers.add(name: "Content-Length", value: "\(body.count)")
-            headers.add(name: "X-Content-Type-Options", value: "nosniff")
-            headers.add(name: "Content-Security-Policy", value: "default-src 'self'; connect-src 'self' ws: wss:; script-src 'self' 'wasm-unsafe-eval'")
-            headers.add(name: "Cache-Control", value: "no-cache")
-            if let location { headers.add(name: "Location", value: location) }
-            let keepAlive = head.isKeepAlive
-            if !keepAlive { headers.add(name: "Connection", value: "close") }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-            if head.method == .GET { context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil) }
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in if !keepAlive { channel.close(promise: nil) } }
+            var extra = [
+                ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-cache"),
+                ("Content-Security-Policy", "default-src 'self'; connect-src 'self' ws: wss:; script-src 'self' 'wasm-unsafe-eval'"),
+            ]
+            if let location { extra.append(("Location", location)) }
+            context.channel.sendHTTP(status: status, type: type, body: body, headers: extra, version: head.version,
+                                     keepAlive: head.isKeepAlive, withBody: head.method == .GET)
             self.head = nil
         }
     }

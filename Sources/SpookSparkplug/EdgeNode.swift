@@ -256,7 +256,10 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
 
     // MARK: forwarding the history
 
-    package func changed() { pump() }
+    /// Registers changed: forward them, or (unlinked) show the backlog growing.
+    package func changed() {
+        if born { pump() } else { report() }
+    }
 
     /// Publishes history rows after `sentThrough` while the broker keeps up
     /// (at most `inflight_max` DDATA unacknowledged).
@@ -342,8 +345,10 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
         node.limitLog.warning("mqtt-store", "MQTT: the history cannot be read (\(error)); trying again at the next change", nowMs: nowMs)
     }
 
+    /// The status gauges: connected, and the rows the broker has not acknowledged.
     func report() {
-        let head = (try? node.store.historyHead()) ?? ackedThrough
+        let head: Int64
+        do { head = try node.store.historyHead() } catch { return storeFailed(error) }
         node.metrics.mqttState(connected: born, backlogRows: max(0, head - ackedThrough))
         let overrun = node.store.historyHoldOverrun
         if overrun > trimmedReported {

@@ -66,14 +66,12 @@ final class MosquittoConnection: @unchecked Sendable {
         }
     }
 
+    /// The password: the first line of `path`.
     static func readPassword(_ path: String) throws -> String {
-        guard let f = fopen(path, "r") else { throw APIError("[mqtt] password_file \(path): \(String(cString: strerror(errno)))") }
-        defer { fclose(f) }
-        var line = [CChar](repeating: 0, count: 1_024)
-        guard fgets(&line, Int32(line.count), f) != nil else { throw APIError("[mqtt] password_file \(path): empty") }
-        var text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        while text.last == "\n" || text.last == "\r" { text.removeLast() }
-        return text
+        let text = try ConfigFile.read(path)
+        let line = String(text.split(maxSplits: 1, omittingEmptySubsequences: false, whereSeparator: \.isNewline).first ?? "")
+        guard !line.isEmpty else { throw APIError("[mqtt] password_file \(path): the first line is empty") }
+        return line
     }
 
     private func check(_ rc: Int32, _ what: String) throws {

@@ -12,35 +12,21 @@ import Testing
 /// Node over a real WebSocket to a real spookd, beside a real spook-edge.
 @Suite(.serialized) struct BrowserHalfPairTests {
     /// The replica's JSON lines, collected as they come.
-    final class Client: @unchecked Sendable {
-        let process: ChildProcess
-        private let lock = NSLock()
-        private var lines: [JSONValue] = []
+    final class Client {
+        let child: JSONLineChild
 
         init(url: String, daemonKey: String, seed: String, publicKey: String, pattern: String) throws {
-            process = try ChildProcess("/usr/bin/node", [
+            child = try JSONLineChild("/usr/bin/node", [
                 "--experimental-websocket", "--no-warnings", "\(repositoryRoot)/wasm/test/halfpair-client.mjs", url, daemonKey, seed, publicKey, pattern,
-            ], withStdin: true)
-            Thread { [unowned self] in
-                while let line = try? self.process.readLine(timeoutMs: 600_000) {
-                    guard let j = try? JSONValue.parse(Array(line.utf8)) else { continue }
-                    self.lock.lock()
-                    self.lines.append(j)
-                    self.lock.unlock()
-                }
-            }.start()
+            ])
         }
 
-        func seen(_ key: String) -> [JSONValue] {
-            lock.lock()
-            defer { lock.unlock() }
-            return lines.filter { $0[key] != nil }
-        }
+        func seen(_ key: String) -> [JSONValue] { child.seen(key) }
 
         /// The replica's registers, read back from its core's state bytes.
         func registers() throws -> JSONValue? {
             let before = seen("state").count
-            try process.writeLine(#"{"state": true}"#)
+            try child.send(#"{"state": true}"#)
             try waitUntil("the replica's state") { seen("state").count > before }
             return seen("state").last?["registers"]
         }
@@ -48,7 +34,7 @@ import Testing
         func value(_ register: String) throws -> JSONValue? { try registers()?[register]?["value"] }
 
         func write(_ group: String, _ register: String, int: Int) throws {
-            try process.writeLine(#"{"write": {"group": "\#(group)", "writes": [{"register": "\#(register)", "kind": "set", "value": {"int": "\#(int)"}}]}}"#)
+            try child.send(#"{"write": {"group": "\#(group)", "writes": [{"register": "\#(register)", "kind": "set", "value": {"int": "\#(int)"}}]}}"#)
         }
     }
 
@@ -70,7 +56,7 @@ import Testing
         let web = try #require(c.edgeKeys["web"])
         let client = try Client(url: "ws://127.0.0.1:\(port)/spook", daemonKey: c.daemonKey.publicKey.hex,
                                 seed: try Self.seed(c.dir.file("web.key")), publicKey: web.publicKey.hex, pattern: "site1.*")
-        defer { client.process.signal(SIGTERM); _ = client.process.wait() }
+        defer { client.child.stop() }
         try c.waitFor("the replica's handshake") { !client.seen("ready").isEmpty || !client.seen("error").isEmpty }
         #expect(client.seen("error").isEmpty, "\(client.seen("error"))")
 
@@ -112,7 +98,7 @@ import Testing
         let web = try #require(c.edgeKeys["web"])
         let client = try Client(url: "ws://127.0.0.1:\(proxy.port)/spook", daemonKey: c.daemonKey.publicKey.hex,
                                 seed: try Self.seed(c.dir.file("web.key")), publicKey: web.publicKey.hex, pattern: "site1.*")
-        defer { client.process.signal(SIGTERM); _ = client.process.wait() }
+        defer { client.child.stop() }
         try c.waitFor("the replica linked") { !client.seen("ready").isEmpty }
         func int(_ j: JSONValue?) -> Int64? {
             if case .object(let o)? = j, case .string(let t)? = o["int"] { return Int64(t) }
@@ -158,7 +144,7 @@ import Testing
         let web = try #require(c.edgeKeys["web"])
         let client = try Client(url: "ws://127.0.0.1:\(port)/spook", daemonKey: c.daemonKey.publicKey.hex,
                                 seed: try Self.seed(c.dir.file("web.key")), publicKey: web.publicKey.hex, pattern: "site1.*")
-        defer { client.process.signal(SIGTERM); _ = client.process.wait() }
+        defer { client.child.stop() }
         try c.waitFor("a snapshot, and r9 = 199 in the replica") {
             try !client.seen("snapshot").isEmpty && client.value("site1.l1/snap/r9") == .object(["int": .string("199")])
         }
@@ -178,7 +164,7 @@ import Testing
         let web = try #require(c.edgeKeys["web"])
         let client = try Client(url: "ws://127.0.0.1:\(port)/spook", daemonKey: c.daemonKey.publicKey.hex,
                                 seed: try Self.seed(c.dir.file("web.key")), publicKey: web.publicKey.hex, pattern: "*")
-        defer { client.process.signal(SIGTERM); _ = client.process.wait() }
+        defer { client.child.stop() }
         try c.waitFor("the replica linked") { !client.seen("ready").isEmpty }
         try client.write("site1.l1/m", "x", int: 1)
         try c.waitFor("the write refused as forbidden") { client.seen("error").contains { $0["error"]?.string?.contains("forbidden") == true } }

@@ -56,30 +56,15 @@ final class MosquittoBroker {
 
 /// The test's Sparkplug host application (Tests/Helpers/mqtt/sparkplug-host.py,
 /// on pysparkplug): every message it decoded, and every rule it saw broken.
-final class SparkplugHost: @unchecked Sendable {
-    let process: ChildProcess
-    private let lock = NSLock()
-    private var lines: [JSONValue] = []
+final class SparkplugHost {
+    let child: JSONLineChild
 
     init(port: Int, group: String, node: String) throws {
-        process = try ChildProcess("\(repositoryRoot)/.venv/bin/python3", ["\(repositoryRoot)/Tests/Helpers/mqtt/sparkplug-host.py", "\(port)", group, node], withStdin: true)
-        let reader = Thread { [unowned self] in
-            while let line = try? self.process.readLine(timeoutMs: 600_000) {
-                guard let j = try? JSONValue.parse(Array(line.utf8)) else { continue }
-                self.lock.lock()
-                self.lines.append(j)
-                self.lock.unlock()
-            }
-        }
-        reader.start()
-        try waitUntil("the Sparkplug host subscribed (is pysparkplug in .venv? scripts/install-deps)") { !messages { $0["ready"] != nil }.isEmpty }
+        child = try JSONLineChild("\(repositoryRoot)/.venv/bin/python3", ["\(repositoryRoot)/Tests/Helpers/mqtt/sparkplug-host.py", "\(port)", group, node])
+        try waitUntil("the Sparkplug host subscribed (is pysparkplug in .venv? scripts/install-deps)") { !child.seen("ready").isEmpty }
     }
 
-    func messages(_ filter: (JSONValue) -> Bool = { _ in true }) -> [JSONValue] {
-        lock.lock()
-        defer { lock.unlock() }
-        return lines.filter(filter)
-    }
+    func messages(_ filter: (JSONValue) -> Bool = { _ in true }) -> [JSONValue] { child.messages(filter) }
 
     func of(_ type: String, device: String? = nil) -> [JSONValue] {
         messages { $0["type"] == .string(type) && (device == nil || $0["device"] == .string(device!)) }
@@ -89,7 +74,7 @@ final class SparkplugHost: @unchecked Sendable {
         messages { $0["violation"] != nil }.compactMap { if case .string(let s)? = $0["violation"] { s } else { nil } }
     }
 
-    func send(_ command: String) throws { try process.writeLine(command) }
+    func send(_ command: String) throws { try child.send(command) }
 
     /// Every metric named `name` in the DBIRTH and DDATA (or only the DDATA) of `device`, in order: (value, historical).
     func values(_ device: String, _ name: String, dataOnly: Bool = false) -> [(value: JSONValue, historical: Bool)] {
@@ -99,12 +84,8 @@ final class SparkplugHost: @unchecked Sendable {
         }
     }
 
-    func stop() {
-        process.signal(SIGTERM)
-        _ = process.wait()
-    }
+    func stop() { child.stop() }
 }
-
 extension JSONValue {
     var intValue: Int64? { if case .int(let i) = self { i } else { nil } }
 }

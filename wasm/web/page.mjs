@@ -1,12 +1,10 @@
 // The live register page: a HalfPair on the WebAssembly core, linked to the
 // daemon that config.json names. Everything shown comes from the replica's
 // core (its state bytes); every write is a delta of the page's own origin.
-import { loadCore, decodeState, encodeSchema } from '../spook-core.mjs';
+import { loadCore, decodeState, encodeSchema, hex, unhex } from '../spook-core.mjs';
 import { HalfPair, importSeed } from '../halfpair.mjs';
 
 const $ = (id) => document.getElementById(id);
-const unhex = (s) => Uint8Array.from(s.match(/../g) ?? [], (h) => parseInt(h, 16));
-const hexOf = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 
 /** The page's key: a spook key's seed in the URL fragment (#seed=…&pub=…, never sent to the server),
  * else one kept in this browser's IndexedDB, made on first use. Its public half goes in a daemon's [[peer]]. */
@@ -50,7 +48,7 @@ function parse(text) {
   if (text !== '' && !Number.isNaN(Number(text))) {
     const b = new DataView(new ArrayBuffer(8));
     b.setFloat64(0, Number(text));
-    return { float: hexOf(new Uint8Array(b.buffer)) };
+    return { float: hex(new Uint8Array(b.buffer)) };
   }
   return { string: text };
 }
@@ -103,7 +101,7 @@ const status = (text, why = '') => {
 try {
   const config = await (await fetch('/config.json')).json();
   const key = await pageKey();
-  $('key').textContent = hexOf(key.publicKey);
+  $('key').textContent = hex(key.publicKey);
   core = await loadCore();
   const loaded = core.loadSchema(encodeSchema(config.schema));
   if (loaded !== 'ok') throw new Error(`the daemon's schema does not load: ${loaded}`);
