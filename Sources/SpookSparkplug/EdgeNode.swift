@@ -196,8 +196,18 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
         Set(node.store.state.registers.keys.lazy.filter { $0.group.domain == self.spec.domain }.map(\.group)).sorted()
     }
 
+    /// Each group's `$online` name, built once (the forwarder asks for every row).
+    var onlineNames: [QGroupName: QRegisterName] = [:]
+
     func isOnline(_ group: QGroupName) -> Bool {
-        guard let name = try? QRegisterName(group: group, name: "$online") else { return true }
+        let name: QRegisterName
+        if let known = onlineNames[group] {
+            name = known
+        } else {
+            guard let built = try? QRegisterName(group: group, name: "$online") else { return true }  // "$online" is a valid name in any group
+            onlineNames[group] = built
+            name = built
+        }
         if case .bool(false)? = node.store.state.registers[name]?.value { return false }
         return true
     }
