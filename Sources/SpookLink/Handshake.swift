@@ -9,10 +9,15 @@ public struct Authorisation: Sendable {
         public var write: [QDomainPattern]
         /// Domains whose devices this peer hosts: only it may write `reported` there.
         public var owns: [QDomainPattern]
-        public init(read: [QDomainPattern], write: [QDomainPattern], owns: [QDomainPattern] = []) {
+        /// A daemon below this one (`relay = true`): it may forward deltas
+        /// and snapshot sides of other origins (its agents'), each still
+        /// held to `write` and `owns`. Any other peer speaks only for itself.
+        public var relay = false
+        public init(read: [QDomainPattern], write: [QDomainPattern], owns: [QDomainPattern] = [], relay: Bool = false) {
             self.read = read
             self.write = write
             self.owns = owns
+            self.relay = relay
         }
         public func mayWrite(_ domain: QDomain) -> Bool { write.contains { $0.matches(domain) } }
         public func owns(_ domain: QDomain) -> Bool { owns.contains { $0.matches(domain) } }
@@ -20,7 +25,8 @@ public struct Authorisation: Sendable {
         /// Checks a DELTAS batch from `origin`, a peer with this grant (pure;
         /// the node and the simulation both call it). A delta already held
         /// passes (a relay or a resend); one of another origin that is not
-        /// held is refused whole (a peer speaks for itself). A delta outside
+        /// held is refused whole (a peer speaks for itself) unless the grant
+        /// is a `relay`'s. A delta outside
         /// the write grant, or with `report` writes outside `owns`, is kept
         /// *withheld* (its place in the origin's sequence, not its content)
         /// and listed with the reason, so the writer's later deltas are not
@@ -29,22 +35,23 @@ public struct Authorisation: Sendable {
             var checked: [Delta] = []
             var refusals: [(DeltaID, String)] = []
             for d in deltas {
-                if holds(d.id) || Withheld.isWithheld(d) && d.origin == origin {
+                if holds(d.id) || Withheld.isWithheld(d) && (d.origin == origin || relay) {
                     checked.append(d)
                     continue
                 }
-                guard d.origin == origin else {
+                guard d.origin == origin || relay else {
                     throw WireError(.forbidden, "\(origin) sent delta \(d.id) of another origin that this node does not hold")
                 }
+                let writer = d.origin == origin ? "\(origin)" : "\(d.origin) (relayed by \(origin))"
                 if !mayWrite(d.group.domain) {
                     let hint = d.group.domain.description.hasPrefix("spook.")
                         ? ": an agent's own status registers are granted when its [[peer]] name equals its [node] name, else add \"\(d.group.domain)\" to the peer's write"
                         : ""
-                    refusals.append((d.id, "\(origin) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)\(hint)"))
+                    refusals.append((d.id, "\(writer) may not write \(d.group) (domain \(d.group.domain) is not in its write grant)\(hint)"))
                     checked.append(Withheld.redact(d))
                 } else if d.writes.contains(where: { $0.kind == .report }), !owns(d.group.domain) {
                     // The device policy: only the agent that hosts a device reports its state.
-                    refusals.append((d.id, "\(origin) may not write reported values in \(d.group) (domain \(d.group.domain) is not in its \"owns\")"))
+                    refusals.append((d.id, "\(writer) may not write reported values in \(d.group) (domain \(d.group.domain) is not in its \"owns\")"))
                     checked.append(Withheld.redact(d))
                 } else {
                     checked.append(d)
@@ -55,7 +62,7 @@ public struct Authorisation: Sendable {
 
         /// What of a snapshot chunk from `origin` (a peer with this grant) may
         /// be taken: every state-changing frame passes the same grant as
-        /// DELTAS. A peer speaks only for its own origin: the vector keeps only
+        /// DELTAS. A peer (but a relay) speaks only for its own origin: the vector keeps only
         /// that origin's entry (it may not advance anyone else's, or their real
         /// deltas would later be skipped as held), and a register keeps only the
         /// sides that origin wrote (others' values come from their own origins).
@@ -66,7 +73,7 @@ public struct Authorisation: Sendable {
             var forbidden: [QRegisterName] = []
             for name in chunk.registers.keys.sorted() {
                 let domain = name.group.domain
-                let own = { (v: Versioned?) in v.flatMap { $0.stamp.origin == origin ? $0 : nil } }
+                let own = { (v: Versioned?) in v.flatMap { $0.stamp.origin == origin || self.relay ? $0 : nil } }
                 switch chunk.registers[name]! {
                 case .lww(let v):
                     guard let v = own(v) else { continue }
@@ -83,6 +90,7 @@ public struct Authorisation: Sendable {
             }
             var vector = QStateVector()
             vector[origin] = chunk.vector[origin]
+            if relay { vector = chunk.vector }
             return (SnapshotChunk(index: chunk.index, count: chunk.count, vector: vector, registers: registers), forbidden)
         }
     }

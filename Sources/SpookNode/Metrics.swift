@@ -155,7 +155,7 @@ package final class NodeMetrics: @unchecked Sendable {
         var links: [String] = []
         switch node.role {
         case .edge(let c): links = c.upstreams.map(\.name)
-        case .daemon(let c): links = c.peers.map(\.name)
+        case .daemon(let c): links = c.peers.map(\.name) + c.upstreams.map(\.name)
         }
         for name in links where linkSeries[name] == nil {
             linkSeries[name] = LinkSeries(lag: registry.makeGauge(descriptor: NodeMetrics.lagName, labels: [("link", name)]),

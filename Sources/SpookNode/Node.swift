@@ -60,6 +60,14 @@ public final class Node: @unchecked Sendable {
         }
 
         var devices: [DeviceSpec] { if case .edge(let c) = self { c.devices } else { [] } }
+
+        /// `[[upstream]]`: an agent's daemons, or a daemon's in a hierarchy.
+        var upstreams: [EdgeConfig.Upstream] {
+            switch self {
+            case .edge(let c): c.upstreams
+            case .daemon(let c): c.upstreams
+            }
+        }
     }
 
     /// Confined to the node loop.
@@ -309,6 +317,8 @@ public final class Node: @unchecked Sendable {
             }
             let interval = TimeAmount.milliseconds(Int64(config.heartbeatIntervalMs))
             daemonTimer = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in self.daemonHeartbeat() }
+            // A daemon in a hierarchy links up like an agent.
+            try loop.submit { try self.startUpstreams(c.upstreams) }.wait()
         case .edge(let c):
             try loop.submit {
                 try self.startUpstreams(c.upstreams)
@@ -413,8 +423,8 @@ public final class Node: @unchecked Sendable {
             var changes = ["log level \(level)"]
             if !contexts.isEmpty { changes.append("TLS certificates re-read for \(contexts.count) listener\(contexts.count == 1 ? "" : "s")") }
             if case .daemon(let c) = next { changes += self.reloadPeers(c) }
-            if case .edge(let c) = next, case .edge(let running) = self.role, "\(c.upstreams)" != "\(running.upstreams)" {
-                changes += self.reloadUpstreams(c)
+            if "\(next.upstreams)" != "\(self.role.upstreams)" {
+                changes += self.reloadUpstreams(next.upstreams)
             }
             if case .edge = next {
                 if self.devices == nil, !next.devices.isEmpty {
@@ -574,7 +584,8 @@ public final class Node: @unchecked Sendable {
                 let store = self.store
                 let (checked, refusals) = try grant.check(deltas, from: peer.origin, holds: { store.vector.contains($0) })
                 for (delta, refusal) in refusals {
-                    forbidden = forbidden ?? WireError(.forbidden, refusal)
+                    // A relay's link stays up for its agents' refused deltas: the writer is below it, not the relay.
+                    if delta.origin == peer.origin { forbidden = forbidden ?? WireError(.forbidden, refusal) }
                     metrics.refusedWrite(link.name)
                     limitLog.warning("write-refused:\(link.name)", "write from \(link.name) refused and held withheld (delta \(delta)): \(refusal)", nowMs: clock.nowMs())
                 }
@@ -681,7 +692,8 @@ public final class Node: @unchecked Sendable {
         } else {
             link.name = peerNames[peer.publicKey.hex] ?? "link \(link.id)"
         }
-        if let auth = authorisation { link.grant = auth.grant(for: peer.publicKey) }
+        // Grants are for the peers that link to us; an upstream daemon is pinned by key.
+        if let auth = authorisation, link.upstream == nil { link.grant = auth.grant(for: peer.publicKey) }
         logger.info("link entangling", metadata: ["link": "\(link.id)", "peer": "\(peer.origin)", "node": "\(peer.node)"])
         var options = SyncSession.Options()
         options.remoteDriftMsMax = config.clockDriftMsMax
@@ -690,9 +702,10 @@ public final class Node: @unchecked Sendable {
         session.ownOrigin = origin
         session.peerOrigin = peer.origin
         if let u = link.upstream {
-            // An agent sends upstream only what it wrote, and of that only the
+            // An agent sends upstream only what it wrote; a daemon relays every
+            // origin it holds (its agents' writes). Either sends only the
             // route's domains (plus its own `spook.<name>` registers).
-            session.onlyOrigin = origin
+            if case .edge = role { session.onlyOrigin = origin }
             let domains = upstreams[u].config.domains
             if !domains.contains(where: { $0.description == "*" }) {
                 let own = upstreams[u].group.domain
@@ -750,7 +763,6 @@ public final class Node: @unchecked Sendable {
     /// Pauses every standby session and resumes the others, which then send
     /// what their daemon lacks: failover and failback are a catch-up.
     func route() {
-        guard case .edge = role else { return }
         for u in upstreams.indices {
             guard let id = upstreams[u].link, let link = links[id], var session = link.session else { continue }
             let pause = standby(u)
@@ -816,7 +828,7 @@ public final class Node: @unchecked Sendable {
     /// on its link, `$state` "closed") and the new ones start and connect. A
     /// link comes back with a catch-up, so nothing is lost; what was sent
     /// withheld to an upstream whose domains grew is not sent again.
-    func reloadUpstreams(_ c: EdgeConfig) -> [String] {
+    func reloadUpstreams(_ configs: [EdgeConfig.Upstream]) -> [String] {
         let before = upstreams.map(\.config.name)
         for u in upstreams.indices {
             upstreams[u].reconnect?.cancel()
@@ -830,7 +842,7 @@ public final class Node: @unchecked Sendable {
         }
         upstreamEpoch += 1
         upstreams = []
-        do { try startUpstreams(c.upstreams) } catch {
+        do { try startUpstreams(configs) } catch {
             logger.error("upstreams not restarted", metadata: ["error": "\(error)"])
         }
         route()
@@ -1114,24 +1126,23 @@ public final class Node: @unchecked Sendable {
         status.snapshotsSent = link.session?.snapshotsSent ?? 0
     }
 
+    /// The upstream HalfPairs (an agent's, a daemon's in a hierarchy), then
+    /// on a daemon the links peers opened to it.
     func linkStatus() -> [LinkStatus] {
-        switch role {
-        case .edge:
-            return upstreams.map { u in
-                let link = u.link.flatMap { links[$0] }
-                var status = LinkStatus(name: u.config.name, state: u.pair.state.name, online: u.pair.state.isOnline,
-                                        peer: link?.peer.map { "\($0.origin)" } ?? "-", lag: link?.session?.lag(store) ?? 0)
-                counters(&status, link)
-                return status
-            }
-        case .daemon:
-            return links.values.sorted { $0.id < $1.id }.map { l in
-                let caughtUp = l.session?.isCaughtUp(store) ?? false
-                var status = LinkStatus(name: l.name, state: caughtUp ? "coherent" : "entangling",
-                                        online: caughtUp, peer: l.peer.map { "\($0.origin)" } ?? "-", lag: l.session?.lag(store) ?? 0)
-                counters(&status, l)
-                return status
-            }
+        let up = upstreams.map { u in
+            let link = u.link.flatMap { links[$0] }
+            var status = LinkStatus(name: u.config.name, state: u.pair.state.name, online: u.pair.state.isOnline,
+                                    peer: link?.peer.map { "\($0.origin)" } ?? "-", lag: link?.session?.lag(store) ?? 0)
+            counters(&status, link)
+            return status
+        }
+        guard case .daemon = role else { return up }
+        return up + links.values.filter { $0.upstream == nil }.sorted { $0.id < $1.id }.map { l in
+            let caughtUp = l.session?.isCaughtUp(store) ?? false
+            var status = LinkStatus(name: l.name, state: caughtUp ? "coherent" : "entangling",
+                                    online: caughtUp, peer: l.peer.map { "\($0.origin)" } ?? "-", lag: l.session?.lag(store) ?? 0)
+            counters(&status, l)
+            return status
         }
     }
 }

@@ -195,6 +195,10 @@ public struct DaemonConfig: Sendable {
     public var warnings: [String] = []
     public var listen: [Listener] = []
     public var peers: [Peer] = []
+    /// Daemons above this one (a hierarchy: site → central): the same
+    /// HalfPairs and routing by domain as an agent's, but relaying every
+    /// origin it holds, not only its own writes.
+    public var upstreams: [EdgeConfig.Upstream] = []
 
     public var authorisation: Authorisation {
         Authorisation(keys: Dictionary(peers.map { ($0.key.hex, $0.grant) }, uniquingKeysWith: { a, _ in a }))
@@ -339,6 +343,48 @@ extension ConfigReader {
     }
 }
 
+extension ConfigReader {
+    /// `[[upstream]]` tables (an agent's, or a daemon's in a hierarchy). The
+    /// link's own registers ($state, $online, $lag) live in domain
+    /// "spook.<node name>", group "<upstream name>".
+    func upstreams(_ doc: Table, nodeName: String) -> [EdgeConfig.Upstream] {
+        var result: [EdgeConfig.Upstream] = []
+        let tables = doc.tables("upstream")
+        if !tables.isEmpty, (try? QDomain("spook.\(nodeName)")) == nil {
+            fail("node.name", "with [[upstream]], \"name\" must be a domain label (a-z, 0-9, \"-\"): the links' own registers live in spook.<name>")
+        }
+        var names = Set<String>()
+        for u in tables {
+            u.rejectUnknownKeys(["name", "url", "key", "priority", "domains", "ca", "server_name"])
+            let name = u.string("name", required: true) ?? ""
+            if !name.isEmpty && !names.insert(name).inserted { fail(u.key("name"), "upstream \"\(name)\" is defined twice") }
+            if !name.isEmpty, (try? QGroupName("spook/\(name)")) == nil {
+                fail(u.key("name"), "upstream \"\(name)\" must be a group name (a-z, 0-9, \"-\", \"_\"): it names the group of the link's own registers")
+            }
+            let url = endpoint(u, "url")
+            let key = hexKey(u, "key")
+            let priority = u.int("priority", in: 0...1_000_000) ?? 0
+            var domains: [QDomainPattern] = []
+            for (i, p) in (u.strings("domains") ?? ["*"]).enumerated() {
+                do { domains.append(try QDomainPattern(p)) } catch let e as CoreError {
+                    fail(u.key("domains"), "domains[\(i)]: \(e.message)")
+                } catch {}
+            }
+            var ca: String?, serverName: String?
+            if url?.isTLS == true {
+                ca = u.string("ca", required: true)
+                serverName = u.string("server_name")
+            } else if u.has("ca") || u.has("server_name") {
+                fail(u.key(u.has("ca") ? "ca" : "server_name"), "\"ca\" and \"server_name\" belong to tls:// and wss:// upstreams only")
+            }
+            if let url, let key {
+                result.append(EdgeConfig.Upstream(name: name, endpoint: url, key: key, priority: priority, domains: domains, caPath: ca, serverName: serverName))
+            }
+        }
+        return result
+    }
+}
+
 extension EdgeConfig {
     /// Reads and checks an edge config; throws every problem at once.
     /// `checkFiles`: also check the paths `run` opens (check-config and run do; tests of other machines' configs do not).
@@ -354,38 +400,7 @@ extension EdgeConfig {
             c.node = reader.nodeConfig(doc)
             c.node.mqtt = reader.mqtt(doc, nodeName: c.node.name)
             c.node.web = reader.web(doc, daemon: false)
-            // The agent's own registers live in domain "spook.<node name>", group "<upstream name>".
-            if (try? QDomain("spook.\(c.node.name)")) == nil {
-                reader.fail("node.name", "an agent's \"name\" must be a domain label (a-z, 0-9, \"-\"): its registers live in spook.<name>")
-            }
-            var names = Set<String>()
-            for u in doc.tables("upstream") {
-                u.rejectUnknownKeys(["name", "url", "key", "priority", "domains", "ca", "server_name"])
-                let name = u.string("name", required: true) ?? ""
-                if !name.isEmpty && !names.insert(name).inserted { reader.fail(u.key("name"), "upstream \"\(name)\" is defined twice") }
-                if !name.isEmpty, (try? QGroupName("spook/\(name)")) == nil {
-                    reader.fail(u.key("name"), "upstream \"\(name)\" must be a group name (a-z, 0-9, \"-\", \"_\"): it names the group of the link's own registers")
-                }
-                let endpoint = reader.endpoint(u, "url")
-                let key = reader.hexKey(u, "key")
-                let priority = u.int("priority", in: 0...1_000_000) ?? 0
-                var domains: [QDomainPattern] = []
-                for (i, p) in (u.strings("domains") ?? ["*"]).enumerated() {
-                    do { domains.append(try QDomainPattern(p)) } catch let e as CoreError {
-                        reader.fail(u.key("domains"), "domains[\(i)]: \(e.message)")
-                    } catch {}
-                }
-                var ca: String?, serverName: String?
-                if endpoint?.isTLS == true {
-                    ca = u.string("ca", required: true)
-                    serverName = u.string("server_name")
-                } else if u.has("ca") || u.has("server_name") {
-                    reader.fail(u.key(u.has("ca") ? "ca" : "server_name"), "\"ca\" and \"server_name\" belong to tls:// and wss:// upstreams only")
-                }
-                if let endpoint, let key {
-                    c.upstreams.append(Upstream(name: name, endpoint: endpoint, key: key, priority: priority, domains: domains, caPath: ca, serverName: serverName))
-                }
-            }
+            c.upstreams = reader.upstreams(doc, nodeName: c.node.name)
             if doc.tables("upstream").isEmpty { reader.fail("", "no [[upstream]]: an edge agent needs at least one upstream daemon") }
             c.devices = reader.devices(doc, schema: c.node.schema)
         }
@@ -404,7 +419,7 @@ extension DaemonConfig {
         let reader = ConfigReader(file: file, text: text, checkFiles: checkFiles)
         var c = DaemonConfig()
         if let doc = reader.document {
-            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer", "modbus_server", "mqtt", "web"])
+            doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "listen", "peer", "upstream", "modbus_server", "mqtt", "web"])
             c.node = reader.nodeConfig(doc)
             if doc.has("mqtt") { reader.fail("mqtt", "[mqtt] belongs to spook-edge's config: spookd is not a Sparkplug edge node") }
             c.node.web = reader.web(doc, daemon: true)
@@ -424,7 +439,7 @@ extension DaemonConfig {
             }
             var names = Set<String>(), keys = Set<String>()
             for p in doc.tables("peer") {
-                p.rejectUnknownKeys(["name", "key", "read", "write", "owns"])
+                p.rejectUnknownKeys(["name", "key", "read", "write", "owns", "relay"])
                 let name = p.string("name", required: true) ?? ""
                 if !name.isEmpty && !names.insert(name).inserted { reader.fail(p.key("name"), "peer \"\(name)\" is defined twice") }
                 let key = reader.hexKey(p, "key")
@@ -443,9 +458,12 @@ extension DaemonConfig {
                 if let own = try? QDomainPattern("spook.\(name)"), !write.contains(where: { $0.matches(try! QDomain("spook.\(name)")) }) {
                     write.append(own)
                 }
-                let grant = Authorisation.Grant(read: patterns("read"), write: write, owns: patterns("owns"))
+                var grant = Authorisation.Grant(read: patterns("read"), write: write, owns: patterns("owns"))
+                // A daemon below this one forwards its agents' deltas: each is still held to the write grant.
+                grant.relay = p.bool("relay") ?? false
                 if let key { c.peers.append(Peer(name: name, key: key, grant: grant)) }
             }
+            c.upstreams = reader.upstreams(doc, nodeName: c.node.name)
             if c.listen.isEmpty && doc.tables("listen").isEmpty { reader.fail("", "no [[listen]]: spookd needs at least one address to accept links on") }
         }
         try reader.finish()

@@ -64,7 +64,7 @@ import Testing
         let error = #expect(throws: ConfigError.self) { try EdgeConfig.parse(file: "edge.toml", text: text) }
         let lines = error?.diagnostics.map(\.description) ?? []
         let expected = [
-            "edge.toml:2:1: an agent's \"name\" must be a domain label (a-z, 0-9, \"-\"): its registers live in spook.<name>",
+            "edge.toml:2:1: with [[upstream]], \"name\" must be a domain label (a-z, 0-9, \"-\"): the links' own registers live in spook.<name>",
             "edge.toml:5:1: \"sync\" = \"sometimes\" is not one of \"off\", \"normal\", \"full\", \"extra\"",
             "edge.toml:6:1: \"history\" = 0 is out of range 1…4096",
             "edge.toml:7:1: unknown key \"colour\" in [node]; known keys: name, key, data, sync, history",
@@ -254,6 +254,43 @@ import Testing
         #expect(text.contains("the [api] table is missing"))
         #expect(text.contains("no [[listen]]"))
         #expect(text.contains("d.toml:6:1: this key is already given to another peer"))
+    }
+
+    /// A site daemon in a hierarchy: `[[upstream]]` tables as an agent's,
+    /// checked the same way; `relay` on a `[[peer]]` lets it forward others' deltas.
+    @Test func aDaemonMayHaveUpstreamsAndRelayPeers() throws {
+        let head = "[node]\nname = \"site1\"\nkey = \"k\"\ndata = \"d.db\"\n[api]\nsocket = \"a.sock\"\n[[listen]]\nurl = \"tcp://127.0.0.1:7400\"\n"
+        let c = try DaemonConfig.parse(file: "d.toml", text: head + """
+            [[peer]]
+            name = "site2"
+            key = "0000000000000000000000000000000000000000000000000000000000000001"
+            relay = true
+            write = ["site2.*"]
+            [[upstream]]
+            name = "central"
+            url = "tls://central.example:7400"
+            key = "0000000000000000000000000000000000000000000000000000000000000002"
+            ca = "/etc/spook/ca.pem"
+            domains = ["site1.*"]
+            """)
+        #expect(c.peers.first?.grant.relay == true)
+        #expect(c.upstreams.map(\.name) == ["central"] && c.upstreams.first?.domains.map(\.description) == ["site1.*"])
+        let error = #expect(throws: ConfigError.self) {
+            try DaemonConfig.parse(file: "d.toml", text: head.replacingOccurrences(of: "site1", with: "Site_1") + """
+                [[upstream]]
+                name = "central"
+                url = "tcp://127.0.0.1:7401"
+                key = "00"
+                [[peer]]
+                name = "x"
+                key = "0000000000000000000000000000000000000000000000000000000000000001"
+                relay = "yes"
+                """)
+        }
+        let lines = error?.diagnostics.map(\.description) ?? []
+        #expect(lines.contains { $0.hasPrefix("d.toml:2:1: with [[upstream]], \"name\" must be a domain label") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("d.toml:12:1: \"key\" must be a public key") }, "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("d.toml:16:1: \"relay\"") }, "\(lines)")
     }
 
     @Test func endpointsParse() throws {
