@@ -22,9 +22,13 @@ let package = Package(
     // MQTT (Sparkplug B) in spook-edge: on by default. `--disable-default-traits`
     // builds an agent without it, and without SwiftProtobuf and
     // FoundationEssentials (about 4 MiB less; docs/mqtt.md).
+    // PostgreSQL in spookd: on by default. It brings postgres-nio, and with
+    // it Foundation, into spookd only (never into spook-edge); a spookd
+    // built with `--disable-default-traits` stores in SQLite alone.
     traits: [
         .trait(name: "MQTT", description: "The MQTT Sparkplug B edge node in spook-edge (libmosquitto, swift-protobuf)."),
-        .default(enabledTraits: ["MQTT"]),
+        .trait(name: "PostgreSQL", description: "spookd's PostgreSQL store ([node] data = \"postgres://…\"; postgres-nio)."),
+        .default(enabledTraits: ["MQTT", "PostgreSQL"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -35,6 +39,8 @@ let package = Package(
         // Sparkplug B payloads (the generated code is committed: builds never run protoc).
         // No traits: the default ones pull in Foundation's streams.
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0", traits: []),
+        // spookd's PostgreSQL store (several daemons on one database).
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.0"),
         // Tests only: the WebAssembly core run under WasmKit (no default traits: no file system, no disassembler).
         .package(url: "https://github.com/swiftwasm/WasmKit", .upToNextMinor(from: "0.4.2"), traits: ["MultiThread"]),
     ],
@@ -60,6 +66,17 @@ let package = Package(
             name: "SpookStore",
             dependencies: [
                 "SpookCore", "CSQLite",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The store on PostgreSQL: the same store over postgres-nio, for spookd.
+        .target(
+            name: "SpookPostgres",
+            dependencies: [
+                "SpookCore", "SpookStore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -100,7 +117,10 @@ let package = Package(
 
         // The two daemons' shared command line (run, check-config).
         .target(name: "SpookCommand", dependencies: ["SpookNode"]),
-        .executableTarget(name: "spookd", dependencies: ["SpookCommand", "SpookNode"]),
+        .executableTarget(
+            name: "spookd",
+            dependencies: ["SpookCommand", "SpookNode", .target(name: "SpookPostgres", condition: .when(traits: ["PostgreSQL"]))]
+        ),
         .executableTarget(
             name: "spook-edge",
             dependencies: ["SpookCommand", "SpookNode", .target(name: "SpookSparkplug", condition: .when(traits: ["MQTT"]))]
@@ -126,7 +146,7 @@ let package = Package(
         // Child process for the kill -9 crash tests: writes deltas, reports what was acknowledged.
         .executableTarget(
             name: "spook-crash-writer",
-            dependencies: ["SpookCore", "SpookStore"],
+            dependencies: ["SpookCore", "SpookStore", "SpookPostgres"],
             path: "Tests/Helpers/spook-crash-writer"
         ),
 
@@ -144,7 +164,7 @@ let package = Package(
         .testTarget(name: "SpookLinkTests", dependencies: ["SpookLink", "SpookWire", "SpookCore", "SpookTestSupport"]),
         // A test-only SQLite VFS that simulates power cuts (unsynced writes undone).
         .target(name: "CPowerCut", dependencies: ["CSQLite"], path: "Tests/Helpers/CPowerCut"),
-        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "spook-crash-writer"]),
+        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookPostgres", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",
             dependencies: ["SpookCore", "SpookStore", .product(name: "WasmKit", package: "WasmKit")],

@@ -113,7 +113,7 @@ public final class Node: @unchecked Sendable {
     public private(set) var role: Role
     public let config: NodeConfig
     public let identity: Identity
-    package let store: SQLiteStore
+    package let store: SQLStore
     let storeLock: StoreLock
     package let logger: Logger
     package let clock: any PhysicalClock
@@ -177,7 +177,7 @@ public final class Node: @unchecked Sendable {
         storeOptions.lazyAcks = true
         // A compaction step runs on the node loop between frames and writes: keep it short.
         storeOptions.compactionDeltasMax = Node.compactionStepDeltas
-        store = try SQLiteStore(path: config.dataPath, options: storeOptions, logger: logger)
+        store = try SQLStore(path: config.dataPath, options: storeOptions, logger: logger)
         if store.openedEmptyFile && !created {
             // The key wrote before and its store is gone: never reuse its seqs.
             var g = SystemRandomNumberGenerator()

@@ -275,7 +275,7 @@ public final class Simulation {
     }
 
     private func open(_ r: Replica) throws {
-        let store = try SQLiteStore(path: r.path, options: options())
+        let store = try SQLStore(path: r.path, options: options())
         r.store = store
         r.epoch = store.epoch
         if config.agents, r.index != 0 {
@@ -540,7 +540,7 @@ public final class Simulation {
 
     /// A backup: the store's files as they are after a checkpoint.
     private func backup(_ r: Replica) throws {
-        guard let store = r.store as? SQLiteStore else { return }
+        guard let store = r.store as? SQLStore else { return }
         try store.checkpoint()
         try Simulation.copyFile(r.path, r.path + ".backup")
         r.hasBackup = true
@@ -560,7 +560,7 @@ public final class Simulation {
         for other in replicas where other.index != r.index && other.joined {
             if let store = other.store {
                 others.append((store, false))
-            } else if let store = try? SQLiteStore(path: other.path, options: options()) {
+            } else if let store = try? SQLStore(path: other.path, options: options()) {
                 others.append((store, true))
             }
         }

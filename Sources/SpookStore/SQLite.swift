@@ -29,7 +29,7 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
 
 /// A thin owner of one `sqlite3*` connection. Not thread-safe: the store
 /// serialises access.
-final class SQLiteConnection {
+final class SQLiteConnection: SQLBackend {
     private var db: OpaquePointer?
     let path: String
     private var statements: [String: OpaquePointer] = [:]
@@ -92,21 +92,49 @@ final class SQLiteConnection {
         return Statement(handle: s, connection: self)
     }
 
-    func transaction<T>(_ body: () throws -> T) throws -> T {
-        try exec("BEGIN IMMEDIATE")
-        do {
-            let result = try body()
-            try exec("COMMIT")
-            return result
-        } catch {
-            try? exec("ROLLBACK")
-            throw error
+    // MARK: SQLBackend
+
+    var location: String { path }
+    /// One process per file (the nodes hold a lock file next to it).
+    var shared: Bool { false }
+
+    var schemaSQL: String {
+        """
+        CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS blocks(id INTEGER PRIMARY KEY, count INTEGER NOT NULL, checksum INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS deltas(
+            origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,
+            body BLOB NOT NULL, refused TEXT,
+            PRIMARY KEY(origin, seq)) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS deltas_block ON deltas(block);
+        CREATE TABLE IF NOT EXISTS vector(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS horizon(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS peers(peer TEXT NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,
+            PRIMARY KEY(peer, origin)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS registers(name TEXT PRIMARY KEY, body BLOB NOT NULL);
+        CREATE TABLE IF NOT EXISTS history(id INTEGER PRIMARY KEY, name TEXT NOT NULL, side INTEGER NOT NULL, body BLOB NOT NULL);
+        CREATE TABLE IF NOT EXISTS orphans(id INTEGER PRIMARY KEY, origin INTEGER NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL);
+
+        """
+    }
+
+    func prepare(_ sql: String) throws -> any SQLStatement { try statement(sql) }
+    func begin() throws { try exec("BEGIN IMMEDIATE") }
+    func commit() throws { try exec("COMMIT") }
+    func rollback() { try? exec("ROLLBACK") }
+    func onOthersCommit(_ handler: @escaping @Sendable () -> Void) {}
+
+    func integrityCheck() throws {
+        let quick = try statement("PRAGMA quick_check")
+        while try quick.step() {
+            let line = quick.text(0)
+            guard line == "ok" else { throw StoreError(.corrupt, "\(path): SQLite quick_check: \(line)") }
         }
     }
 }
 
 /// A prepared statement being bound and stepped.
-struct Statement {
+struct Statement: SQLStatement {
     let handle: OpaquePointer
     let connection: SQLiteConnection
 
@@ -119,7 +147,6 @@ struct Statement {
     }
 
     func bind(_ index: Int32, _ value: Int64) { sqlite3_bind_int64(handle, index, value) }
-    func bind(_ index: Int32, _ value: UInt64) { sqlite3_bind_int64(handle, index, Int64(bitPattern: value)) }
     func bind(_ index: Int32, _ value: String) { sqlite3_bind_text(handle, index, value, -1, Statement.transient) }
     func bind(_ index: Int32, _ value: [UInt8]) {
         value.withUnsafeBytes { raw in
@@ -139,7 +166,6 @@ struct Statement {
     }
 
     func int64(_ column: Int32) -> Int64 { sqlite3_column_int64(handle, column) }
-    func uint64(_ column: Int32) -> UInt64 { UInt64(bitPattern: sqlite3_column_int64(handle, column)) }
     func text(_ column: Int32) -> String {
         guard let p = sqlite3_column_text(handle, column) else { return "" }
         return String(cString: p)

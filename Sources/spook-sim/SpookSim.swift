@@ -84,8 +84,8 @@ struct Demo: ParsableCommand {
             owners: [(RegisterSelector(domain: try QDomainPattern("site1.*"), group: "pump7"), Origin(0xED6E))]
         )
         let edgeOrigin = Origin(0xED6E), upstreamOrigin = Origin(0x0095)
-        let edge = try SQLiteStore(path: "\(directory)/edge.db", options: StoreOptions(schema: schema))
-        let upstream = try SQLiteStore(path: "\(directory)/upstream.db", options: StoreOptions(schema: schema))
+        let edge = try SQLStore(path: "\(directory)/edge.db", options: StoreOptions(schema: schema))
+        let upstream = try SQLStore(path: "\(directory)/upstream.db", options: StoreOptions(schema: schema))
         print("edge store \(edge.path): vector \(edge.vector); upstream store \(upstream.path): vector \(upstream.vector)")
         // The simulated pump resumes from what it last reported.
         var speed: Int64 = 1200
@@ -123,7 +123,7 @@ struct Demo: ParsableCommand {
     }
 
     /// One round of catch-up both ways, acknowledging after each durable commit.
-    private func sync(_ a: SQLiteStore, _ b: SQLiteStore) throws {
+    private func sync(_ a: SQLStore, _ b: SQLStore) throws {
         for (from, to, name) in [(a, b, "upstream"), (b, a, "edge")] {
             if case .deltas(let deltas) = try from.catchUp(for: from.peerVector(name), limit: 1000), !deltas.isEmpty {
                 let result = try to.commit(deltas)

@@ -61,7 +61,7 @@ import Testing
         if Self.contiguous(deltas) {
             let path = NSTemporaryDirectory() + "conformance-\(v.name)-\(getpid()).db"
             defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
-            let store = try SQLiteStore(path: path, options: StoreOptions(sync: .off, schema: schema))
+            let store = try SQLStore(path: path, options: StoreOptions(sync: .off, schema: schema))
             let result = try store.commit(deltas.sorted { $0.id < $1.id })
             #expect(Set(result.refused.map { Refusal(origin: $0.id.origin.description, seq: $0.id.seq, code: $0.error.code.rawValue) }) == Set(expect.refused))
             #expect(store.state.canonicalBytes() == bytes, "\(v.name): the store collapsed differently")

@@ -282,7 +282,7 @@ enum RawSocket {
         // Every acknowledged write of the edge is upstream exactly once and in
         // order: read the daemon's store itself after stopping it.
         c.stopDaemon(signal: SIGTERM)
-        let store = try SQLiteStore(path: c.dir.file("spookd.db"), options: StoreOptions(sync: .off))
+        let store = try SQLStore(path: c.dir.file("spookd.db"), options: StoreOptions(sync: .off))
         _ = try store.verify()
         let edgeOrigin = c.edgeKeys["gw1"]!.origin
         let held = try store.deltas(origin: edgeOrigin, seqs: 1...store.vector[edgeOrigin])

@@ -9,11 +9,11 @@ import Testing
     let dir = TemporaryDirectory()
     static let group = try! QGroupName("site1/pump")
 
-    func store(_ name: String) throws -> SQLiteStore {
-        try SQLiteStore(path: dir.file("\(name).db"), options: StoreOptions(sync: .off))
+    func store(_ name: String) throws -> SQLStore {
+        try SQLStore(path: dir.file("\(name).db"), options: StoreOptions(sync: .off))
     }
 
-    func write(_ store: SQLiteStore, origin: UInt64, count: Int, value: String = "v") throws {
+    func write(_ store: SQLStore, origin: UInt64, count: Int, value: String = "v") throws {
         let requests = (0..<count).map { i in LocalWrite(group: Self.group, writes: [Write("r\(i % 50)", .set, .string("\(value)\(i)"))]) }
         _ = try store.commitLocal(requests, origin: Origin(origin), physicalMs: 1_000)
     }
@@ -21,7 +21,7 @@ import Testing
     /// Moves messages both ways over a perfect, ordered channel until both
     /// sides are quiet; `drop` may discard a message. Returns frame bytes sent by each side.
     @discardableResult
-    func exchange(_ a: inout SyncSession, _ sa: SQLiteStore, _ b: inout SyncSession, _ sb: SQLiteStore,
+    func exchange(_ a: inout SyncSession, _ sa: SQLStore, _ b: inout SyncSession, _ sb: SQLStore,
                   start: Bool = true, nowMs: UInt64 = 0, drop: (Message) -> Bool = { _ in false }) throws -> (Int, Int) {
         var toB = start ? try a.start(sa, nowMs: nowMs) : try a.poll(sa, nowMs: nowMs)
         var toA = start ? try b.start(sb, nowMs: nowMs) : try b.poll(sb, nowMs: nowMs)

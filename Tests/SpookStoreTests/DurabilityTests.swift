@@ -11,7 +11,7 @@ import Testing
     /// acknowledges each round when `acked`, and the store compacts. Returns
     /// disk bytes after the warm-up and at the end.
     static func stream(rounds: Int, acked: Bool, in dir: TemporaryDirectory) throws -> (warm: Int, end: Int, horizon: UInt64) {
-        let store = try SQLiteStore(path: dir.file(acked ? "acked.db" : "unacked.db"), options: options(.off, history: 4))
+        let store = try SQLStore(path: dir.file(acked ? "acked.db" : "unacked.db"), options: options(.off, history: 4))
         try store.recordAck(peer: "upstream", vector: QStateVector())
         var random = SplitMix64(seed: 5)
         var warm = 0
@@ -76,7 +76,7 @@ import Testing
             // Lines already in the pipe were acknowledged before the kill too.
             while let line = try child.readLine() { try Self.record(line, into: &acked) }
 
-            let store = try SQLiteStore(path: path, options: options(.full, history: 8))
+            let store = try SQLStore(path: path, options: options(.full, history: 8))
             _ = try store.verify()
             var log = CollapseState(schema: intN)
             for origin in store.vector.origins {

@@ -29,7 +29,7 @@ import Testing
         options.vfs = "powercut"
         let path = dir.file("cut-\(sync)-\(ops).db")
         var run = Run()
-        var store: SQLiteStore? = try SQLiteStore(path: path, options: options)
+        var store: SQLStore? = try SQLStore(path: path, options: options)
         powercut_arm(ops)
         do {
             for i in 0..<40 {
@@ -47,7 +47,7 @@ import Testing
         store?.close()
         store = nil
         powercut_reset()
-        let reopened = try SQLiteStore(path: path, options: StoreOptions(sync: .full))
+        let reopened = try SQLStore(path: path, options: StoreOptions(sync: .full))
         defer { reopened.close() }
         _ = try reopened.verify()
         run.held = reopened.vector[origin]

@@ -32,11 +32,11 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         var o = options(.full)
         o.lazyAcks = true
         let fileSays = { (peer: String) throws -> UInt64 in
-            let reader = try SQLiteStore(path: dir.file("s.db"), options: options(.full))
+            let reader = try SQLStore(path: dir.file("s.db"), options: options(.full))
             defer { reader.close() }
             return reader.peerVector(peer)[Origin(1)]
         }
-        let store = try SQLiteStore(path: dir.file("s.db"), options: o)
+        let store = try SQLStore(path: dir.file("s.db"), options: o)
         _ = try store.commit((1...3).map { delta(1, $0, 10 + $0, [Write("n", .set, .int(Int64($0)))]) })
         try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 1]))
         #expect(try fileSays("up") == 1, "a peer's first acknowledgement is written at once")
@@ -63,14 +63,14 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         let dir = TemporaryDirectory()
         var bytes: [UInt8] = []
         do {
-            let store = try SQLiteStore(path: dir.file("s.db"), options: options(.full))
+            let store = try SQLStore(path: dir.file("s.db"), options: options(.full))
             let r = try store.commit([delta(1, 1, 10, [Write("n", .set, .int(1))]), delta(1, 2, 11, groupB, [Write("x", .set, .string("hi"))])])
             #expect(r.held.count == 2 && r.block != nil)
             #expect(r.changed.map(\.description) == ["plant.l1/a/n", "plant.l1/b/x"])
             try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 1]))
             bytes = store.state.canonicalBytes()
         }
-        let again = try SQLiteStore(path: dir.file("s.db"), options: options(.full))
+        let again = try SQLStore(path: dir.file("s.db"), options: options(.full))
         #expect(again.vector == QStateVector([Origin(1): 2]))
         #expect(again.state.canonicalBytes() == bytes)
         #expect(again.peerVector("up") == QStateVector([Origin(1): 1]))
@@ -81,7 +81,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 
     @Test func duplicatesAreSkippedAndDeltasAfterAGapAreNotHeld() throws {
         let dir = TemporaryDirectory()
-        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        let store = try SQLStore(path: dir.file("s.db"), options: options())
         _ = try store.commit([delta(1, 1, 10, [Write("a", .set, .int(1))])])
         let r = try store.commit([delta(1, 1, 10, [Write("a", .set, .int(1))]), delta(1, 3, 12, [Write("a", .set, .int(3))]), delta(2, 1, 5, [Write("b", .set, .null)])])
         #expect(r.duplicates == 1)
@@ -93,7 +93,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 
     @Test func refusedDeltasAreHeldAndServedButChangeNoRegister() throws {
         let dir = TemporaryDirectory()
-        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        let store = try SQLStore(path: dir.file("s.db"), options: options())
         let r = try store.commit([delta(1, 1, 10, [Write("n", .set, .string("not an int"))]), delta(1, 2, 11, [Write("n", .set, .int(2))])])
         #expect(r.refused.map(\.id.seq) == [1])
         #expect(r.refused.first?.error.code == .typeMismatch)
@@ -121,7 +121,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
                 let i = Int(random.next() % 4)
                 if !queues[i].isEmpty { stream.append(queues[i].removeFirst()) }
             }
-            let store = try SQLiteStore(path: dir.file("t\(trial).db"), options: options())
+            let store = try SQLStore(path: dir.file("t\(trial).db"), options: options())
             var i = 0
             while i < stream.count {
                 let size = 1 + Int(random.next() % 50)
@@ -140,7 +140,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         let me = Origin(7)
         var last: Delta?
         do {
-            let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+            let store = try SQLStore(path: dir.file("s.db"), options: options())
             // A remote delta from the future pulls our clock forward.
             _ = try store.commit([delta(1, 1, 9_000, [Write("a", .set, .int(0))])])
             let results = try store.commitLocal([LocalWrite(group: groupA, writes: [Write("a", .set, .int(1))]),
@@ -153,7 +153,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
             #expect(store.state.registers[try groupA.register("a")]?.value == .int(1), "our later write wins over the remote one")
         }
         // After a restart with a physical clock that went backwards, seqs and stamps continue.
-        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        let store = try SQLStore(path: dir.file("s.db"), options: options())
         let next = try store.commitLocal([LocalWrite(group: groupA, writes: [Write("a", .set, .int(3))])], origin: me, physicalMs: 500)
         let d = try next[0].get()
         #expect(d.seq == 3)
@@ -162,7 +162,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 
     @Test func catchUpSendsExactlyWhatThePeerLacksInSeqOrder() throws {
         let dir = TemporaryDirectory()
-        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        let store = try SQLStore(path: dir.file("s.db"), options: options())
         _ = try store.commit((1...10).map { delta(1, $0, $0, [Write("a", .set, .int(Int64($0)))]) } + (1...3).map { delta(2, $0, $0, [Write("b", .set, .int(Int64($0)))]) })
         guard case .deltas(let d) = try store.catchUp(for: QStateVector([Origin(1): 7, Origin(2): 3]), limit: 100) else { Issue.record("deltas"); return }
         #expect(d.map(\.id.description) == ["0000000000000001#8", "0000000000000001#9", "0000000000000001#10"])
@@ -174,14 +174,14 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 
     @Test func aPeerBehindTheHorizonGetsASnapshotAndConverges() throws {
         let dir = TemporaryDirectory()
-        let a = try SQLiteStore(path: dir.file("a.db"), options: options())
+        let a = try SQLStore(path: dir.file("a.db"), options: options())
         for seq in UInt64(1)...20 { _ = try a.commit([delta(1, seq, seq, [Write("a", .set, .int(Int64(seq)))])]) }
         try a.recordAck(peer: "b", vector: QStateVector([Origin(1): 15]))
         let report = try a.compact()
         #expect(report.deltasRemoved == 15 && a.horizon == QStateVector([Origin(1): 15]))
         _ = try a.verify()
         // A newcomer that holds only the first 5 deltas.
-        let c = try SQLiteStore(path: dir.file("c.db"), options: options())
+        let c = try SQLStore(path: dir.file("c.db"), options: options())
         _ = try c.commit((1...5).map { delta(1, $0, $0, [Write("a", .set, .int(Int64($0)))]) } + [delta(3, 1, 1, [Write("z", .set, .int(0))])])
         guard case .snapshot(let snapshot) = try a.catchUp(for: c.vector, limit: 100) else { Issue.record("expected a snapshot"); return }
         let changed = try c.apply(snapshot)
@@ -197,7 +197,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 
     @Test func historyIsABoundedRingNewestFirst() throws {
         let dir = TemporaryDirectory()
-        let store = try SQLiteStore(path: dir.file("s.db"), options: options(history: 5))
+        let store = try SQLStore(path: dir.file("s.db"), options: options(history: 5))
         for i in UInt64(1)...23 { _ = try store.commit([delta(1, i, i, [Write("n", .set, .int(Int64(i)))])]) }
         let h = try store.history(groupA.register("n"))
         #expect(h.map(\.versioned.value) == (19...23).reversed().map { Value.int(Int64($0)) })
@@ -207,14 +207,14 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
     @Test(arguments: SyncLevel.allCases)
     func theConfiguredSyncLevelIsInEffect(_ level: SyncLevel) throws {
         let dir = TemporaryDirectory()
-        let store = try SQLiteStore(path: dir.file("s.db"), options: options(level))
+        let store = try SQLStore(path: dir.file("s.db"), options: options(level))
         #expect(try store.syncLevelInEffect() == level)
     }
 
     @Test func verifyFindsATamperedStateBlock() throws {
         let dir = TemporaryDirectory()
         do {
-            let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+            let store = try SQLStore(path: dir.file("s.db"), options: options())
             _ = try store.commit([delta(1, 1, 1, [Write("a", .set, .int(1))]), delta(1, 2, 2, [Write("a", .set, .int(2))])])
             _ = try store.verify()
         }
@@ -224,7 +224,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         let tamper = "UPDATE deltas SET body = substr(body, 1, length(body) - 1) || x'07' WHERE seq = 2"
         #expect(sqlite3_exec(db, tamper, nil, nil, nil) == SQLITE_OK)
         sqlite3_close(db)
-        let store = try SQLiteStore(path: dir.file("s.db"), options: options())
+        let store = try SQLStore(path: dir.file("s.db"), options: options())
         let error = #expect(throws: StoreError.self) { try store.verify() }
         #expect(error?.code == .corrupt)
         #expect(error?.message.contains("StateBlock 1") == true && error?.message.contains("checksum") == true, "\(error?.message ?? "-")")
@@ -232,12 +232,12 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 
     @Test func aStoreOfAnotherFormatIsRefusedByName() throws {
         let dir = TemporaryDirectory()
-        do { _ = try SQLiteStore(path: dir.file("s.db"), options: options()) }
+        do { _ = try SQLStore(path: dir.file("s.db"), options: options()) }
         var db: OpaquePointer?
         sqlite3_open(dir.file("s.db"), &db)
         sqlite3_exec(db, "UPDATE meta SET value = 99 WHERE key = 'format'", nil, nil, nil)
         sqlite3_close(db)
-        let error = #expect(throws: StoreError.self) { try SQLiteStore(path: dir.file("s.db"), options: options()) }
+        let error = #expect(throws: StoreError.self) { try SQLStore(path: dir.file("s.db"), options: options()) }
         #expect(error?.code == .wrongFormat)
         #expect(error?.message.contains("store format 99, this build reads format 1") == true)
     }

@@ -30,7 +30,7 @@ let schema = Schema(registers: [(RegisterSelector(domain: try! QDomainPattern("c
 var random = SplitMix64(seed: seed)
 
 do {
-    let store = try SQLiteStore(path: arguments[1], options: StoreOptions(sync: sync, historyLength: 8, schema: schema))
+    let store = try SQLStore(path: arguments[1], options: StoreOptions(sync: sync, historyLength: 8, schema: schema))
     say("ready \(store.vector[local]) \(store.vector[foreign])")
     var clockMs: UInt64 = 1_700_000_000_000
     while true {

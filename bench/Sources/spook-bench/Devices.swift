@@ -53,7 +53,7 @@ enum DeviceBench {
 
     /// What the bridge's stop-and-wait costs at least: one durable commit per change.
     static func singleCommits(dir: String) throws -> Double {
-        let store = try SQLiteStore(path: "\(dir)/single.db", options: StoreOptions(sync: .full))
+        let store = try SQLStore(path: "\(dir)/single.db", options: StoreOptions(sync: .full))
         defer { store.close() }
         let group = try QGroupName("bench.dev/single")
         let n = 300

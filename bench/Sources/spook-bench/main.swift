@@ -142,7 +142,7 @@ for (sync, batch, count) in [(SyncLevel.full, 1, 2_000), (.full, 100, 50_000), (
     let deltas = makeDeltas(n, writes: 1).enumerated().map { i, d in
         try! Delta(origin: Origin(1), seq: UInt64(i + 1), hlc: d.hlc, group: d.group, writes: d.writes)
     }
-    let store = try SQLiteStore(path: "\(dir)/store-\(run).db", options: StoreOptions(sync: sync))
+    let store = try SQLStore(path: "\(dir)/store-\(run).db", options: StoreOptions(sync: sync))
     let start = now()
     var i = 0
     while i < deltas.count {

@@ -7,7 +7,9 @@ internal import CSQLite
 import Logging
 import SpookCore
 
-/// The embedded store: one SQLite database in WAL mode.
+/// The store over SQL: the embedded SQLite database in WAL mode (the
+/// default), or PostgreSQL (`SpookPostgres`), through an `SQLBackend`. Both
+/// run the same statements on the same tables.
 ///
 /// Tables (format 1):
 ///
@@ -26,7 +28,16 @@ import SpookCore
 ///
 /// Memory holds caches only (state, vectors); `init` rebuilds them from disk,
 /// so a `kill -9` at any instant reopens to the last committed transaction.
-public final class SQLiteStore: Store {
+///
+/// A `shared` backend (several daemons on one PostgreSQL database: one
+/// replica with several front doors) adds a `generation` in `meta`, bumped
+/// by every write transaction, and a `gen` column on vector, horizon, peers
+/// and registers rows naming the generation that last wrote them. Each write
+/// transaction first takes the database's writer lock, then re-reads the
+/// rows other daemons wrote since the generation this store last saw, and
+/// only then decides anything (seqs, collapse, compaction), so the caches it
+/// decides from are the database's.
+public final class SQLStore: Store {
     public static let formatVersion: Int64 = 1
 
     public let path: String
@@ -46,28 +57,47 @@ public final class SQLiteStore: Store {
     /// watchers); runs on the caller's thread.
     public var onChange: (([QRegisterName], [RegisterChange]) -> Void)?
 
-    private let db: SQLiteConnection
+    private let db: any SQLBackend
     private let logger: Logger
+    /// Shared backends: the generation whose rows the caches hold, the one
+    /// the open transaction writes as, and the newest history row seen.
+    private var seenGeneration: Int64 = 0
+    private var txGeneration: Int64 = 0
+    private var historySeen: Int64 = 0
+    /// Registers other daemons changed, read by a refresh, not yet told to `onChange`.
+    private var othersChanged: [QRegisterName] = []
+    private var othersChanges: [RegisterChange] = []
     private var peerVectors: [String: QStateVector] = [:]
     /// History rows appended since the last trim.
     private var historyUntrimmed = 0
 
-    public init(path: String, options: StoreOptions = StoreOptions(), logger: Logger = Logger(label: "spook.store")) throws {
-        self.path = path
-        self.options = options
-        self.logger = logger
-        self.state = CollapseState(schema: options.schema, rule: options.rule)
+    /// The embedded store: the SQLite database at `path` (created when missing).
+    public convenience init(path: String, options: StoreOptions = StoreOptions(), logger: Logger = Logger(label: "spook.store")) throws {
         var info = stat()
-        if stat(path, &info) == 0, info.st_size == 0 {
-            openedEmptyFile = true
+        let empty = stat(path, &info) == 0 && info.st_size == 0
+        if empty {
             logger.error("the store file is empty: everything it held is gone; starting an empty store", metadata: ["path": "\(path)"])
         }
-        db = try SQLiteConnection(path: path, vfs: options.vfs)
+        let db = try SQLiteConnection(path: path, vfs: options.vfs)
         try db.exec("PRAGMA journal_mode=WAL")
         try db.exec("PRAGMA synchronous=\(options.sync.rawValue.uppercased())")
         // Keep the WAL file from growing without bound between checkpoints.
         try db.exec("PRAGMA journal_size_limit=\(4 << 20)")
-        try migrate()
+        try self.init(backend: db, options: options, logger: logger)
+        openedEmptyFile = empty
+    }
+
+    /// A store on any backend: its tables are created when missing, its
+    /// caches read. A shared backend whose tables this call created counts
+    /// as an empty file (`openedEmptyFile`).
+    public init(backend: any SQLBackend, options: StoreOptions, logger: Logger) throws {
+        path = backend.location
+        self.options = options
+        self.logger = logger
+        self.state = CollapseState(schema: options.schema, rule: options.rule)
+        db = backend
+        let created = try migrate()
+        if backend.shared && created { openedEmptyFile = true }
         try loadCaches()
         logger.debug("store opened", metadata: [
             "path": "\(path)", "registers": "\(state.registers.count)", "vector": "\(vector)", "horizon": "\(horizon)",
@@ -87,7 +117,7 @@ public final class SQLiteStore: Store {
 
     /// The sync level SQLite reports for this connection.
     public func syncLevelInEffect() throws -> SyncLevel {
-        let s = try db.statement("PRAGMA synchronous")
+        let s = try sqlite().statement("PRAGMA synchronous")
         _ = try s.step()
         let levels: [SyncLevel] = [.off, .normal, .full, .extra]
         let raw = Int(s.int64(0))
@@ -99,10 +129,15 @@ public final class SQLiteStore: Store {
     /// also does this on its own every 1,000 pages; this is for backups and
     /// measurements).
     public func checkpoint() throws {
-        try db.exec("PRAGMA wal_checkpoint(TRUNCATE)")
+        try sqlite().exec("PRAGMA wal_checkpoint(TRUNCATE)")
     }
 
-    /// Bytes on disk: the database file and its WAL.
+    private func sqlite() throws -> SQLiteConnection {
+        guard let c = db as? SQLiteConnection else { throw StoreError(.invariant, "\(path): not an SQLite store") }
+        return c
+    }
+
+    /// Bytes on disk: the database file and its WAL (0 for a server's database).
     public func diskBytes() -> Int {
         var total = 0
         for suffix in ["", "-wal"] {
@@ -116,34 +151,29 @@ public final class SQLiteStore: Store {
 
     // MARK: schema
 
-    private func migrate() throws {
-        try db.exec("""
-            CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS blocks(id INTEGER PRIMARY KEY, count INTEGER NOT NULL, checksum INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS deltas(
-                origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,
-                body BLOB NOT NULL, refused TEXT,
-                PRIMARY KEY(origin, seq)) WITHOUT ROWID;
-            CREATE INDEX IF NOT EXISTS deltas_block ON deltas(block);
-            CREATE TABLE IF NOT EXISTS vector(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS horizon(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
-            CREATE TABLE IF NOT EXISTS peers(peer TEXT NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,
-                PRIMARY KEY(peer, origin)) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS registers(name TEXT PRIMARY KEY, body BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS history(id INTEGER PRIMARY KEY, name TEXT NOT NULL, side INTEGER NOT NULL, body BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS orphans(id INTEGER PRIMARY KEY, origin INTEGER NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL);
-
-            """)
-        let s = try db.statement("SELECT value FROM meta WHERE key = 'format'")
-        if try s.step() {
-            let found = s.int64(0)
-            guard found == SQLiteStore.formatVersion else {
-                throw StoreError(.wrongFormat, "\(path): store format \(found), this build reads format \(SQLiteStore.formatVersion)")
+    /// Creates missing tables and checks the format; true when this call created them.
+    private func migrate() throws -> Bool {
+        try db.begin()
+        do {
+            try db.exec(db.schemaSQL)
+            let s = try db.prepare("SELECT value FROM meta WHERE key = 'format'")
+            var created = false
+            if try s.step() {
+                let found = s.int64(0)
+                guard found == SQLStore.formatVersion else {
+                    throw StoreError(.wrongFormat, "\(path): store format \(found), this build reads format \(SQLStore.formatVersion)")
+                }
+            } else {
+                let insert = try db.prepare("INSERT INTO meta(key, value) VALUES ('format', ?)")
+                insert.bind(1, SQLStore.formatVersion)
+                try insert.step()
+                created = true
             }
-        } else {
-            let insert = try db.statement("INSERT INTO meta(key, value) VALUES ('format', ?)")
-            insert.bind(1, SQLiteStore.formatVersion)
-            try insert.step()
+            try db.commit()
+            return created
+        } catch {
+            db.rollback()
+            throw error
         }
     }
 
@@ -151,12 +181,12 @@ public final class SQLiteStore: Store {
         vector = try readVector("SELECT origin, seq FROM vector")
         horizon = try readVector("SELECT origin, seq FROM horizon")
         peerVectors = [:]
-        let p = try db.statement("SELECT peer, origin, seq FROM peers")
+        let p = try db.prepare("SELECT peer, origin, seq FROM peers")
         while try p.step() {
             peerVectors[p.text(0), default: QStateVector()][Origin(p.uint64(1))] = p.uint64(2)
         }
         var registers: [QRegisterName: RegisterState] = [:]
-        let r = try db.statement("SELECT name, body FROM registers")
+        let r = try db.prepare("SELECT name, body FROM registers")
         while try r.step() {
             let text = r.text(0)
             do {
@@ -169,33 +199,147 @@ public final class SQLiteStore: Store {
         state = CollapseState(schema: options.schema, rule: options.rule, registers: registers)
         hlcHigh = HLCTimestamp(rawValue: try meta("hlc_high") ?? 0)
         epoch = UInt32(truncatingIfNeeded: try meta("epoch") ?? 0)
-        let o = try db.statement("SELECT COUNT(*) FROM orphans")
+        let o = try db.prepare("SELECT COUNT(*) FROM orphans")
         _ = try o.step()
         orphanCount = Int(o.int64(0))
+        if db.shared {
+            seenGeneration = Int64(bitPattern: try meta("generation") ?? 0)
+            historySeen = try historyHead()
+        }
     }
 
     private func meta(_ key: String) throws -> UInt64? {
-        let m = try db.statement("SELECT value FROM meta WHERE key = ?")
+        let m = try db.prepare("SELECT value FROM meta WHERE key = ?")
         m.bind(1, key)
         return try m.step() ? m.uint64(0) : nil
     }
 
     private func readVector(_ sql: String) throws -> QStateVector {
         var v = QStateVector()
-        let s = try db.statement(sql)
+        let s = try db.prepare(sql)
         while try s.step() { v[Origin(s.uint64(0))] = s.uint64(1) }
         return v
+    }
+
+    // MARK: transactions, and other daemons' commits
+
+    /// One write transaction. On a shared backend it holds the writer lock
+    /// from the start, re-reads what others committed, and writes as the next
+    /// generation. What others changed is told to `onChange` once it ends.
+    private func transaction<T>(_ body: () throws -> T) throws -> T {
+        defer { tellOthersChanges() }
+        try db.begin()
+        do {
+            if db.shared {
+                try readOthersCommits()
+                txGeneration = seenGeneration + 1
+            }
+            let result = try body()
+            if db.shared {
+                try setMeta("generation", txGeneration)
+                historySeen = try historyHead()
+            }
+            try db.commit()
+            if db.shared { seenGeneration = txGeneration }
+            return result
+        } catch {
+            db.rollback()
+            throw error
+        }
+    }
+
+    /// Reads what other daemons on a shared database committed (each row
+    /// tagged with a generation after the one these caches hold), so the
+    /// caches are the database's again; their register changes wait for
+    /// `tellOthersChanges`. Outside a transaction each statement reads
+    /// committed rows: the generation is read first, so a row committed
+    /// meanwhile is read (again) by the next refresh.
+    private func readOthersCommits() throws {
+        let generation = Int64(bitPattern: try meta("generation") ?? 0)
+        guard generation != seenGeneration else { return }
+        let since = seenGeneration
+        func rows(_ sql: String, _ each: (any SQLStatement) throws -> Void) throws {
+            let s = try db.prepare(sql)
+            s.bind(1, since)
+            while try s.step() { try each(s) }
+        }
+        try rows("SELECT origin, seq FROM vector WHERE gen > ?") { vector[Origin($0.uint64(0))] = $0.uint64(1) }
+        try rows("SELECT origin, seq FROM horizon WHERE gen > ?") { horizon[Origin($0.uint64(0))] = $0.uint64(1) }
+        var peersTouched = Set<String>()
+        try rows("SELECT DISTINCT peer FROM peers WHERE gen > ?") { peersTouched.insert($0.text(0)) }
+        for peer in peersTouched.sorted() {
+            var v = QStateVector()
+            let p = try db.prepare("SELECT origin, seq FROM peers WHERE peer = ?")
+            p.bind(1, peer)
+            while try p.step() { v[Origin(p.uint64(0))] = p.uint64(1) }
+            // Acknowledgements this daemon holds in memory (lazy) are kept.
+            peerVectors[peer] = dirtyAcks.contains(peer) ? v.merged(peerVector(peer)) : v
+        }
+        var registers: [QRegisterName: RegisterState] = [:]
+        try rows("SELECT name, body FROM registers WHERE gen > ?") { r in
+            let text = r.text(0)
+            do { registers[try QRegisterName(text)] = try RegisterState.decode(r.blob(1)) } catch let e as CoreError {
+                throw StoreError(.corrupt, "\(path): register \"\(text)\" cannot be read back: \(e.message)")
+            }
+        }
+        // Committed states only move forward (C3): merged as a snapshot, each becomes the database's.
+        othersChanged += state.merge(snapshot: registers)
+        for (_, change) in try historyRows(after: historySeen, limit: Self.othersChangesMax) { othersChanges.append(change) }
+        historySeen = try historyHead()
+        hlcHigh = max(hlcHigh, HLCTimestamp(rawValue: try meta("hlc_high") ?? 0))
+        epoch = UInt32(truncatingIfNeeded: try meta("epoch") ?? 0)
+        let o = try db.prepare("SELECT COUNT(*) FROM orphans")
+        _ = try o.step()
+        orphanCount = Int(o.int64(0))
+        seenGeneration = generation
+    }
+
+    /// Values other daemons wrote that one refresh passes to watchers at most
+    /// (the registers' final states always pass; a watcher in "every" mode
+    /// may miss values past this many).
+    static let othersChangesMax = 10_000
+
+    private func tellOthersChanges() {
+        guard !othersChanged.isEmpty else { return }
+        let (names, changes) = (othersChanged, othersChanges)
+        othersChanged = []
+        othersChanges = []
+        onChange?(names, changes)
+    }
+
+    /// On a shared backend: reads what other daemons committed and tells
+    /// `onChange` (the node calls it when the database says someone
+    /// committed). Nothing on a store of its own.
+    public func refreshFromOthers() throws {
+        guard db.shared else { return }
+        defer { tellOthersChanges() }
+        try readOthersCommits()
+    }
+
+    /// `handler` runs (on another thread) whenever another daemon on a shared database committed.
+    public func onOthersCommit(_ handler: @escaping @Sendable () -> Void) {
+        db.onOthersCommit(handler)
+    }
+
+    /// The generation column's value in rows this transaction writes (shared backends only).
+    private var genColumn: (name: String, value: String, update: String) {
+        db.shared ? (", gen", ", ?", ", gen = excluded.gen") : ("", "", "")
     }
 
     // MARK: commit
 
     public func commit(_ deltas: [Delta]) throws -> CommitResult {
-        try commitBlock(deltas, local: false)
+        try commitBlock(local: false) { deltas }
     }
 
     public func commitLocal(_ requests: [LocalWrite], origin: Origin, physicalMs: UInt64) throws -> [Result<Delta, CoreError>] {
-        let (results, batch) = try stamp(requests, origin: origin, physicalMs: physicalMs)
-        _ = try commitBlock(batch, local: true)
+        var results: [Result<Delta, CoreError>] = []
+        // Stamped inside the transaction: on a shared database another daemon may have just written this origin.
+        _ = try commitBlock(local: true) {
+            let (r, batch) = try stamp(requests, origin: origin, physicalMs: physicalMs)
+            results = r
+            return batch
+        }
         return results
     }
 
@@ -223,14 +367,14 @@ public final class SQLiteStore: Store {
 
     /// The body held at (origin, seq), nil when not in the log.
     private func heldBody(_ origin: Origin, _ seq: UInt64) throws -> [UInt8]? {
-        let s = try db.statement("SELECT body FROM deltas WHERE origin = ? AND seq = ?")
+        let s = try db.prepare("SELECT body FROM deltas WHERE origin = ? AND seq = ?")
         s.bind(1, origin.rawValue)
         s.bind(2, seq)
         return try s.step() ? s.blob(0) : nil
     }
 
     public func heldHLC(origin: Origin, seq: UInt64) throws -> HLCTimestamp? {
-        try heldBody(origin, seq).map(SQLiteStore.hlc(ofEncoded:))
+        try heldBody(origin, seq).map(SQLStore.hlc(ofEncoded:))
     }
 
     /// The HLC of an encoded delta: bytes 16..<24 (origin, seq, hlc lead every encoding).
@@ -239,79 +383,84 @@ public final class SQLiteStore: Store {
         return HLCTimestamp(rawValue: body[16..<24].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
     }
 
-    /// `also` runs inside the block's transaction (after its rows are written).
-    private func commitBlock(_ deltas: [Delta], local: Bool, also: (() throws -> Void)? = nil) throws -> CommitResult {
+    /// Holds the deltas `make` returns (called once the transaction holds the
+    /// writer lock) in one StateBlock; `also` writes more in the same transaction.
+    private func commitBlock(local: Bool, _ make: () throws -> [Delta], also: (() throws -> Void)? = nil) throws -> CommitResult {
         var result = CommitResult()
-        guard !deltas.isEmpty else {
-            if let also { try db.transaction { try also() } }
-            return result
-        }
         // Work on copies of the caches; swap them in only after COMMIT, so a
         // failed transaction leaves memory exactly as the disk is.
-        var nextVector = vector
+        var nextVector = QStateVector()
         var nextState = state
-        var nextHigh = hlcHigh
-        var held: [(delta: Delta, body: [UInt8], refusal: CoreError?)] = []
-        // Each changed register's state before this block (for history and C3).
-        var before: [QRegisterName: RegisterState?] = [:]
+        var nextHigh = HLCTimestamp.zero
+        let blockID: Int64? = try transaction {
+            let deltas = try make()
+            nextVector = vector
+            nextState = state
+            nextHigh = hlcHigh
+            var held: [(delta: Delta, body: [UInt8], refusal: CoreError?)] = []
+            // Each changed register's state before this block (for history and C3).
+            var before: [QRegisterName: RegisterState?] = [:]
 
-        for delta in deltas {
-            let expected = nextVector[delta.origin] + 1
-            if delta.seq < expected {
-                result.duplicates += 1
-                // Two different deltas under one (origin, seq): report it, never hide it.
-                if delta.seq > horizon[delta.origin], let held = try heldHLC(origin: delta.origin, seq: delta.seq), held != delta.hlc {
-                    result.conflicts.append(delta.id)
-                    logger.error("two different deltas under one origin and seq: the origin reused a seq", metadata: ["delta": "\(delta.id)"])
-                }
-                continue
-            }
-            if delta.seq > expected {
-                result.gaps.append(delta.id)
-                continue
-            }
-            nextVector[delta.origin] = delta.seq
-            nextHigh = max(nextHigh, delta.hlc)
-            var refusal: CoreError?
-            do {
-                for change in try nextState.apply(delta) {
-                    if before[change.name] == nil {
-                        before[change.name] = .some(change.previous)
-                        result.changed.append(change.name)
+            for delta in deltas {
+                let expected = nextVector[delta.origin] + 1
+                if delta.seq < expected {
+                    result.duplicates += 1
+                    // Two different deltas under one (origin, seq): report it, never hide it.
+                    if delta.seq > horizon[delta.origin], let held = try heldHLC(origin: delta.origin, seq: delta.seq), held != delta.hlc {
+                        result.conflicts.append(delta.id)
+                        logger.error("two different deltas under one origin and seq: the origin reused a seq", metadata: ["delta": "\(delta.id)"])
                     }
-                    guard let now = nextState.registers[change.name] else { continue }
-                    for (side, v) in SQLiteStore.changedSides(old: change.previous, new: now) {
-                        result.changes.append(RegisterChange(name: change.name, entry: HistoryEntry(side: side, versioned: v)))
-                    }
+                    continue
                 }
-            } catch let e as CoreError {
-                precondition(!local, "a local delta was checked before stamping: \(e)")
-                refusal = e
-                result.refused.append((delta.id, e))
+                if delta.seq > expected {
+                    result.gaps.append(delta.id)
+                    continue
+                }
+                nextVector[delta.origin] = delta.seq
+                nextHigh = max(nextHigh, delta.hlc)
+                var refusal: CoreError?
+                do {
+                    for change in try nextState.apply(delta) {
+                        if before[change.name] == nil {
+                            before[change.name] = .some(change.previous)
+                            result.changed.append(change.name)
+                        }
+                        guard let now = nextState.registers[change.name] else { continue }
+                        for (side, v) in SQLStore.changedSides(old: change.previous, new: now) {
+                            result.changes.append(RegisterChange(name: change.name, entry: HistoryEntry(side: side, versioned: v)))
+                        }
+                    }
+                } catch let e as CoreError {
+                    precondition(!local, "a local delta was checked before stamping: \(e)")
+                    refusal = e
+                    result.refused.append((delta.id, e))
+                }
+                held.append((delta, delta.encoded, refusal))
+                result.held.append(delta.id)
             }
-            held.append((delta, delta.encoded, refusal))
-            result.held.append(delta.id)
-        }
-        guard !held.isEmpty else { return result }
-
-        // C3, checked at the boundary before anything is written: no register
-        // may go to a smaller stamp. Only a broken collapse rule trips this;
-        // the commit is refused whole and the store stays as it was.
-        for name in result.changed {
-            if case let old?? = before[name], let new = nextState.registers[name], !SQLiteStore.notOlder(new, than: old) {
-                throw StoreError(.invariant, "\(path): collapse would move \(name) back from \(old) to \(new) (C3)")
+            guard !held.isEmpty else {
+                try also?()
+                return nil
             }
-        }
 
-        let ordered = held.sorted { $0.delta.id < $1.delta.id }
-        let checksum = ordered.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
-        let blockID: Int64 = try db.transaction {
-            let b = try db.statement("INSERT INTO blocks(count, checksum) VALUES (?, ?)")
+            // C3, checked at the boundary before anything is written: no register
+            // may go to a smaller stamp. Only a broken collapse rule trips this;
+            // the commit is refused whole and the store stays as it was.
+            for name in result.changed {
+                if case let old?? = before[name], let new = nextState.registers[name], !SQLStore.notOlder(new, than: old) {
+                    throw StoreError(.invariant, "\(path): collapse would move \(name) back from \(old) to \(new) (C3)")
+                }
+            }
+
+            let ordered = held.sorted { $0.delta.id < $1.delta.id }
+            let checksum = ordered.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+            let b = try db.prepare("INSERT INTO blocks(count, checksum) VALUES (?, ?) RETURNING id")
             b.bind(1, Int64(held.count))
             b.bind(2, Int64(checksum))
-            try b.step()
-            let id = try lastInsertedBlock()
-            let d = try db.statement("INSERT INTO deltas(origin, seq, block, body, refused) VALUES (?, ?, ?, ?, ?)")
+            guard try b.step() else { throw StoreError(.invariant, "\(path): a new StateBlock got no id") }
+            let id = b.int64(0)
+            b.reset()
+            let d = try db.prepare("INSERT INTO deltas(origin, seq, block, body, refused) VALUES (?, ?, ?, ?, ?)")
             for h in held {
                 d.reset()
                 d.bind(1, h.delta.origin.rawValue)
@@ -330,6 +479,7 @@ public final class SQLiteStore: Store {
             try also?()
             return id
         }
+        guard let blockID else { return result }
         lazyWritten()
         vector = nextVector
         state = nextState
@@ -353,37 +503,35 @@ public final class SQLiteStore: Store {
         }
     }
 
-    private func lastInsertedBlock() throws -> Int64 {
-        let s = try db.statement("SELECT last_insert_rowid()")
-        _ = try s.step()
-        return s.int64(0)
-    }
-
     private func setMeta(_ key: String, _ value: Int64) throws {
-        let s = try db.statement("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        let s = try db.prepare("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
         s.bind(1, key)
         s.bind(2, value)
         try s.step()
     }
 
     private func writeVector(table: String, old: QStateVector, new: QStateVector) throws {
-        let s = try db.statement("INSERT INTO \(table)(origin, seq) VALUES (?, ?) ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq")
+        let g = genColumn
+        let s = try db.prepare("INSERT INTO \(table)(origin, seq\(g.name)) VALUES (?, ?\(g.value)) ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq\(g.update)")
         for o in new.origins where new[o] != old[o] {
             s.reset()
             s.bind(1, o.rawValue)
             s.bind(2, new[o])
+            if db.shared { s.bind(3, txGeneration) }
             try s.step()
         }
     }
 
     /// Upserts changed registers.
     private func writeRegisters(_ changed: [QRegisterName], state: CollapseState) throws {
-        let s = try db.statement("INSERT INTO registers(name, body) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET body = excluded.body")
+        let g = genColumn
+        let s = try db.prepare("INSERT INTO registers(name, body\(g.name)) VALUES (?, ?\(g.value)) ON CONFLICT(name) DO UPDATE SET body = excluded.body\(g.update)")
         for name in changed {
             guard let new = state.registers[name] else { continue }
             s.reset()
             s.bind(1, name.description)
             s.bind(2, new.encoded)
+            if db.shared { s.bind(3, txGeneration) }
             try s.step()
         }
     }
@@ -392,7 +540,7 @@ public final class SQLiteStore: Store {
     /// (not a ring updated in place) keeps the pages a commit dirties few and
     /// sequential; `trimHistoryIfDue` bounds the table.
     private func appendHistory(_ changes: [RegisterChange]) throws {
-        let h = try db.statement("INSERT INTO history(name, side, body) VALUES (?, ?, ?)")
+        let h = try db.prepare("INSERT INTO history(name, side, body) VALUES (?, ?, ?)")
         for change in changes {
             let v = change.entry.versioned
             h.reset()
@@ -421,7 +569,7 @@ public final class SQLiteStore: Store {
             let head = try historyHead()
             keepAfter = max(hold.after, head - Int64(hold.rowsMax))
             if keepAfter > hold.after {
-                let c = try db.statement("SELECT COUNT(*) FROM history WHERE id > ? AND id <= ?")
+                let c = try db.prepare("SELECT COUNT(*) FROM history WHERE id > ? AND id <= ?")
                 c.bind(1, hold.after)
                 c.bind(2, keepAfter)
                 _ = try c.step()
@@ -431,10 +579,10 @@ public final class SQLiteStore: Store {
                 ])
             }
         }
-        try db.transaction {
-            let s = try db.statement("""
+        try transaction {
+            let s = try db.prepare("""
                 DELETE FROM history WHERE id IN (
-                    SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS newer FROM history)
+                    SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS newer FROM history) AS ranked
                     WHERE newer > ? AND id <= ?)
                 """)
             s.bind(1, Int64(options.historyLength))
@@ -471,41 +619,48 @@ public final class SQLiteStore: Store {
     /// file under a key that wrote before starts under an origin nobody holds.
     public func startIncarnation(epoch e: UInt32) throws {
         precondition(vector.entries.isEmpty, "only an empty store starts an incarnation this way")
-        try db.transaction { try setMeta("epoch", Int64(e)) }
+        try transaction { try setMeta("epoch", Int64(e)) }
         epoch = e
     }
 
     public func reincarnate(origin: Origin, keepThrough: UInt64, waitThrough: UInt64) throws -> Int {
-        let keep = min(vector[origin], max(keepThrough, horizon[origin]))
-        let nextEpoch = epoch == UInt32.max ? 1 : epoch + 1
+        var keep: UInt64 = 0
+        var nextEpoch: UInt32 = 0
         var moved = 0
-        var nextPeers = peerVectors
-        try db.transaction {
+        var nextPeers: [String: QStateVector] = [:]
+        try transaction {
+            keep = min(vector[origin], max(keepThrough, horizon[origin]))
+            nextEpoch = epoch == UInt32.max ? 1 : epoch + 1
+            nextPeers = peerVectors
             if vector[origin] > keep {
                 var touched = Set<Int64>()
-                let b = try db.statement("SELECT DISTINCT block FROM deltas WHERE origin = ? AND seq > ?")
+                let b = try db.prepare("SELECT DISTINCT block FROM deltas WHERE origin = ? AND seq > ?")
                 b.bind(1, origin.rawValue)
                 b.bind(2, keep)
                 while try b.step() { touched.insert(b.int64(0)) }
-                let copy = try db.statement("INSERT INTO orphans(origin, seq, body) SELECT origin, seq, body FROM deltas WHERE origin = ? AND seq > ? ORDER BY seq")
+                let copy = try db.prepare("INSERT INTO orphans(origin, seq, body) SELECT origin, seq, body FROM deltas WHERE origin = ? AND seq > ? ORDER BY seq")
                 copy.bind(1, origin.rawValue)
                 copy.bind(2, keep)
                 try copy.step()
-                let d = try db.statement("DELETE FROM deltas WHERE origin = ? AND seq > ?")
+                let d = try db.prepare("DELETE FROM deltas WHERE origin = ? AND seq > ?")
                 d.bind(1, origin.rawValue)
                 d.bind(2, keep)
                 try d.step()
                 moved = Int(vector[origin] - keep)
                 for block in touched.sorted() { try resealBlock(block) }
-                let v = try db.statement("UPDATE vector SET seq = ? WHERE origin = ?")
+                let gen = db.shared ? ", gen = ?" : ""
+                let v = try db.prepare("UPDATE vector SET seq = ?\(gen) WHERE origin = ?")
                 v.bind(1, keep)
-                v.bind(2, origin.rawValue)
+                v.bind(db.shared ? 3 : 2, origin.rawValue)
+                if db.shared { v.bind(2, txGeneration) }
                 try v.step()
                 // Acknowledgements this store recorded beyond `keep` were for deltas it no longer holds.
-                let p = try db.statement("UPDATE peers SET seq = ? WHERE origin = ? AND seq > ?")
+                let p = try db.prepare("UPDATE peers SET seq = ?\(gen) WHERE origin = ? AND seq > ?")
                 p.bind(1, keep)
-                p.bind(2, origin.rawValue)
-                p.bind(3, keep)
+                if db.shared { p.bind(2, txGeneration) }
+                let at: Int32 = db.shared ? 3 : 2
+                p.bind(at, origin.rawValue)
+                p.bind(at + 1, keep)
                 try p.step()
                 for (peer, v) in nextPeers where v[origin] > keep { nextPeers[peer]![origin] = keep }
             }
@@ -525,45 +680,49 @@ public final class SQLiteStore: Store {
     public func settleOrphans(newOrigin: Origin, physicalMs: UInt64, force: Bool) throws -> OrphanSettlement {
         var settlement = OrphanSettlement()
         guard orphanCount > 0 else { return settlement }
-        let wait = try meta("orphans_wait") ?? 0
-        let s = try db.statement("SELECT id, origin, seq, body FROM orphans ORDER BY id")
-        var rows: [(id: Int64, origin: Origin, seq: UInt64, body: [UInt8])] = []
-        while try s.step() { rows.append((s.int64(0), Origin(s.uint64(1)), s.uint64(2), s.blob(3))) }
         var settled: [Int64] = []
-        var rewrite: [(id: Int64, delta: Delta)] = []
-        for row in rows {
-            let delta: Delta
-            do { delta = try Delta.decode(row.body) } catch let e as CoreError {
-                throw StoreError(.corrupt, "\(path): orphan \(row.origin)#\(row.seq) cannot be read back: \(e.message)")
-            }
-            if vector[row.origin] >= row.seq {
-                if row.seq > horizon[row.origin], try heldHLC(origin: row.origin, seq: row.seq) == delta.hlc {
-                    settlement.dropped += 1
-                    settled.append(row.id)
-                } else {
+        // Decided once the transaction holds the writer lock: the rewrites take seqs of `newOrigin`.
+        _ = try commitBlock(local: true, {
+            settlement = OrphanSettlement()
+            settled = []
+            let wait = try meta("orphans_wait") ?? 0
+            let s = try db.prepare("SELECT id, origin, seq, body FROM orphans ORDER BY id")
+            var rows: [(id: Int64, origin: Origin, seq: UInt64, body: [UInt8])] = []
+            while try s.step() { rows.append((s.int64(0), Origin(s.uint64(1)), s.uint64(2), s.blob(3))) }
+            var rewrite: [(id: Int64, delta: Delta)] = []
+            for row in rows {
+                let delta: Delta
+                do { delta = try Delta.decode(row.body) } catch let e as CoreError {
+                    throw StoreError(.corrupt, "\(path): orphan \(row.origin)#\(row.seq) cannot be read back: \(e.message)")
+                }
+                if vector[row.origin] >= row.seq {
+                    if row.seq > horizon[row.origin], try heldHLC(origin: row.origin, seq: row.seq) == delta.hlc {
+                        settlement.dropped += 1
+                        settled.append(row.id)
+                    } else {
+                        rewrite.append((row.id, delta))
+                    }
+                } else if row.seq > wait || force {
                     rewrite.append((row.id, delta))
                 }
-            } else if row.seq > wait || force {
-                rewrite.append((row.id, delta))
             }
-        }
-        let (results, batch) = try stamp(rewrite.map { LocalWrite(group: $0.delta.group, writes: $0.delta.writes) }, origin: newOrigin, physicalMs: physicalMs)
-        for (r, orphan) in zip(results, rewrite) {
-            settled.append(orphan.id)
-            switch r {
-            case .success(let d): settlement.rewritten.append((orphan.delta, d))
-            case .failure(let e): settlement.refused.append((orphan.delta.id, e))
+            let (results, batch) = try stamp(rewrite.map { LocalWrite(group: $0.delta.group, writes: $0.delta.writes) }, origin: newOrigin, physicalMs: physicalMs)
+            for (r, orphan) in zip(results, rewrite) {
+                settled.append(orphan.id)
+                switch r {
+                case .success(let d): settlement.rewritten.append((orphan.delta, d))
+                case .failure(let e): settlement.refused.append((orphan.delta.id, e))
+                }
             }
-        }
-        guard !settled.isEmpty else { return settlement }
-        _ = try commitBlock(batch, local: true) {
-            let d = try self.db.statement("DELETE FROM orphans WHERE id = ?")
+            return batch
+        }, also: {
+            let d = try self.db.prepare("DELETE FROM orphans WHERE id = ?")
             for id in settled {
                 d.reset()
                 d.bind(1, id)
                 try d.step()
             }
-        }
+        })
         orphanCount -= settled.count
         return settlement
     }
@@ -585,7 +744,7 @@ public final class SQLiteStore: Store {
     }
 
     public func deltas(origin: Origin, seqs: ClosedRange<UInt64>) throws -> [Delta] {
-        let s = try db.statement("SELECT seq, body FROM deltas WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq")
+        let s = try db.prepare("SELECT seq, body FROM deltas WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq")
         s.bind(1, origin.rawValue)
         s.bind(2, seqs.lowerBound)
         s.bind(3, seqs.upperBound)
@@ -606,32 +765,35 @@ public final class SQLiteStore: Store {
     }
 
     public func apply(_ snapshot: Snapshot) throws -> [QRegisterName] {
-        var nextState = state
-        let changed = nextState.merge(snapshot: snapshot.registers)
-        // A snapshot carries only the collapsed state: each changed register's
-        // history gains its new value, not the values it skipped.
+        var nextState = state, nextHorizon = horizon, nextVector = vector
+        var changed: [QRegisterName] = []
         var snapshotChanges: [RegisterChange] = []
-        for name in changed {
-            guard let new = nextState.registers[name] else { continue }
-            for (side, v) in SQLiteStore.changedSides(old: state.registers[name], new: new) {
-                snapshotChanges.append(RegisterChange(name: name, entry: HistoryEntry(side: side, versioned: v)))
+        try transaction {
+            nextState = state
+            changed = nextState.merge(snapshot: snapshot.registers)
+            // A snapshot carries only the collapsed state: each changed register's
+            // history gains its new value, not the values it skipped.
+            snapshotChanges = []
+            for name in changed {
+                guard let new = nextState.registers[name] else { continue }
+                for (side, v) in SQLStore.changedSides(old: state.registers[name], new: new) {
+                    snapshotChanges.append(RegisterChange(name: name, entry: HistoryEntry(side: side, versioned: v)))
+                }
             }
-        }
-        // Seqs the snapshot covers but we never held as deltas can no longer be
-        // served to others: they join our horizon.
-        // Deltas we did hold of such an origin are dropped too, so the log keeps
-        // its shape: per origin exactly the seqs horizon+1 ... vector.
-        var nextHorizon = horizon
-        let jumped = snapshot.vector.origins.filter { snapshot.vector[$0] > vector[$0] }
-        for o in jumped { nextHorizon[o] = snapshot.vector[o] }
-        let nextVector = vector.merged(snapshot.vector)
-        try db.transaction {
+            // Seqs the snapshot covers but we never held as deltas can no longer be
+            // served to others: they join our horizon.
+            // Deltas we did hold of such an origin are dropped too, so the log keeps
+            // its shape: per origin exactly the seqs horizon+1 ... vector.
+            nextHorizon = horizon
+            let jumped = snapshot.vector.origins.filter { snapshot.vector[$0] > vector[$0] }
+            for o in jumped { nextHorizon[o] = snapshot.vector[o] }
+            nextVector = vector.merged(snapshot.vector)
             var touched = Set<Int64>()
             for o in jumped where vector[o] > horizon[o] {
-                let b = try db.statement("SELECT DISTINCT block FROM deltas WHERE origin = ?")
+                let b = try db.prepare("SELECT DISTINCT block FROM deltas WHERE origin = ?")
                 b.bind(1, o.rawValue)
                 while try b.step() { touched.insert(b.int64(0)) }
-                let d = try db.statement("DELETE FROM deltas WHERE origin = ?")
+                let d = try db.prepare("DELETE FROM deltas WHERE origin = ?")
                 d.bind(1, o.rawValue)
                 try d.step()
             }
@@ -652,7 +814,7 @@ public final class SQLiteStore: Store {
     /// Recomputes a StateBlock's count and checksum after some of its deltas
     /// were dropped (by a snapshot), or removes it when none are left.
     private func resealBlock(_ id: Int64) throws {
-        let s = try db.statement("SELECT body FROM deltas WHERE block = ? ORDER BY origin, seq")
+        let s = try db.prepare("SELECT body FROM deltas WHERE block = ? ORDER BY origin, seq")
         s.bind(1, id)
         var crc: UInt32 = 0
         var count: Int64 = 0
@@ -661,11 +823,11 @@ public final class SQLiteStore: Store {
             count += 1
         }
         if count == 0 {
-            let d = try db.statement("DELETE FROM blocks WHERE id = ?")
+            let d = try db.prepare("DELETE FROM blocks WHERE id = ?")
             d.bind(1, id)
             try d.step()
         } else {
-            let u = try db.statement("UPDATE blocks SET count = ?, checksum = ? WHERE id = ?")
+            let u = try db.prepare("UPDATE blocks SET count = ?, checksum = ? WHERE id = ?")
             u.bind(1, count)
             u.bind(2, Int64(crc))
             u.bind(3, id)
@@ -697,7 +859,7 @@ public final class SQLiteStore: Store {
     private func writeDirtyAcks() throws {
         for (key, value) in dirtyCursors.sorted(by: { $0.key < $1.key }) { try setMeta("cursor " + key, value) }
         guard !dirtyAcks.isEmpty else { return }
-        let s = try db.statement("INSERT INTO peers(peer, origin, seq) VALUES (?, ?, ?) ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq")
+        let s = try db.prepare(peerUpsertSQL)
         for peer in dirtyAcks.sorted() {
             let v = peerVector(peer)
             for o in v.origins {
@@ -705,9 +867,15 @@ public final class SQLiteStore: Store {
                 s.bind(1, peer)
                 s.bind(2, o.rawValue)
                 s.bind(3, v[o])
+                if db.shared { s.bind(4, txGeneration) }
                 try s.step()
             }
         }
+    }
+
+    private var peerUpsertSQL: String {
+        let g = genColumn
+        return "INSERT INTO peers(peer, origin, seq\(g.name)) VALUES (?, ?, ?\(g.value)) ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq\(g.update)"
     }
 
     /// What `writeDirtyAcks` wrote is in the file now.
@@ -719,7 +887,7 @@ public final class SQLiteStore: Store {
     /// Writes the acknowledgements (`lazyAcks`) and cursors kept in memory; nothing when none wait.
     public func flushAcks() throws {
         guard !dirtyAcks.isEmpty || !dirtyCursors.isEmpty else { return }
-        try db.transaction { try writeDirtyAcks() }
+        try transaction { try writeDirtyAcks() }
         lazyWritten()
     }
 
@@ -733,7 +901,7 @@ public final class SQLiteStore: Store {
 
     /// Sets a reader's place now, in a transaction of its own.
     public func setCursor(_ key: String, _ value: Int64) throws {
-        try db.transaction { try setMeta("cursor " + key, value) }
+        try transaction { try setMeta("cursor " + key, value) }
         dirtyCursors[key] = nil
     }
 
@@ -745,7 +913,7 @@ public final class SQLiteStore: Store {
 
     /// The id of the newest history row (0: none yet). Ids only grow.
     public func historyHead() throws -> Int64 {
-        let s = try db.statement("SELECT COALESCE(MAX(id), 0) FROM history")
+        let s = try db.prepare("SELECT COALESCE(MAX(id), 0) FROM history")
         _ = try s.step()
         return s.int64(0)
     }
@@ -754,7 +922,7 @@ public final class SQLiteStore: Store {
     /// ids: what every register took since a reader's cursor. Rows the
     /// history bound trimmed are gone (`[node] history` per register).
     public func historyRows(after id: Int64, limit: Int) throws -> [(id: Int64, change: RegisterChange)] {
-        let s = try db.statement("SELECT id, name, side, body FROM history WHERE id > ? ORDER BY id LIMIT ?")
+        let s = try db.prepare("SELECT id, name, side, body FROM history WHERE id > ? ORDER BY id LIMIT ?")
         s.bind(1, id)
         s.bind(2, Int64(limit))
         var out: [(id: Int64, change: RegisterChange)] = []
@@ -775,24 +943,27 @@ public final class SQLiteStore: Store {
     private func writePeer(_ peer: String, _ new: QStateVector, replacing: Bool) throws {
         // A peer with acknowledgements kept in memory is written whole.
         let old = replacing || dirtyAcks.contains(peer) ? QStateVector() : peerVector(peer)
-        try db.transaction {
+        try transaction {
             if replacing {
-                let d = try db.statement("DELETE FROM peers WHERE peer = ?")
+                let d = try db.prepare("DELETE FROM peers WHERE peer = ?")
                 d.bind(1, peer)
                 try d.step()
             }
-            let s = try db.statement("INSERT INTO peers(peer, origin, seq) VALUES (?, ?, ?) ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq")
+            let s = try db.prepare(peerUpsertSQL)
             for o in new.origins where new[o] != old[o] {
                 s.reset()
                 s.bind(1, peer)
                 s.bind(2, o.rawValue)
                 s.bind(3, new[o])
+                if db.shared { s.bind(4, txGeneration) }
                 try s.step()
             }
             if new.entries.isEmpty {
                 // Remember a peer that has acknowledged nothing yet: it still holds back compaction.
-                let z = try db.statement("INSERT OR IGNORE INTO peers(peer, origin, seq) VALUES (?, 0, 0)")
+                let g = genColumn
+                let z = try db.prepare("INSERT INTO peers(peer, origin, seq\(g.name)) VALUES (?, 0, 0\(g.value)) ON CONFLICT DO NOTHING")
                 z.bind(1, peer)
+                if db.shared { z.bind(2, txGeneration) }
                 try z.step()
             }
         }
@@ -805,17 +976,17 @@ public final class SQLiteStore: Store {
     public func peerSeen(_ peer: String) throws -> UInt64? { try meta("seen " + peer) }
 
     public func recordPeerSeen(_ peer: String, ms: UInt64) throws {
-        try db.transaction { try setMeta("seen " + peer, Int64(bitPattern: ms)) }
+        try transaction { try setMeta("seen " + peer, Int64(bitPattern: ms)) }
     }
 
     /// Deltas in the log (per origin, horizon+1 … vector).
     public var logDeltas: UInt64 { vector.origins.reduce(0) { $0 + vector[$1] - min(vector[$1], horizon[$1]) } }
 
     public func removePeer(_ peer: String) throws {
-        let m = try db.statement("DELETE FROM meta WHERE key = ?")
+        let m = try db.prepare("DELETE FROM meta WHERE key = ?")
         m.bind(1, "seen " + peer)
         try m.step()
-        let s = try db.statement("DELETE FROM peers WHERE peer = ?")
+        let s = try db.prepare("DELETE FROM peers WHERE peer = ?")
         s.bind(1, peer)
         try s.step()
         peerVectors[peer] = nil
@@ -823,50 +994,52 @@ public final class SQLiteStore: Store {
     }
 
     public func compact() throws -> CompactionReport {
-        // Everything every peer acknowledged; with no peers, everything held
-        // (a peer that joins later is served a snapshot).
-        let acked = peers.reduce(vector) { $0.meet(peerVector($1)) }
-        var lastBlock: Int64?
-        var removed = 0
+        var removed = 0, blocksRemoved = 0, more = false
         var nextHorizon = horizon
-        let blocks = try db.statement("SELECT id, count FROM blocks ORDER BY id LIMIT ?")
-        blocks.bind(1, Int64(options.compactionBlocksMax))
-        var candidates: [(id: Int64, count: Int)] = []
-        var stoppedAtBound = false
-        while try blocks.step() { candidates.append((blocks.int64(0), Int(blocks.int64(1)))) }
-        scan: for block in candidates {
-            let s = try db.statement("SELECT origin, MAX(seq) FROM deltas WHERE block = ? GROUP BY origin")
-            s.bind(1, block.id)
-            var highs: [(Origin, UInt64)] = []
-            while try s.step() {
-                let o = Origin(s.uint64(0)), high = s.uint64(1)
-                if high > acked[o] { break scan }
-                highs.append((o, high))
+        // Decided under the writer lock: on a shared database another daemon's peers count too.
+        let done: Bool = try transaction {
+            // Everything every peer acknowledged; with no peers, everything held
+            // (a peer that joins later is served a snapshot).
+            let acked = peers.reduce(vector) { $0.meet(peerVector($1)) }
+            var lastBlock: Int64?
+            nextHorizon = horizon
+            let blocks = try db.prepare("SELECT id, count FROM blocks ORDER BY id LIMIT ?")
+            blocks.bind(1, Int64(options.compactionBlocksMax))
+            var candidates: [(id: Int64, count: Int)] = []
+            var stoppedAtBound = false
+            while try blocks.step() { candidates.append((blocks.int64(0), Int(blocks.int64(1)))) }
+            scan: for block in candidates {
+                let s = try db.prepare("SELECT origin, MAX(seq) FROM deltas WHERE block = ? GROUP BY origin")
+                s.bind(1, block.id)
+                var highs: [(Origin, UInt64)] = []
+                while try s.step() {
+                    let o = Origin(s.uint64(0)), high = s.uint64(1)
+                    if high > acked[o] { break scan }
+                    highs.append((o, high))
+                }
+                for (o, high) in highs where high > nextHorizon[o] { nextHorizon[o] = high }
+                lastBlock = block.id
+                removed += block.count
+                if removed >= options.compactionDeltasMax {
+                    stoppedAtBound = true
+                    break
+                }
             }
-            for (o, high) in highs where high > nextHorizon[o] { nextHorizon[o] = high }
-            lastBlock = block.id
-            removed += block.count
-            if removed >= options.compactionDeltasMax {
-                stoppedAtBound = true
-                break
-            }
-        }
-        guard let lastBlock else {
-            return CompactionReport(blocksRemoved: 0, deltasRemoved: 0, horizon: horizon)
-        }
-        let blocksRemoved = candidates.prefix { $0.id <= lastBlock }.count
-        let more = stoppedAtBound || (blocksRemoved == candidates.count && candidates.count >= options.compactionBlocksMax)
-        try db.transaction {
-            let d = try db.statement("DELETE FROM deltas WHERE block <= ?")
+            guard let lastBlock else { return false }
+            blocksRemoved = candidates.prefix { $0.id <= lastBlock }.count
+            more = stoppedAtBound || (blocksRemoved == candidates.count && candidates.count >= options.compactionBlocksMax)
+            let d = try db.prepare("DELETE FROM deltas WHERE block <= ?")
             d.bind(1, lastBlock)
             try d.step()
-            let b = try db.statement("DELETE FROM blocks WHERE id <= ?")
+            let b = try db.prepare("DELETE FROM blocks WHERE id <= ?")
             b.bind(1, lastBlock)
             try b.step()
             try writeVector(table: "horizon", old: horizon, new: nextHorizon)
             // The horizon follows acknowledgements: the file never holds it ahead of them.
             try writeDirtyAcks()
+            return true
         }
+        guard done else { return CompactionReport(blocksRemoved: 0, deltasRemoved: 0, horizon: horizon) }
         lazyWritten()
         horizon = nextHorizon
         // SQLite checkpoints the WAL on its own (every 1,000 pages); a checkpoint
@@ -878,7 +1051,7 @@ public final class SQLiteStore: Store {
     // MARK: reading back
 
     public func history(_ name: QRegisterName) throws -> [HistoryEntry] {
-        let s = try db.statement("SELECT side, body FROM history WHERE name = ? ORDER BY id DESC LIMIT ?")
+        let s = try db.prepare("SELECT side, body FROM history WHERE name = ? ORDER BY id DESC LIMIT ?")
         s.bind(1, name.description)
         s.bind(2, Int64(options.historyLength))
         var out: [HistoryEntry] = []
@@ -904,17 +1077,13 @@ public final class SQLiteStore: Store {
     }
 
     public func verify() throws -> VerifyReport {
-        let quick = try db.statement("PRAGMA quick_check")
-        while try quick.step() {
-            let line = quick.text(0)
-            guard line == "ok" else { throw StoreError(.corrupt, "\(path): SQLite quick_check: \(line)") }
-        }
+        try db.integrityCheck()
         var blockCount = 0, deltaCount = 0
-        let blocks = try db.statement("SELECT id, count, checksum FROM blocks ORDER BY id")
+        let blocks = try db.prepare("SELECT id, count, checksum FROM blocks ORDER BY id")
         var rows: [(Int64, Int64, UInt32)] = []
         while try blocks.step() { rows.append((blocks.int64(0), blocks.int64(1), UInt32(truncatingIfNeeded: blocks.int64(2)))) }
         for (id, count, checksum) in rows {
-            let s = try db.statement("SELECT origin, seq, body FROM deltas WHERE block = ? ORDER BY origin, seq")
+            let s = try db.prepare("SELECT origin, seq, body FROM deltas WHERE block = ? ORDER BY origin, seq")
             s.bind(1, id)
             var crc: UInt32 = 0
             var n: Int64 = 0
@@ -938,7 +1107,7 @@ public final class SQLiteStore: Store {
             deltaCount += Int(n)
         }
         // Per origin the log must hold exactly horizon+1 ... vector.
-        let runs = try db.statement("SELECT origin, MIN(seq), MAX(seq), COUNT(*) FROM deltas GROUP BY origin")
+        let runs = try db.prepare("SELECT origin, MIN(seq), MAX(seq), COUNT(*) FROM deltas GROUP BY origin")
         var seen = Set<Origin>()
         while try runs.step() {
             let o = Origin(runs.uint64(0)), low = runs.uint64(1), high = runs.uint64(2), n = runs.uint64(3)
