@@ -77,6 +77,8 @@ let package = Package(
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -146,7 +148,7 @@ let package = Package(
         // Child process for the kill -9 crash tests: writes deltas, reports what was acknowledged.
         .executableTarget(
             name: "spook-crash-writer",
-            dependencies: ["SpookCore", "SpookStore", "SpookPostgres"],
+            dependencies: ["SpookCore", "SpookStore", "SpookPostgres", .product(name: "Logging", package: "swift-log")],
             path: "Tests/Helpers/spook-crash-writer"
         ),
 
@@ -164,10 +166,16 @@ let package = Package(
         .testTarget(name: "SpookLinkTests", dependencies: ["SpookLink", "SpookWire", "SpookCore", "SpookTestSupport"]),
         // A test-only SQLite VFS that simulates power cuts (unsynced writes undone).
         .target(name: "CPowerCut", dependencies: ["CSQLite"], path: "Tests/Helpers/CPowerCut"),
-        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookPostgres", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "spook-crash-writer"]),
+        // The store tests' engines (SQLite files, databases on a private PostgreSQL server).
+        .target(
+            name: "SpookStoreTestSupport",
+            dependencies: ["SpookStore", "SpookPostgres", "SpookTestSupport", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/StoreSupport"
+        ),
+        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "SpookStoreTestSupport", "spook-crash-writer"]),
         .testTarget(
             name: "ConformanceTests",
-            dependencies: ["SpookCore", "SpookStore", .product(name: "WasmKit", package: "WasmKit")],
+            dependencies: ["SpookCore", "SpookStore", "SpookStoreTestSupport", .product(name: "WasmKit", package: "WasmKit")],
             path: "Tests/Conformance",
             exclude: ["make-vectors.py"],
             resources: [.copy("vectors")]

@@ -1,1 +1,461 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
 import PostgresNIO
+import SpookCore
+import SpookStore
+
+/// `[node] data = "postgres://…"`: where the database is and who logs in.
+///
+///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=require]
+///     postgres://USER@/DATABASE?host=/run/postgresql[&port=5432]   (a Unix socket)
+public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
+    public var user: String
+    public var password: String?
+    public var host: String?
+    public var port = 5432
+    /// The directory of the server's Unix socket (`host=` in the query).
+    public var socketDirectory: String?
+    public var database: String
+    public var requireTLS = false
+
+    /// True for a string that names PostgreSQL rather than an SQLite path.
+    public static func isPostgres(_ text: String) -> Bool {
+        text.hasPrefix("postgres://") || text.hasPrefix("postgresql://")
+    }
+
+    public init(_ text: String) throws {
+        func bad(_ why: String) -> CoreError { CoreError(.malformed, "\"\(PostgresURL.redacted(text))\": \(why); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or postgres://USER@/DATABASE?host=/socket/dir") }
+        guard PostgresURL.isPostgres(text) else { throw bad("not a postgres:// URL") }
+        var rest = Substring(text.hasPrefix("postgres://") ? text.dropFirst("postgres://".count) : text.dropFirst("postgresql://".count))
+        var query: [(String, String)] = []
+        if let q = rest.firstIndex(of: "?") {
+            for pair in rest[rest.index(after: q)...].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2 else { throw bad("query part \"\(pair)\" is not key=value") }
+                query.append((kv[0], kv[1]))
+            }
+            rest = rest[..<q]
+        }
+        guard let at = rest.lastIndex(of: "@") else { throw bad("no user (USER@…)") }
+        let credentials = rest[..<at], location = rest[rest.index(after: at)...]
+        if let colon = credentials.firstIndex(of: ":") {
+            user = String(credentials[..<colon])
+            password = String(credentials[credentials.index(after: colon)...])
+        } else {
+            user = String(credentials)
+        }
+        guard !user.isEmpty else { throw bad("the user is empty") }
+        guard let slash = location.firstIndex(of: "/") else { throw bad("no database (…/DATABASE)") }
+        database = String(location[location.index(after: slash)...])
+        guard !database.isEmpty, !database.contains("/") else { throw bad("the database name is empty or has a \"/\"") }
+        let hostPort = location[..<slash]
+        if !hostPort.isEmpty {
+            if let colon = hostPort.lastIndex(of: ":"), !hostPort.hasSuffix("]") {
+                guard let p = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(p) else { throw bad("the port is not 1…65535") }
+                port = p
+                host = String(hostPort[..<colon])
+            } else {
+                host = String(hostPort)
+            }
+            host = host.map { $0.hasPrefix("[") && $0.hasSuffix("]") ? String($0.dropFirst().dropLast()) : $0 }
+        }
+        for (key, value) in query {
+            switch key {
+            case "host":
+                guard value.hasPrefix("/") else { throw bad("host= must be the absolute path of the server's socket directory") }
+                socketDirectory = value
+            case "port":
+                guard let p = Int(value), (1...65535).contains(p) else { throw bad("port= is not 1…65535") }
+                port = p
+            case "sslmode":
+                switch value {
+                case "disable": requireTLS = false
+                case "require", "verify-full": requireTLS = true
+                default: throw bad("sslmode must be disable, require or verify-full")
+                }
+            default:
+                throw bad("unknown query key \"\(key)\" (known: host, port, sslmode)")
+            }
+        }
+        guard host != nil || socketDirectory != nil else { throw bad("neither a host nor host=/socket/dir") }
+        if socketDirectory != nil && host != nil { throw bad("both a host and host=/socket/dir") }
+    }
+
+    /// The URL with its password replaced, for logs and messages.
+    public var description: String {
+        let who = password == nil ? user : "\(user):***"
+        if let dir = socketDirectory { return "postgres://\(who)@/\(database)?host=\(dir)&port=\(port)" }
+        return "postgres://\(who)@\(host ?? ""):\(port)/\(database)\(requireTLS ? "?sslmode=require" : "")"
+    }
+
+    static func redacted(_ text: String) -> String {
+        (try? PostgresURL(text))?.description ?? (text.contains("@") ? "postgres://…" : text)
+    }
+
+    func configuration() throws -> PostgresConnection.Configuration {
+        var c: PostgresConnection.Configuration
+        if let dir = socketDirectory {
+            c = .init(unixSocketPath: "\(dir)/.s.PGSQL.\(port)", username: user, password: password, database: database)
+        } else {
+            let tls: PostgresConnection.Configuration.TLS = requireTLS
+                ? .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+                : .disable
+            c = .init(host: host ?? "127.0.0.1", port: port, username: user, password: password, database: database, tls: tls)
+        }
+        c.options.connectTimeout = .seconds(5)
+        return c
+    }
+}
+
+/// The store's database on a PostgreSQL server (postgres-nio). Several
+/// `spookd` may open the same database: it is `shared`, every write
+/// transaction holds an advisory lock (one writer at a time across them),
+/// and each commit sends a NOTIFY the others LISTEN to.
+///
+/// The store's calls are synchronous (it runs on the node's loop, like
+/// SQLite's); the connection lives on an event loop of its own, and each
+/// call waits for its answer. Statements that return no rows are sent
+/// without waiting inside a transaction: `commit` waits for all of them, so
+/// nothing is acknowledged before the server said COMMIT.
+public final class PostgresBackend: SQLBackend, @unchecked Sendable {
+    public let url: PostgresURL
+    public var location: String { url.description }
+    public var shared: Bool { true }
+
+    /// The lock every write transaction holds (`pg_advisory_xact_lock`), for the database.
+    static let writerLock: Int64 = 0x5370_6F6F_6B45
+    static let channel = "spook_commits"
+
+    private let group: MultiThreadedEventLoopGroup
+    private let logger: Logger
+    private let sync: SyncLevel
+    private var connection: PostgresConnection?
+    private var nextConnectionID = 1
+    private var inTransaction = false
+    private var pending: [EventLoopFuture<PostgresQueryResult>] = []
+    private var numbered: [String: (sql: String, parameters: Int)] = [:]
+    /// This process's NOTIFY payload: its own commits do not wake it.
+    private let instance: String
+    private let listener = NIOLockedValueBox<ListenerState>(ListenerState())
+
+    struct ListenerState {
+        var handler: (@Sendable () -> Void)?
+        var connection: PostgresConnection?
+        var stopped = false
+    }
+
+    public init(url: PostgresURL, sync: SyncLevel, logger: Logger) throws {
+        self.url = url
+        self.sync = sync
+        self.logger = logger
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var g = SystemRandomNumberGenerator()
+        instance = String(UInt64.random(in: 1...UInt64.max, using: &g), radix: 16)
+        do { _ = try live() } catch {
+            try? group.syncShutdownGracefully()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    func failure(_ what: String, _ error: Error) -> StoreError {
+        let detail: String
+        if let e = error as? PSQLError {
+            detail = e.serverInfo?[.message].map { "\($0) (\(e.serverInfo?[.sqlState] ?? "?"))" }
+                ?? e.underlying.map { "\(e.code): \($0)" } ?? "\(e.code)"
+        } else {
+            detail = "\(error)"
+        }
+        return StoreError(.database, "\(url): \(what): \(detail)")
+    }
+
+    /// The connection, opened (again) when there is none: a server restart
+    /// costs the calls made while it is down, each of which throws.
+    private func live() throws -> PostgresConnection {
+        if let c = connection, !c.isClosed { return c }
+        connection = nil
+        let id = nextConnectionID
+        nextConnectionID += 1
+        let c: PostgresConnection
+        do {
+            c = try PostgresConnection.connect(on: group.next(), configuration: try url.configuration(), id: id, logger: logger).wait()
+        } catch {
+            throw failure("cannot connect", error)
+        }
+        // "full" and "extra" wait for the server's WAL flush at COMMIT; "off"
+        // and "normal" do not (a crash of the server may lose the last commits).
+        let flush = sync == .full || sync == .extra ? "on" : "off"
+        do { _ = try c.simpleQuery("SET synchronous_commit = \(flush)").wait() } catch {
+            _ = try? c.close().wait()
+            throw failure("cannot set synchronous_commit", error)
+        }
+        connection = c
+        if id > 1 { logger.notice("reconnected to PostgreSQL", metadata: ["database": "\(url)"]) }
+        return c
+    }
+
+    public var schemaSQL: String {
+        """
+        CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS blocks(id BIGSERIAL PRIMARY KEY, count BIGINT NOT NULL, checksum BIGINT NOT NULL);
+        CREATE TABLE IF NOT EXISTS deltas(
+            origin BIGINT NOT NULL, seq BIGINT NOT NULL, block BIGINT NOT NULL,
+            body BYTEA NOT NULL, refused TEXT,
+            PRIMARY KEY(origin, seq));
+        CREATE INDEX IF NOT EXISTS deltas_block ON deltas(block);
+        CREATE TABLE IF NOT EXISTS vector(origin BIGINT PRIMARY KEY, seq BIGINT NOT NULL, gen BIGINT NOT NULL DEFAULT 0);
+        CREATE INDEX IF NOT EXISTS vector_gen ON vector(gen);
+        CREATE TABLE IF NOT EXISTS horizon(origin BIGINT PRIMARY KEY, seq BIGINT NOT NULL, gen BIGINT NOT NULL DEFAULT 0);
+        CREATE INDEX IF NOT EXISTS horizon_gen ON horizon(gen);
+        CREATE TABLE IF NOT EXISTS peers(peer TEXT NOT NULL, origin BIGINT NOT NULL, seq BIGINT NOT NULL, gen BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY(peer, origin));
+        CREATE INDEX IF NOT EXISTS peers_gen ON peers(gen);
+        CREATE TABLE IF NOT EXISTS registers(name TEXT PRIMARY KEY, body BYTEA NOT NULL, gen BIGINT NOT NULL DEFAULT 0);
+        CREATE INDEX IF NOT EXISTS registers_gen ON registers(gen);
+        CREATE TABLE IF NOT EXISTS history(id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, side BIGINT NOT NULL, body BYTEA NOT NULL);
+        CREATE INDEX IF NOT EXISTS history_name ON history(name, id);
+        CREATE TABLE IF NOT EXISTS orphans(id BIGSERIAL PRIMARY KEY, origin BIGINT NOT NULL, seq BIGINT NOT NULL, body BYTEA NOT NULL);
+        """
+    }
+
+    /// Runs statements separated by ";" (none of ours has one in a literal), one by one.
+    public func exec(_ sql: String) throws {
+        let c = try live()
+        try drain()
+        for statement in sql.split(separator: ";") where statement.contains(where: { !$0.isWhitespace }) {
+            do { _ = try c.simpleQuery(String(statement)).wait() } catch { throw failure("\"\(statement.prefix(60))\"", error) }
+        }
+    }
+
+    /// Sends statements one after the other without waiting between them; waits for all.
+    private func pipeline(_ c: PostgresConnection, _ statements: [String]) throws {
+        let futures = statements.map { c.simpleQuery($0) }
+        var first: Error?
+        for f in futures {
+            do { _ = try f.wait() } catch { first = first ?? error }
+        }
+        if let first { throw first }
+    }
+
+    public func prepare(_ sql: String) throws -> any SQLStatement {
+        let n = numbered[sql] ?? PostgresBackend.number(sql)
+        numbered[sql] = n
+        return PostgresStatement(backend: self, sql: n.sql, parameters: n.parameters)
+    }
+
+    /// `?` placeholders (outside quoted literals) become `$1`, `$2`, …
+    static func number(_ sql: String) -> (sql: String, parameters: Int) {
+        var out = ""
+        var n = 0
+        var quoted = false
+        for ch in sql {
+            if ch == "'" { quoted.toggle() }
+            if ch == "?" && !quoted {
+                n += 1
+                out += "$\(n)"
+            } else {
+                out.append(ch)
+            }
+        }
+        return (out, n)
+    }
+
+    /// Runs a statement: a query now (its rows), anything else inside a
+    /// transaction without waiting (`commit` collects it).
+    func run(_ query: PostgresQuery, rows: Bool) throws -> [PostgresRow] {
+        let c = try live()
+        let future = c.query(query, logger: logger)
+        if !rows && inTransaction {
+            pending.append(future)
+            return []
+        }
+        do { return try future.wait().rows } catch { throw failure("\"\(query.sql.prefix(60))\"", error) }
+    }
+
+    /// Waits for the statements sent without waiting; throws the first failure.
+    private func drain() throws {
+        let waiting = pending
+        pending = []
+        var first: Error?
+        for f in waiting {
+            do { _ = try f.wait() } catch { first = first ?? error }
+        }
+        if let first { throw failure("a statement of the transaction failed", first) }
+    }
+
+    public func begin() throws {
+        let c = try live()
+        do { try pipeline(c, ["BEGIN", "SELECT pg_advisory_xact_lock(\(PostgresBackend.writerLock))"]) } catch {
+            throw failure("cannot begin a transaction", error)
+        }
+        inTransaction = true
+    }
+
+    public func commit() throws {
+        try drain()
+        guard let c = connection, !c.isClosed else { throw StoreError(.database, "\(url): the connection closed before COMMIT: nothing of the transaction is acknowledged") }
+        do {
+            // NOTIFY is delivered to the other daemons only if the transaction commits.
+            try pipeline(c, ["NOTIFY \(PostgresBackend.channel), '\(instance)'", "COMMIT"])
+        } catch {
+            throw failure("COMMIT failed: nothing of the transaction is acknowledged", error)
+        }
+        inTransaction = false
+    }
+
+    public func rollback() {
+        _ = try? drain()
+        inTransaction = false
+        guard let c = connection, !c.isClosed else { return }
+        _ = try? c.simpleQuery("ROLLBACK").wait()
+    }
+
+    public func integrityCheck() throws {}
+
+    public func onOthersCommit(_ handler: @escaping @Sendable () -> Void) {
+        listener.withLockedValue { $0.handler = handler }
+        listen(attempt: 0)
+    }
+
+    /// The LISTEN connection, opened again (1 s, 2 s, … 30 s apart) whenever
+    /// it closes; each time it is back the handler runs once (commits may
+    /// have been missed meanwhile).
+    private func listen(attempt: Int) {
+        let config: PostgresConnection.Configuration
+        do { config = try url.configuration() } catch { return }
+        let loop = group.next()
+        let instance = self.instance, logger = self.logger, url = self.url
+        let box = listener
+        PostgresConnection.connect(on: loop, configuration: config, id: 0, logger: logger).whenComplete { [weak self] result in
+            guard let self else { return }
+            switch result {
+            case .success(let c):
+                c.addListener(channel: PostgresBackend.channel) { _, note in
+                    guard note.payload != instance else { return }
+                    box.withLockedValue { $0.handler }?()
+                }
+                c.simpleQuery("LISTEN \(PostgresBackend.channel)").whenComplete { [weak self] listened in
+                    guard let self else { return }
+                    if case .failure(let error) = listened {
+                        logger.warning("LISTEN failed; trying again", metadata: ["database": "\(url)", "error": "\(error)"])
+                        c.close().whenComplete { _ in }
+                        self.relisten(attempt: attempt + 1)
+                        return
+                    }
+                    let stopped = box.withLockedValue { state -> Bool in
+                        if !state.stopped { state.connection = c }
+                        return state.stopped
+                    }
+                    if stopped {
+                        c.close().whenComplete { _ in }
+                        return
+                    }
+                    if attempt > 0 { logger.notice("listening for other daemons' commits again", metadata: ["database": "\(url)"]) }
+                    box.withLockedValue { $0.handler }?()
+                    c.closeFuture.whenComplete { [weak self] _ in self?.relisten(attempt: 1) }
+                }
+            case .failure(let error):
+                logger.warning("cannot listen for other daemons' commits; trying again", metadata: ["database": "\(url)", "error": "\(error)"])
+                self.relisten(attempt: attempt + 1)
+            }
+        }
+    }
+
+    private func relisten(attempt: Int) {
+        guard !listener.withLockedValue({ $0.stopped }) else { return }
+        let delay = min(30, 1 << min(attempt - 1, 5))
+        group.next().scheduleTask(in: .seconds(Int64(delay))) { [weak self] in self?.listen(attempt: attempt) }
+    }
+
+    public func close() {
+        let l = listener.withLockedValue { state -> PostgresConnection? in
+            state.stopped = true
+            state.handler = nil
+            return state.connection
+        }
+        _ = try? l?.close().wait()
+        if let c = connection { _ = try? c.close().wait() }
+        connection = nil
+        try? group.syncShutdownGracefully()
+    }
+}
+
+/// A statement for `PostgresBackend`: binds are collected, the query runs at
+/// the first `step`, rows are read from its result.
+final class PostgresStatement: SQLStatement {
+    enum Bind { case int(Int64), text(String), bytes([UInt8]) }
+
+    let backend: PostgresBackend
+    let sql: String
+    let parameters: Int
+    let returnsRows: Bool
+    private var binds: [Int32: Bind] = [:]
+    private var rows: [PostgresRow] = []
+    private var cursor = -1
+    private var current: PostgresRandomAccessRow?
+
+    init(backend: PostgresBackend, sql: String, parameters: Int) {
+        self.backend = backend
+        self.sql = sql
+        self.parameters = parameters
+        let head = sql.drop { $0 == " " || $0 == "\n" }.prefix(6).uppercased()
+        returnsRows = head == "SELECT" || sql.contains("RETURNING")
+    }
+
+    func reset() {
+        binds = [:]
+        rows = []
+        cursor = -1
+        current = nil
+    }
+
+    func bind(_ index: Int32, _ value: Int64) { binds[index] = .int(value) }
+    func bind(_ index: Int32, _ value: String) { binds[index] = .text(value) }
+    func bind(_ index: Int32, _ value: [UInt8]) { binds[index] = .bytes(value) }
+
+    @discardableResult
+    func step() throws -> Bool {
+        if cursor < 0 {
+            var b = PostgresBindings(capacity: parameters)
+            for i in 1...max(1, parameters) where i <= parameters {
+                switch binds[Int32(i)] {
+                case .int(let v)?: b.append(v)
+                case .text(let v)?: b.append(v)
+                case .bytes(let v)?: b.append(ByteBuffer(bytes: v))
+                case nil: b.appendNull()
+                }
+            }
+            rows = try backend.run(PostgresQuery(unsafeSQL: sql, binds: b), rows: returnsRows)
+            cursor = 0
+        } else {
+            cursor += 1
+        }
+        guard cursor < rows.count else {
+            current = nil
+            return false
+        }
+        current = rows[cursor].makeRandomAccess()
+        return true
+    }
+
+    func int64(_ column: Int32) -> Int64 { (try? current?[Int(column)].decode(Int64.self)) ?? 0 }
+    func text(_ column: Int32) -> String { (try? current?[Int(column)].decode(String.self)) ?? "" }
+    func blob(_ column: Int32) -> [UInt8] {
+        guard let buffer = current?[Int(column)].bytes else { return [] }
+        return Array(buffer.readableBytesView)
+    }
+    func isNull(_ column: Int32) -> Bool { current?[Int(column)].bytes == nil }
+}
+
+extension SQLStore {
+    /// The store `data` names: a PostgreSQL URL (`postgres://…`), else an SQLite file path.
+    public static func open(data: String, options: StoreOptions, logger: Logger) throws -> SQLStore {
+        guard PostgresURL.isPostgres(data) else { return try SQLStore(path: data, options: options, logger: logger) }
+        let backend = try PostgresBackend(url: try PostgresURL(data), sync: options.sync, logger: logger)
+        return try SQLStore(backend: backend, options: options, logger: logger)
+    }
+}

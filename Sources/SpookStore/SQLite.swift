@@ -9,6 +9,8 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public var description: String { rawValue }
 
         public static let sqlite = Code("sqlite")
+        /// The PostgreSQL server refused or could not be reached.
+        public static let database = Code("database")
         public static let corrupt = Code("corrupt")
         public static let compacted = Code("compacted")
         public static let closed = Code("closed")

@@ -1,6 +1,7 @@
 import Foundation
 import SpookCore
 import SpookStore
+import SpookStoreTestSupport
 import Testing
 
 /// Runs every file in vectors/ (format: docs/conformance.md). The same files
@@ -57,14 +58,19 @@ import Testing
             #expect(s.canonicalBytes() == bytes, "\(v.name): order changed the state")
         }
 
-        // Through the store too, where the vector's deltas form contiguous runs.
+        // Through the store too (SQLite and PostgreSQL), where the vector's deltas
+        // form contiguous runs; and the same bytes once the store is opened again.
         if Self.contiguous(deltas) {
-            let path = NSTemporaryDirectory() + "conformance-\(v.name)-\(getpid()).db"
-            defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
-            let store = try SQLStore(path: path, options: StoreOptions(sync: .off, schema: schema))
-            let result = try store.commit(deltas.sorted { $0.id < $1.id })
-            #expect(Set(result.refused.map { Refusal(origin: $0.id.origin.description, seq: $0.id.seq, code: $0.error.code.rawValue) }) == Set(expect.refused))
-            #expect(store.state.canonicalBytes() == bytes, "\(v.name): the store collapsed differently")
+            for backend in Backend.allCases {
+                let shelf = StoreShelf(backend)
+                let options = StoreOptions(sync: .off, schema: schema)
+                let store = try shelf.open("v", options)
+                let result = try store.commit(deltas.sorted { $0.id < $1.id })
+                #expect(Set(result.refused.map { Refusal(origin: $0.id.origin.description, seq: $0.id.seq, code: $0.error.code.rawValue) }) == Set(expect.refused))
+                #expect(store.state.canonicalBytes() == bytes, "\(v.name): the \(backend) store collapsed differently")
+                store.close()
+                #expect(try shelf.open("v", options).state.canonicalBytes() == bytes, "\(v.name): the \(backend) store read back differently")
+            }
         }
     }
 

@@ -4,6 +4,7 @@ import Glibc
 import CSQLite
 import SpookCore
 import SpookStore
+import SpookStoreTestSupport
 import SpookTestSupport
 import Testing
 
@@ -27,16 +28,16 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
     /// `lazyAcks`: an acknowledgement is kept in memory (compaction and
     /// sessions see it at once) and reaches the file with the next commit,
     /// compaction step, `flushAcks` or `close`; a peer's first one at once.
-    @Test func lazyAcknowledgementsRideOnTheNextWrite() throws {
-        let dir = TemporaryDirectory()
+    @Test(arguments: Backend.allCases) func lazyAcknowledgementsRideOnTheNextWrite(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
         var o = options(.full)
         o.lazyAcks = true
         let fileSays = { (peer: String) throws -> UInt64 in
-            let reader = try SQLStore(path: dir.file("s.db"), options: options(.full))
+            let reader = try shelf.open("s", options(.full))
             defer { reader.close() }
             return reader.peerVector(peer)[Origin(1)]
         }
-        let store = try SQLStore(path: dir.file("s.db"), options: o)
+        let store = try shelf.open("s", o)
         _ = try store.commit((1...3).map { delta(1, $0, 10 + $0, [Write("n", .set, .int(Int64($0)))]) })
         try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 1]))
         #expect(try fileSays("up") == 1, "a peer's first acknowledgement is written at once")
@@ -59,18 +60,18 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(try fileSays("up") == 6, "close writes what is left")
     }
 
-    @Test func stateVectorsAndHistorySurviveReopening() throws {
-        let dir = TemporaryDirectory()
+    @Test(arguments: Backend.allCases) func stateVectorsAndHistorySurviveReopening(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
         var bytes: [UInt8] = []
         do {
-            let store = try SQLStore(path: dir.file("s.db"), options: options(.full))
+            let store = try shelf.open("s", options(.full))
             let r = try store.commit([delta(1, 1, 10, [Write("n", .set, .int(1))]), delta(1, 2, 11, groupB, [Write("x", .set, .string("hi"))])])
             #expect(r.held.count == 2 && r.block != nil)
             #expect(r.changed.map(\.description) == ["plant.l1/a/n", "plant.l1/b/x"])
             try store.recordAck(peer: "up", vector: QStateVector([Origin(1): 1]))
             bytes = store.state.canonicalBytes()
         }
-        let again = try SQLStore(path: dir.file("s.db"), options: options(.full))
+        let again = try shelf.open("s", options(.full))
         #expect(again.vector == QStateVector([Origin(1): 2]))
         #expect(again.state.canonicalBytes() == bytes)
         #expect(again.peerVector("up") == QStateVector([Origin(1): 1]))
@@ -79,9 +80,9 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(try again.verify() == VerifyReport(blocks: 1, deltas: 2, registers: 2))
     }
 
-    @Test func duplicatesAreSkippedAndDeltasAfterAGapAreNotHeld() throws {
-        let dir = TemporaryDirectory()
-        let store = try SQLStore(path: dir.file("s.db"), options: options())
+    @Test(arguments: Backend.allCases) func duplicatesAreSkippedAndDeltasAfterAGapAreNotHeld(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        let store = try shelf.open("s", options())
         _ = try store.commit([delta(1, 1, 10, [Write("a", .set, .int(1))])])
         let r = try store.commit([delta(1, 1, 10, [Write("a", .set, .int(1))]), delta(1, 3, 12, [Write("a", .set, .int(3))]), delta(2, 1, 5, [Write("b", .set, .null)])])
         #expect(r.duplicates == 1)
@@ -91,9 +92,9 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(try store.commit([delta(1, 1, 10, [Write("a", .set, .int(1))])]).block == nil, "nothing new, no StateBlock")
     }
 
-    @Test func refusedDeltasAreHeldAndServedButChangeNoRegister() throws {
-        let dir = TemporaryDirectory()
-        let store = try SQLStore(path: dir.file("s.db"), options: options())
+    @Test(arguments: Backend.allCases) func refusedDeltasAreHeldAndServedButChangeNoRegister(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        let store = try shelf.open("s", options())
         let r = try store.commit([delta(1, 1, 10, [Write("n", .set, .string("not an int"))]), delta(1, 2, 11, [Write("n", .set, .int(2))])])
         #expect(r.refused.map(\.id.seq) == [1])
         #expect(r.refused.first?.error.code == .typeMismatch)
@@ -103,7 +104,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(served.map(\.seq) == [1, 2], "a refused delta is relayed so peers see no gap")
     }
 
-    @Test func batchingAndInterleavingDoNotChangeTheStoredState() throws {
+    @Test(arguments: Backend.allCases) func batchingAndInterleavingDoNotChangeTheStoredState(_ backend: Backend) throws {
         var random = SplitMix64(seed: 99)
         var perOrigin: [[Delta]] = []
         for o in UInt64(1)...4 {
@@ -111,7 +112,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
                 delta(o, s, random.next() % 30, [groupA, groupB][Int(random.next() % 2)], [Write(["n", "x", "y"][Int(random.next() % 3)], .set, .int(Int64(random.next() % 9)))])
             })
         }
-        let dir = TemporaryDirectory()
+        let shelf = StoreShelf(backend)
         var reference: [UInt8]?
         for trial in 0..<6 {
             // Interleave origins at random, keeping each origin's seq order, and cut into random batches.
@@ -121,7 +122,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
                 let i = Int(random.next() % 4)
                 if !queues[i].isEmpty { stream.append(queues[i].removeFirst()) }
             }
-            let store = try SQLStore(path: dir.file("t\(trial).db"), options: options())
+            let store = try shelf.open("t\(trial)", options())
             var i = 0
             while i < stream.count {
                 let size = 1 + Int(random.next() % 50)
@@ -135,12 +136,12 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         }
     }
 
-    @Test func localWritesTakeContiguousSeqsAndTheirClockNeverGoesBack() throws {
-        let dir = TemporaryDirectory()
+    @Test(arguments: Backend.allCases) func localWritesTakeContiguousSeqsAndTheirClockNeverGoesBack(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
         let me = Origin(7)
         var last: Delta?
         do {
-            let store = try SQLStore(path: dir.file("s.db"), options: options())
+            let store = try shelf.open("s", options())
             // A remote delta from the future pulls our clock forward.
             _ = try store.commit([delta(1, 1, 9_000, [Write("a", .set, .int(0))])])
             let results = try store.commitLocal([LocalWrite(group: groupA, writes: [Write("a", .set, .int(1))]),
@@ -153,16 +154,16 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
             #expect(store.state.registers[try groupA.register("a")]?.value == .int(1), "our later write wins over the remote one")
         }
         // After a restart with a physical clock that went backwards, seqs and stamps continue.
-        let store = try SQLStore(path: dir.file("s.db"), options: options())
+        let store = try shelf.open("s", options())
         let next = try store.commitLocal([LocalWrite(group: groupA, writes: [Write("a", .set, .int(3))])], origin: me, physicalMs: 500)
         let d = try next[0].get()
         #expect(d.seq == 3)
         #expect(d.hlc > last!.hlc)
     }
 
-    @Test func catchUpSendsExactlyWhatThePeerLacksInSeqOrder() throws {
-        let dir = TemporaryDirectory()
-        let store = try SQLStore(path: dir.file("s.db"), options: options())
+    @Test(arguments: Backend.allCases) func catchUpSendsExactlyWhatThePeerLacksInSeqOrder(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        let store = try shelf.open("s", options())
         _ = try store.commit((1...10).map { delta(1, $0, $0, [Write("a", .set, .int(Int64($0)))]) } + (1...3).map { delta(2, $0, $0, [Write("b", .set, .int(Int64($0)))]) })
         guard case .deltas(let d) = try store.catchUp(for: QStateVector([Origin(1): 7, Origin(2): 3]), limit: 100) else { Issue.record("deltas"); return }
         #expect(d.map(\.id.description) == ["0000000000000001#8", "0000000000000001#9", "0000000000000001#10"])
@@ -172,16 +173,16 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(none.isEmpty)
     }
 
-    @Test func aPeerBehindTheHorizonGetsASnapshotAndConverges() throws {
-        let dir = TemporaryDirectory()
-        let a = try SQLStore(path: dir.file("a.db"), options: options())
+    @Test(arguments: Backend.allCases) func aPeerBehindTheHorizonGetsASnapshotAndConverges(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        let a = try shelf.open("a", options())
         for seq in UInt64(1)...20 { _ = try a.commit([delta(1, seq, seq, [Write("a", .set, .int(Int64(seq)))])]) }
         try a.recordAck(peer: "b", vector: QStateVector([Origin(1): 15]))
         let report = try a.compact()
         #expect(report.deltasRemoved == 15 && a.horizon == QStateVector([Origin(1): 15]))
         _ = try a.verify()
         // A newcomer that holds only the first 5 deltas.
-        let c = try SQLStore(path: dir.file("c.db"), options: options())
+        let c = try shelf.open("c", options())
         _ = try c.commit((1...5).map { delta(1, $0, $0, [Write("a", .set, .int(Int64($0)))]) } + [delta(3, 1, 1, [Write("z", .set, .int(0))])])
         guard case .snapshot(let snapshot) = try a.catchUp(for: c.vector, limit: 100) else { Issue.record("expected a snapshot"); return }
         let changed = try c.apply(snapshot)
@@ -195,9 +196,9 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(d.map(\.seq) == [16, 17, 18, 19, 20])
     }
 
-    @Test func historyIsABoundedRingNewestFirst() throws {
-        let dir = TemporaryDirectory()
-        let store = try SQLStore(path: dir.file("s.db"), options: options(history: 5))
+    @Test(arguments: Backend.allCases) func historyIsABoundedRingNewestFirst(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        let store = try shelf.open("s", options(history: 5))
         for i in UInt64(1)...23 { _ = try store.commit([delta(1, i, i, [Write("n", .set, .int(Int64(i)))])]) }
         let h = try store.history(groupA.register("n"))
         #expect(h.map(\.versioned.value) == (19...23).reversed().map { Value.int(Int64($0)) })
@@ -206,39 +207,50 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 
     @Test(arguments: SyncLevel.allCases)
     func theConfiguredSyncLevelIsInEffect(_ level: SyncLevel) throws {
-        let dir = TemporaryDirectory()
-        let store = try SQLStore(path: dir.file("s.db"), options: options(level))
+        let shelf = StoreShelf(.sqlite)
+        let store = try shelf.open("s", options(level))
         #expect(try store.syncLevelInEffect() == level)
     }
 
-    @Test func verifyFindsATamperedStateBlock() throws {
-        let dir = TemporaryDirectory()
+    @Test(arguments: Backend.allCases) func verifyFindsATamperedStateBlock(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
         do {
-            let store = try SQLStore(path: dir.file("s.db"), options: options())
+            let store = try shelf.open("s", options())
             _ = try store.commit([delta(1, 1, 1, [Write("a", .set, .int(1))]), delta(1, 2, 2, [Write("a", .set, .int(2))])])
             _ = try store.verify()
         }
         // Flip the value inside one stored delta behind the store's back.
-        var db: OpaquePointer?
-        #expect(sqlite3_open(dir.file("s.db"), &db) == SQLITE_OK)
-        let tamper = "UPDATE deltas SET body = substr(body, 1, length(body) - 1) || x'07' WHERE seq = 2"
-        #expect(sqlite3_exec(db, tamper, nil, nil, nil) == SQLITE_OK)
-        sqlite3_close(db)
-        let store = try SQLStore(path: dir.file("s.db"), options: options())
+        try StoreTests.behindTheStoresBack(shelf, "s",
+                                           sqlite: "UPDATE deltas SET body = substr(body, 1, length(body) - 1) || x'07' WHERE seq = 2",
+                                           postgres: "UPDATE deltas SET body = set_byte(body, length(body) - 1, 7) WHERE seq = 2")
+        let store = try shelf.open("s", options())
         let error = #expect(throws: StoreError.self) { try store.verify() }
         #expect(error?.code == .corrupt)
         #expect(error?.message.contains("StateBlock 1") == true && error?.message.contains("checksum") == true, "\(error?.message ?? "-")")
     }
 
-    @Test func aStoreOfAnotherFormatIsRefusedByName() throws {
-        let dir = TemporaryDirectory()
-        do { _ = try SQLStore(path: dir.file("s.db"), options: options()) }
-        var db: OpaquePointer?
-        sqlite3_open(dir.file("s.db"), &db)
-        sqlite3_exec(db, "UPDATE meta SET value = 99 WHERE key = 'format'", nil, nil, nil)
-        sqlite3_close(db)
-        let error = #expect(throws: StoreError.self) { try SQLStore(path: dir.file("s.db"), options: options()) }
+    @Test(arguments: Backend.allCases) func aStoreOfAnotherFormatIsRefusedByName(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        do { _ = try shelf.open("s", options()) }
+        let sql = "UPDATE meta SET value = 99 WHERE key = 'format'"
+        try StoreTests.behindTheStoresBack(shelf, "s", sqlite: sql, postgres: sql)
+        let error = #expect(throws: StoreError.self) { try shelf.open("s", options()) }
         #expect(error?.code == .wrongFormat)
         #expect(error?.message.contains("store format 99, this build reads format 1") == true)
+    }
+
+    /// Runs SQL on a store's database with the engine's own client, not the store.
+    static func behindTheStoresBack(_ shelf: StoreShelf, _ name: String, sqlite: String, postgres: String) throws {
+        switch shelf.backend {
+        case .sqlite:
+            var db: OpaquePointer?
+            #expect(sqlite3_open(try shelf.location(name), &db) == SQLITE_OK)
+            #expect(sqlite3_exec(db, sqlite, nil, nil, nil) == SQLITE_OK)
+            sqlite3_close(db)
+        case .postgres:
+            let url = try shelf.location(name)
+            let database = String(url.split(separator: "/")[2].prefix { $0 != "?" })
+            #expect(try PostgresServer.shared().psql(database, postgres) != nil, "psql: \(postgres)")
+        }
     }
 }

@@ -9,12 +9,14 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Logging
 import SpookCore
+import SpookPostgres
 import SpookStore
 
 let arguments = CommandLine.arguments
 guard arguments.count == 4, let seed = UInt64(arguments[2]), let sync = SyncLevel(rawValue: arguments[3]) else {
-    let message = "usage: spook-crash-writer DB SEED off|normal|full|extra\n"
+    let message = "usage: spook-crash-writer DB|postgres://URL SEED off|normal|full|extra\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(64)
 }
@@ -30,7 +32,7 @@ let schema = Schema(registers: [(RegisterSelector(domain: try! QDomainPattern("c
 var random = SplitMix64(seed: seed)
 
 do {
-    let store = try SQLStore(path: arguments[1], options: StoreOptions(sync: sync, historyLength: 8, schema: schema))
+    let store = try SQLStore.open(data: arguments[1], options: StoreOptions(sync: sync, historyLength: 8, schema: schema), logger: Logger(label: "crash-writer"))
     say("ready \(store.vector[local]) \(store.vector[foreign])")
     var clockMs: UInt64 = 1_700_000_000_000
     while true {

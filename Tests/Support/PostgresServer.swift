@@ -1,0 +1,157 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A private PostgreSQL 15 server for the tests (Debian's `postgresql`,
+/// which scripts/install-deps installs): `initdb` in a temporary folder,
+/// listening on a Unix socket in that folder and on a loopback port, one per
+/// test process, stopped when the process exits (or dies: the server gets
+/// SIGINT with its parent). Each test takes a database of its own.
+public final class PostgresServer: @unchecked Sendable {
+    public static let binaries = "/usr/lib/postgresql/15/bin"
+    public let dir: String
+    public let port: Int
+    let process: ChildProcess
+    private var databases = 0
+    private let lock = Lock()
+
+    /// The server of this test process, started at the first call.
+    public static func shared() throws -> PostgresServer {
+        try startLock.withLock {
+            if let s = current { return s }
+            let s = try PostgresServer()
+            current = s
+            atexit { PostgresServer.current?.stop() }
+            return s
+        }
+    }
+
+    nonisolated(unsafe) private static var current: PostgresServer?
+    private static let startLock = Lock()
+
+    init() throws {
+        // As root, the server runs as Debian's `postgres` user (initdb refuses root).
+        let asRoot = geteuid() == 0
+        var template = Array("/tmp/spook-pg-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw ChildProcess.Failure("mkdtemp: \(errno)") }
+        dir = String(cString: made)
+        if asRoot {
+            guard let pw = getpwnam("postgres") else { throw ChildProcess.Failure("no \"postgres\" user: install Debian's postgresql (scripts/install-deps)") }
+            chown(dir, pw.pointee.pw_uid, pw.pointee.pw_gid)
+        }
+        chmod(dir, 0o755)
+        func run(_ binary: String, _ arguments: [String], stderr: String) throws -> ChildProcess {
+            let path = "\(PostgresServer.binaries)/\(binary)"
+            guard access(path, X_OK) == 0 else { throw ChildProcess.Failure("\(path) is missing: install Debian's postgresql (scripts/install-deps)") }
+            if asRoot {
+                return try ChildProcess("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig=SIGINT", "--", path] + arguments,
+                                        stderrPath: stderr)
+            }
+            return try ChildProcess(path, arguments, stderrPath: stderr)
+        }
+        let initdb = try run("initdb", ["-D", "\(dir)/data", "-U", "spook", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"], stderr: "\(dir)/initdb.log")
+        guard initdb.wait() == 0 else { throw ChildProcess.Failure("initdb failed: see \(dir)/initdb.log") }
+        port = try PostgresServer.freePort()
+        let (dir, port) = (self.dir, self.port)
+        // fsync off: the tests kill daemons, not this server; the daemons still wait for each COMMIT.
+        // Started from a thread that lives as long as the process: the server's
+        // parent-death signal follows the thread that spawned it.
+        process = try PostgresServer.onLastingThread { try run("postgres", ["-D", "\(dir)/data", "-k", dir, "-p", "\(port)", "-c", "listen_addresses=127.0.0.1",
+                                       "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB"], stderr: "\(dir)/server.log") }
+        try waitUntil("PostgreSQL to accept connections (log: \(dir)/server.log)", seconds: 30, everyMs: 50) {
+            let check = try ChildProcess("/usr/bin/pg_isready", ["-q", "-h", dir, "-p", "\(port)", "-U", "spook", "-d", "postgres"])
+            return check.wait() == 0
+        }
+    }
+
+    /// A new, empty database; its URL over the Unix socket.
+    public func createDatabase(_ hint: String = "t") throws -> String {
+        let name = lock.withLock { () -> String in
+            databases += 1
+            return "\(hint.lowercased().filter { $0.isLetter || $0.isNumber }.prefix(40))_\(databases)"
+        }
+        let psql = try ChildProcess("/usr/bin/psql", ["-q", "-h", dir, "-p", "\(port)", "-U", "spook", "-d", "postgres", "-c", "CREATE DATABASE \(name)"],
+                                    stderrPath: "\(dir)/psql.log")
+        guard psql.wait() == 0 else { throw ChildProcess.Failure("CREATE DATABASE \(name) failed: see \(dir)/psql.log") }
+        return url(name)
+    }
+
+    public func url(_ database: String) -> String { "postgres://spook@/\(database)?host=\(dir)&port=\(port)" }
+
+    /// The same database over TCP on 127.0.0.1.
+    public func tcpURL(_ database: String) -> String { "postgres://spook@127.0.0.1:\(port)/\(database)" }
+
+    /// Runs SQL with psql; its output, or nil when psql failed.
+    public func psql(_ database: String, _ sql: String) throws -> String? {
+        let p = try ChildProcess("/usr/bin/psql", ["-q", "-t", "-A", "-h", dir, "-p", "\(port)", "-U", "spook", "-d", database, "-c", sql], stderrPath: "\(dir)/psql.log")
+        var lines: [String] = []
+        while let line = try p.readLine(timeoutMs: 30_000) { lines.append(line) }
+        return p.wait() == 0 ? lines.joined(separator: "\n") : nil
+    }
+
+    func stop() {
+        process.signal(SIGINT)
+        _ = process.wait()
+        // SPOOK_KEEP_POSTGRES=1 keeps the folder (and server.log) for a post-mortem.
+        guard getenv("SPOOK_KEEP_POSTGRES") == nil else { return }
+        if let rm = try? ChildProcess("/bin/rm", ["-rf", dir]) { _ = rm.wait() }
+    }
+
+    /// Runs `body` on a new thread that then sleeps until the process ends; returns what it returned.
+    static func onLastingThread(_ body: @escaping () throws -> ChildProcess) throws -> ChildProcess {
+        let box = LastingThread(body)
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<LastingThread>.fromOpaque(raw!).takeUnretainedValue()
+            let result = Result { try box.body() }
+            pthread_mutex_lock(&box.mutex)
+            box.result = result
+            pthread_cond_signal(&box.cond)
+            pthread_mutex_unlock(&box.mutex)
+            while true { pause() }
+        }, Unmanaged.passRetained(box).toOpaque())
+        guard rc == 0 else { throw ChildProcess.Failure("pthread_create: \(rc)") }
+        pthread_mutex_lock(&box.mutex)
+        while box.result == nil { pthread_cond_wait(&box.cond, &box.mutex) }
+        pthread_mutex_unlock(&box.mutex)
+        return try box.result!.get()
+    }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard bound else { throw ChildProcess.Failure("no free port: \(errno)") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
+
+private final class LastingThread: @unchecked Sendable {
+    let body: () throws -> ChildProcess
+    var result: Result<ChildProcess, Error>?
+    var mutex = pthread_mutex_t(), cond = pthread_cond_t()
+    init(_ body: @escaping () throws -> ChildProcess) {
+        self.body = body
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+}
+
+/// A mutex for the few shared counters of the test helpers.
+final class Lock: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}
