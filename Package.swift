@@ -121,7 +121,11 @@ let package = Package(
         .target(name: "SpookCommand", dependencies: ["SpookNode"]),
         .executableTarget(
             name: "spookd",
-            dependencies: ["SpookCommand", "SpookNode", .target(name: "SpookPostgres", condition: .when(traits: ["PostgreSQL"]))]
+            dependencies: [
+                "SpookCommand", "SpookNode",
+                .target(name: "SpookPostgres", condition: .when(traits: ["PostgreSQL"])),
+                .target(name: "SpookStore", condition: .when(traits: ["PostgreSQL"])),
+            ]
         ),
         .executableTarget(
             name: "spook-edge",

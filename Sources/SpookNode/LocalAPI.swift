@@ -304,6 +304,8 @@ package final class LocalAPI: @unchecked Sendable {
                                        "inbound": .int(Int64(buffered.inbound))]),
             "api_clients": .int(Int64(buffered.apiClients)),
             "log_deltas": .int(Int64(clamping: node.store.logDeltas)),
+            // Two replicas hold the same state iff these are equal (SHA-256 of the canonical state bytes).
+            "state_sha256": .string(SHA256.hash(node.store.state.canonicalBytes()).hex),
             "devices": .array(node.devices?.status() ?? []),
         ]
     }

@@ -114,7 +114,8 @@ public final class Node: @unchecked Sendable {
     public let config: NodeConfig
     public let identity: Identity
     package let store: SQLStore
-    let storeLock: StoreLock
+    /// The lock file beside an SQLite store (nil on PostgreSQL, which several daemons share).
+    let storeLock: StoreLock?
     package let logger: Logger
     package let clock: any PhysicalClock
     let ioGroup: MultiThreadedEventLoopGroup
@@ -145,6 +146,9 @@ public final class Node: @unchecked Sendable {
     /// Makes the `[mqtt]` service and starts it; spook-edge's main sets this
     /// before `start` when the build has MQTT (nil: it has none).
     nonisolated(unsafe) public static var makeMQTT: (@Sendable (MQTTSpec, Node) throws -> any NodeService)?
+    /// Opens a `postgres://` store; spookd's main sets it when the build has
+    /// PostgreSQL (nil: `[node] data` must be an SQLite path).
+    nonisolated(unsafe) public static var openSharedStore: (@Sendable (String, StoreOptions, Logger) throws -> SQLStore)?
     /// Bumped when a reload replaces `upstreams`: timers and connections of
     /// the old ones see it and stand down (their indices mean nothing now).
     var upstreamEpoch = 0
@@ -167,7 +171,8 @@ public final class Node: @unchecked Sendable {
         self.logger = logger
         self.clock = clock
         // Before the key, the store or the API socket is touched: one process per store.
-        storeLock = try StoreLock(data: config.dataPath, name: { if case .edge = role { "spook-edge" } else { "spookd" } }())
+        let shared = PostgresURL.isPostgres(config.dataPath)
+        storeLock = shared ? nil : try StoreLock(data: config.dataPath, name: { if case .edge = role { "spook-edge" } else { "spookd" } }())
         let (identity, created) = try Identity.loadOrCreate(path: config.keyPath)
         self.identity = identity
         if created { logger.notice("created a new key", metadata: ["path": "\(config.keyPath)", "public": "\(identity.publicKey.hex)"]) }
@@ -177,14 +182,34 @@ public final class Node: @unchecked Sendable {
         storeOptions.lazyAcks = true
         // A compaction step runs on the node loop between frames and writes: keep it short.
         storeOptions.compactionDeltasMax = Node.compactionStepDeltas
-        store = try SQLStore(path: config.dataPath, options: storeOptions, logger: logger)
+        if shared {
+            guard let open = Node.openSharedStore else {
+                throw APIError("[node] data is a PostgreSQL URL, but this spookd was built without PostgreSQL (--disable-default-traits): use an SQLite path or a build with it")
+            }
+            store = try open(config.dataPath, storeOptions, logger)
+            // Daemons on one database are one replica: one key, one origin, one vector.
+            let mine = identity.publicKey.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            if let other = try store.claimReplica(fingerprint: Int64(bitPattern: mine)) {
+                let hex = { (v: UInt64) in (0..<8).map { i in UInt8(truncatingIfNeeded: v >> (56 - 8 * i)) }.hex }
+                throw APIError("\(PostgresURL.redacted(config.dataPath)) belongs to the replica whose key begins with \(hex(UInt64(bitPattern: other))); "
+                               + "this daemon's key (\(config.keyPath)) begins with \(hex(mine)): daemons sharing a database share its key file")
+            }
+        } else {
+            store = try SQLStore(path: config.dataPath, options: storeOptions, logger: logger)
+        }
         if store.openedEmptyFile && !created {
             // The key wrote before and its store is gone: never reuse its seqs.
             var g = SystemRandomNumberGenerator()
             try store.startIncarnation(epoch: UInt32.random(in: 1...UInt32.max, using: &g))
-            logger.critical("the store was emptied under a key that wrote before: writing as a new incarnation", metadata: [
-                "path": "\(config.dataPath)", "epoch": "\(store.epoch)", "origin": "\(identity.origin(epoch: store.epoch))",
-            ])
+            let metadata: Logger.Metadata = [
+                "path": "\(PostgresURL.redacted(config.dataPath))", "epoch": "\(store.epoch)", "origin": "\(identity.origin(epoch: store.epoch))",
+            ]
+            if store.shared {
+                // A new database: this key may have written elsewhere (an SQLite store before), so it writes under an origin of its own.
+                logger.notice("a new database for an existing key: writing as a new incarnation", metadata: metadata)
+            } else {
+                logger.critical("the store was emptied under a key that wrote before: writing as a new incarnation", metadata: metadata)
+            }
         }
         ioGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         nodeGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -223,6 +248,8 @@ public final class Node: @unchecked Sendable {
             }
             self.metrics.prepare(self)
         }.wait()
+        // Several daemons on one database: another's commit reaches this one's links and watchers.
+        store.onOthersCommit { [weak self] in self?.othersCommitted() }
         try api.listen(path: config.apiSocket, group: ioGroup)
         if let path = config.apiFifo {
             let reader = FifoReader(path: path, node: self)
@@ -897,8 +924,36 @@ public final class Node: @unchecked Sendable {
         }
     }
 
+    /// Set while a refresh after another daemon's commit waits on the node loop.
+    let refreshQueued = NIOLockedValueBox(false)
+
+    /// Another daemon committed to the shared database (any thread): once the
+    /// node loop is free, read what changed and let every link send it.
+    /// Notifications that arrive meanwhile join the one queued refresh.
+    func othersCommitted() {
+        guard refreshQueued.withLockedValue({ q in defer { q = true }; return !q }) else { return }
+        loop.execute {
+            self.refreshQueued.withLockedValue { $0 = false }
+            self.refreshFromOthers()
+        }
+    }
+
+    func refreshFromOthers() {
+        guard store.shared else { return }
+        do {
+            if try store.refreshFromOthers() { afterStoreChange(except: nil) }
+        } catch let e as StoreError where e.code == .closed {
+            return  // shutting down
+        } catch {
+            metrics.internalError("refresh")
+            limitLog.warning("refresh", "could not read other daemons' commits (retried at the next heartbeat): \(error)", nowMs: clock.nowMs())
+        }
+    }
+
     func daemonHeartbeat() {
         let now = clock.nowMs()
+        // A notification lost while the database connection was down: caught up here at the latest.
+        refreshFromOthers()
         let silence = silenceMs
         for link in links.values where link.upstream == nil {
             if now > link.lastHeardMs + silence {

@@ -233,7 +233,11 @@ extension ConfigReader {
             if c.name.utf8.count > 64 { fail("node.name", "\"name\" is \(c.name.utf8.count) bytes, the limit is 64") }
             c.keyPath = node.string("key", required: true) ?? ""
             c.dataPath = node.string("data", required: true) ?? ""
-            if checkFiles, let problem = NodeConfig.storeProblem(c.dataPath) { fail(node.key("data"), problem) }
+            if PostgresURL.isPostgres(c.dataPath) {
+                do { _ = try PostgresURL(c.dataPath) } catch let e as CoreError { fail(node.key("data"), "\"data\" = \(e.message)") } catch {}
+            } else if checkFiles, let problem = NodeConfig.storeProblem(c.dataPath) {
+                fail(node.key("data"), problem)
+            }
             c.sync = node.choice("sync", SyncLevel.allCases.map { ($0.rawValue, $0) }) ?? c.sync
             c.historyLength = node.int("history", in: 1...4096) ?? c.historyLength
         } else {
@@ -399,6 +403,9 @@ extension EdgeConfig {
             doc.rejectUnknownKeys(["node", "api", "metrics", "heartbeat", "clock", "limits", "compaction", "log", "reconnect", "register", "upstream", "device", "modbus_server", "mqtt", "web"])
             c.node = reader.nodeConfig(doc)
             c.node.mqtt = reader.mqtt(doc, nodeName: c.node.name)
+            if PostgresURL.isPostgres(c.node.dataPath) {
+                reader.fail("node.data", "spook-edge keeps its store in an SQLite file: \"data\" must be a path (PostgreSQL is for spookd)")
+            }
             c.node.web = reader.web(doc, daemon: false)
             c.upstreams = reader.upstreams(doc, nodeName: c.node.name)
             if doc.tables("upstream").isEmpty { reader.fail("", "no [[upstream]]: an edge agent needs at least one upstream daemon") }

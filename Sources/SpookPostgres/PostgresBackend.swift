@@ -7,94 +7,7 @@ import PostgresNIO
 import SpookCore
 import SpookStore
 
-/// `[node] data = "postgres://…"`: where the database is and who logs in.
-///
-///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=require]
-///     postgres://USER@/DATABASE?host=/run/postgresql[&port=5432]   (a Unix socket)
-public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
-    public var user: String
-    public var password: String?
-    public var host: String?
-    public var port = 5432
-    /// The directory of the server's Unix socket (`host=` in the query).
-    public var socketDirectory: String?
-    public var database: String
-    public var requireTLS = false
-
-    /// True for a string that names PostgreSQL rather than an SQLite path.
-    public static func isPostgres(_ text: String) -> Bool {
-        text.hasPrefix("postgres://") || text.hasPrefix("postgresql://")
-    }
-
-    public init(_ text: String) throws {
-        func bad(_ why: String) -> CoreError { CoreError(.malformed, "\"\(PostgresURL.redacted(text))\": \(why); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or postgres://USER@/DATABASE?host=/socket/dir") }
-        guard PostgresURL.isPostgres(text) else { throw bad("not a postgres:// URL") }
-        var rest = Substring(text.hasPrefix("postgres://") ? text.dropFirst("postgres://".count) : text.dropFirst("postgresql://".count))
-        var query: [(String, String)] = []
-        if let q = rest.firstIndex(of: "?") {
-            for pair in rest[rest.index(after: q)...].split(separator: "&") {
-                let kv = pair.split(separator: "=", maxSplits: 1).map(String.init)
-                guard kv.count == 2 else { throw bad("query part \"\(pair)\" is not key=value") }
-                query.append((kv[0], kv[1]))
-            }
-            rest = rest[..<q]
-        }
-        guard let at = rest.lastIndex(of: "@") else { throw bad("no user (USER@…)") }
-        let credentials = rest[..<at], location = rest[rest.index(after: at)...]
-        if let colon = credentials.firstIndex(of: ":") {
-            user = String(credentials[..<colon])
-            password = String(credentials[credentials.index(after: colon)...])
-        } else {
-            user = String(credentials)
-        }
-        guard !user.isEmpty else { throw bad("the user is empty") }
-        guard let slash = location.firstIndex(of: "/") else { throw bad("no database (…/DATABASE)") }
-        database = String(location[location.index(after: slash)...])
-        guard !database.isEmpty, !database.contains("/") else { throw bad("the database name is empty or has a \"/\"") }
-        let hostPort = location[..<slash]
-        if !hostPort.isEmpty {
-            if let colon = hostPort.lastIndex(of: ":"), !hostPort.hasSuffix("]") {
-                guard let p = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(p) else { throw bad("the port is not 1…65535") }
-                port = p
-                host = String(hostPort[..<colon])
-            } else {
-                host = String(hostPort)
-            }
-            host = host.map { $0.hasPrefix("[") && $0.hasSuffix("]") ? String($0.dropFirst().dropLast()) : $0 }
-        }
-        for (key, value) in query {
-            switch key {
-            case "host":
-                guard value.hasPrefix("/") else { throw bad("host= must be the absolute path of the server's socket directory") }
-                socketDirectory = value
-            case "port":
-                guard let p = Int(value), (1...65535).contains(p) else { throw bad("port= is not 1…65535") }
-                port = p
-            case "sslmode":
-                switch value {
-                case "disable": requireTLS = false
-                case "require", "verify-full": requireTLS = true
-                default: throw bad("sslmode must be disable, require or verify-full")
-                }
-            default:
-                throw bad("unknown query key \"\(key)\" (known: host, port, sslmode)")
-            }
-        }
-        guard host != nil || socketDirectory != nil else { throw bad("neither a host nor host=/socket/dir") }
-        if socketDirectory != nil && host != nil { throw bad("both a host and host=/socket/dir") }
-    }
-
-    /// The URL with its password replaced, for logs and messages.
-    public var description: String {
-        let who = password == nil ? user : "\(user):***"
-        if let dir = socketDirectory { return "postgres://\(who)@/\(database)?host=\(dir)&port=\(port)" }
-        return "postgres://\(who)@\(host ?? ""):\(port)/\(database)\(requireTLS ? "?sslmode=require" : "")"
-    }
-
-    static func redacted(_ text: String) -> String {
-        (try? PostgresURL(text))?.description ?? (text.contains("@") ? "postgres://…" : text)
-    }
-
+extension PostgresURL {
     func configuration() throws -> PostgresConnection.Configuration {
         var c: PostgresConnection.Configuration
         if let dir = socketDirectory {
@@ -155,7 +68,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         var g = SystemRandomNumberGenerator()
         instance = String(UInt64.random(in: 1...UInt64.max, using: &g), radix: 16)
         do { _ = try live() } catch {
-            try? group.syncShutdownGracefully()
+            group.shutdownGracefully { _ in }
             throw error
         }
     }
@@ -177,20 +90,21 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
     /// costs the calls made while it is down, each of which throws.
     private func live() throws -> PostgresConnection {
         if let c = connection, !c.isClosed { return c }
+        guard !listener.withLockedValue({ $0.stopped }) else { throw StoreError(.closed, "\(url): the store is closed") }
         connection = nil
         let id = nextConnectionID
         nextConnectionID += 1
         let c: PostgresConnection
         do {
-            c = try PostgresConnection.connect(on: group.next(), configuration: try url.configuration(), id: id, logger: logger).wait()
+            c = try PostgresConnection.connect(on: group.next(), configuration: try url.configuration(), id: id, logger: logger).block()
         } catch {
             throw failure("cannot connect", error)
         }
         // "full" and "extra" wait for the server's WAL flush at COMMIT; "off"
         // and "normal" do not (a crash of the server may lose the last commits).
         let flush = sync == .full || sync == .extra ? "on" : "off"
-        do { _ = try c.simpleQuery("SET synchronous_commit = \(flush)").wait() } catch {
-            _ = try? c.close().wait()
+        do { _ = try c.simpleQuery("SET synchronous_commit = \(flush)").block() } catch {
+            _ = try? c.close().block()
             throw failure("cannot set synchronous_commit", error)
         }
         connection = c
@@ -227,7 +141,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         let c = try live()
         try drain()
         for statement in sql.split(separator: ";") where statement.contains(where: { !$0.isWhitespace }) {
-            do { _ = try c.simpleQuery(String(statement)).wait() } catch { throw failure("\"\(statement.prefix(60))\"", error) }
+            do { _ = try c.simpleQuery(String(statement)).block() } catch { throw failure("\"\(statement.prefix(60))\"", error) }
         }
     }
 
@@ -236,7 +150,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         let futures = statements.map { c.simpleQuery($0) }
         var first: Error?
         for f in futures {
-            do { _ = try f.wait() } catch { first = first ?? error }
+            do { _ = try f.block() } catch { first = first ?? error }
         }
         if let first { throw first }
     }
@@ -273,7 +187,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
             pending.append(future)
             return []
         }
-        do { return try future.wait().rows } catch { throw failure("\"\(query.sql.prefix(60))\"", error) }
+        do { return try future.block().rows } catch { throw failure("\"\(query.sql.prefix(60))\"", error) }
     }
 
     /// Waits for the statements sent without waiting; throws the first failure.
@@ -282,7 +196,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         pending = []
         var first: Error?
         for f in waiting {
-            do { _ = try f.wait() } catch { first = first ?? error }
+            do { _ = try f.block() } catch { first = first ?? error }
         }
         if let first { throw failure("a statement of the transaction failed", first) }
     }
@@ -311,7 +225,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         _ = try? drain()
         inTransaction = false
         guard let c = connection, !c.isClosed else { return }
-        _ = try? c.simpleQuery("ROLLBACK").wait()
+        _ = try? c.simpleQuery("ROLLBACK").block()
     }
 
     public func integrityCheck() throws {}
@@ -371,16 +285,21 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         group.next().scheduleTask(in: .seconds(Int64(delay))) { [weak self] in self?.listen(attempt: attempt) }
     }
 
+    /// Closes both connections and stops the event loop; later calls do nothing.
     public func close() {
-        let l = listener.withLockedValue { state -> PostgresConnection? in
+        let l = listener.withLockedValue { state -> PostgresConnection?? in
+            guard !state.stopped else { return .none }
             state.stopped = true
             state.handler = nil
-            return state.connection
+            defer { state.connection = nil }
+            return .some(state.connection)
         }
-        _ = try? l?.close().wait()
-        if let c = connection { _ = try? c.close().wait() }
+        guard case .some(let l) = l else { return }
+        _ = try? l?.close().block()
+        if let c = connection { _ = try? c.close().block() }
         connection = nil
-        try? group.syncShutdownGracefully()
+        // Not syncShutdownGracefully: close() may run on the node's event loop.
+        group.shutdownGracefully { _ in }
     }
 }
 
@@ -457,5 +376,25 @@ extension SQLStore {
         guard PostgresURL.isPostgres(data) else { return try SQLStore(path: data, options: options, logger: logger) }
         let backend = try PostgresBackend(url: try PostgresURL(data), sync: options.sync, logger: logger)
         return try SQLStore(backend: backend, options: options, logger: logger)
+    }
+}
+
+extension EventLoopFuture {
+    /// Waits for the result on the calling thread. Unlike `wait()`, allowed
+    /// on another group's event loop: the store is called on the node's loop,
+    /// which does nothing else while a commit is in progress (as with SQLite),
+    /// and the connection runs on the backend's own loop, so this cannot
+    /// deadlock.
+    func block() throws -> Value {
+        let done = ConditionLock(value: 0)
+        let result = NIOLockedValueBox<Result<Value, Error>?>(nil)
+        whenComplete { r in
+            done.lock()
+            result.withLockedValue { $0 = r }
+            done.unlock(withValue: 1)
+        }
+        done.lock(whenValue: 1)
+        done.unlock()
+        return try result.withLockedValue { $0! }.get()
     }
 }

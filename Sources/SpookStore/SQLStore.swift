@@ -310,10 +310,32 @@ public final class SQLStore: Store {
     /// On a shared backend: reads what other daemons committed and tells
     /// `onChange` (the node calls it when the database says someone
     /// committed). Nothing on a store of its own.
-    public func refreshFromOthers() throws {
-        guard db.shared else { return }
+    /// Returns whether anything was new.
+    @discardableResult
+    public func refreshFromOthers() throws -> Bool {
+        guard db.shared else { return false }
         defer { tellOthersChanges() }
+        let before = seenGeneration
         try readOthersCommits()
+        return seenGeneration != before
+    }
+
+    /// Other processes write this store's database too (several daemons on one PostgreSQL).
+    public var shared: Bool { db.shared }
+
+    /// A shared database belongs to one replica, so the daemons on it share
+    /// its key (one origin). Records `fingerprint` (the key's first 8 bytes)
+    /// the first time; after that returns the recorded one when it differs
+    /// (nil: this key is the replica's).
+    public func claimReplica(fingerprint: Int64) throws -> Int64? {
+        try transaction {
+            if let held = try meta("replica_key") {
+                let h = Int64(bitPattern: held)
+                return h == fingerprint ? nil : h
+            }
+            try setMeta("replica_key", fingerprint)
+            return nil
+        }
     }
 
     /// `handler` runs (on another thread) whenever another daemon on a shared database committed.

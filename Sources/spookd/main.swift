@@ -1,5 +1,9 @@
 import SpookCommand
 import SpookNode
+#if PostgreSQL
+import SpookPostgres
+import SpookStore
+#endif
 
 enum Spookd: DaemonKind {
     static let name = "spookd"
@@ -8,4 +12,8 @@ enum Spookd: DaemonKind {
     static func role(_ config: DaemonConfig) -> Node.Role { .daemon(config) }
 }
 
+#if PostgreSQL
+// [node] data = "postgres://…" (a build without the PostgreSQL trait refuses it at start).
+Node.openSharedStore = { data, options, logger in try SQLStore.open(data: data, options: options, logger: logger) }
+#endif
 DaemonCommand<Spookd>.start()

@@ -55,14 +55,15 @@ final class Cluster {
         for name in names { try writeEdgeConfig(name, key: edgeKeys[name]!) }
     }
 
-    /// The [node], [api] and [heartbeat] tables of a test node whose files are `<file>.key/.db/.sock`.
-    func nodeToml(_ name: String, file: String) -> String {
+    /// The [node], [api] and [heartbeat] tables of a test node whose files are
+    /// `<file>.key/.db/.sock` (or `key` and `data` when given: a shared key, a postgres:// URL).
+    func nodeToml(_ name: String, file: String, key: String? = nil, data: String? = nil, sync: String = "normal") -> String {
         """
         [node]
         name = "\(name)"
-        key = "\(dir.file("\(file).key"))"
-        data = "\(dir.file("\(file).db"))"
-        sync = "normal"
+        key = "\(key ?? dir.file("\(file).key"))"
+        data = "\(data ?? dir.file("\(file).db"))"
+        sync = "\(sync)"
         history = \(history)
         [api]
         socket = "\(dir.file("\(file).sock"))"

@@ -1,0 +1,90 @@
+import SpookCore
+
+/// `[node] data = "postgres://…"`: where the database is and who logs in.
+///
+///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=require]
+///     postgres://USER@/DATABASE?host=/run/postgresql[&port=5432]   (a Unix socket)
+public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
+    public var user: String
+    public var password: String?
+    public var host: String?
+    public var port = 5432
+    /// The directory of the server's Unix socket (`host=` in the query).
+    public var socketDirectory: String?
+    public var database: String
+    public var requireTLS = false
+
+    /// True for a string that names PostgreSQL rather than an SQLite path.
+    public static func isPostgres(_ text: String) -> Bool {
+        text.hasPrefix("postgres://") || text.hasPrefix("postgresql://")
+    }
+
+    public init(_ text: String) throws {
+        func bad(_ why: String) -> CoreError { CoreError(.malformed, "\"\(PostgresURL.redacted(text))\": \(why); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE or postgres://USER@/DATABASE?host=/socket/dir") }
+        guard PostgresURL.isPostgres(text) else { throw bad("not a postgres:// URL") }
+        var rest = Substring(text.hasPrefix("postgres://") ? text.dropFirst("postgres://".count) : text.dropFirst("postgresql://".count))
+        var query: [(String, String)] = []
+        if let q = rest.firstIndex(of: "?") {
+            for pair in rest[rest.index(after: q)...].split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2 else { throw bad("query part \"\(pair)\" is not key=value") }
+                query.append((kv[0], kv[1]))
+            }
+            rest = rest[..<q]
+        }
+        guard let at = rest.lastIndex(of: "@") else { throw bad("no user (USER@…)") }
+        let credentials = rest[..<at], location = rest[rest.index(after: at)...]
+        if let colon = credentials.firstIndex(of: ":") {
+            user = String(credentials[..<colon])
+            password = String(credentials[credentials.index(after: colon)...])
+        } else {
+            user = String(credentials)
+        }
+        guard !user.isEmpty else { throw bad("the user is empty") }
+        guard let slash = location.firstIndex(of: "/") else { throw bad("no database (…/DATABASE)") }
+        database = String(location[location.index(after: slash)...])
+        guard !database.isEmpty, !database.contains("/") else { throw bad("the database name is empty or has a \"/\"") }
+        let hostPort = location[..<slash]
+        if !hostPort.isEmpty {
+            if let colon = hostPort.lastIndex(of: ":"), !hostPort.hasSuffix("]") {
+                guard let p = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(p) else { throw bad("the port is not 1…65535") }
+                port = p
+                host = String(hostPort[..<colon])
+            } else {
+                host = String(hostPort)
+            }
+            host = host.map { $0.hasPrefix("[") && $0.hasSuffix("]") ? String($0.dropFirst().dropLast()) : $0 }
+        }
+        for (key, value) in query {
+            switch key {
+            case "host":
+                guard value.hasPrefix("/") else { throw bad("host= must be the absolute path of the server's socket directory") }
+                socketDirectory = value
+            case "port":
+                guard let p = Int(value), (1...65535).contains(p) else { throw bad("port= is not 1…65535") }
+                port = p
+            case "sslmode":
+                switch value {
+                case "disable": requireTLS = false
+                case "require", "verify-full": requireTLS = true
+                default: throw bad("sslmode must be disable, require or verify-full")
+                }
+            default:
+                throw bad("unknown query key \"\(key)\" (known: host, port, sslmode)")
+            }
+        }
+        guard host != nil || socketDirectory != nil else { throw bad("neither a host nor host=/socket/dir") }
+        if socketDirectory != nil && host != nil { throw bad("both a host and host=/socket/dir") }
+    }
+
+    /// The URL with its password replaced, for logs and messages.
+    public var description: String {
+        let who = password == nil ? user : "\(user):***"
+        if let dir = socketDirectory { return "postgres://\(who)@/\(database)?host=\(dir)&port=\(port)" }
+        return "postgres://\(who)@\(host ?? ""):\(port)/\(database)\(requireTLS ? "?sslmode=require" : "")"
+    }
+
+    public static func redacted(_ text: String) -> String {
+        (try? PostgresURL(text))?.description ?? (text.contains("@") ? "postgres://…" : text)
+    }
+}

@@ -1,0 +1,142 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SpookCore
+import SpookLink
+import SpookNode
+import SpookTestSupport
+import Testing
+
+/// Several `spookd` on one PostgreSQL database (a private server: initdb in
+/// a temporary folder, stopped with the test process).
+let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
+
+@Suite struct SharedDatabaseTests {
+
+    /// Two daemons ("d1", "d2") on `url`, sharing `spookd.key`, and the five
+    /// agents, gw1–gw3 preferring d1 and gw4–gw5 preferring d2.
+    static func configure(_ c: Cluster, url: String, compactionMs: Int = 86_400_000) throws {
+        var peers = ""
+        for name in agents {
+            peers += "[[peer]]\nname = \"\(name)\"\nkey = \"\(c.edgeKeys[name]!.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\"site1.*\", \"spook.*\"]\n\n"
+        }
+        for d in ["d1", "d2"] {
+            try c.write("\(d).toml", c.nodeToml(d, file: d, key: c.dir.file("spookd.key"), data: url, sync: "full")
+                        + "[compaction]\ninterval_ms = \(compactionMs)\n\n[[listen]]\nurl = \"unix://\(c.dir.file("\(d)-link.sock"))\"\n\n" + peers)
+        }
+        for (i, name) in agents.enumerated() {
+            let (first, second) = i < 3 ? (10, 5) : (5, 10)
+            try c.write("\(name).toml", c.edgeToml(name, upstreams: [
+                ("d1", "unix://\(c.dir.file("d1-link.sock"))", c.daemonKey, first, ""),
+                ("d2", "unix://\(c.dir.file("d2-link.sock"))", c.daemonKey, second, ""),
+            ]))
+        }
+    }
+
+    static func digest(_ c: Cluster, _ who: String) -> String? { (try? c.status(who))?["state_sha256"]?.string }
+
+    /// Writes `count` values (`from`…) to each agent's own counter, pipelined, all acknowledged by the agent.
+    static func write(_ c: Cluster, from: Int, count: Int) throws {
+        for name in agents {
+            let client = try c.api(name)
+            for i in from..<(from + count) {
+                try client.send(.object(["op": .string("set"), "register": .string("site1.\(name)/data/n"), "value": .int(Int64(i))]))
+            }
+            for _ in 0..<count {
+                guard try client.next(timeoutMs: 30_000)?["ok"] == .bool(true) else { throw APIClientError("\(name): a write was not acknowledged") }
+            }
+        }
+    }
+
+    /// Five agents write while one of two daemons on one database is killed
+    /// with -9; its agents fail over to the other. Afterwards (the killed one
+    /// restarted) both daemons and every agent hold byte-identical state, and
+    /// the database holds each agent's deltas 1…n exactly once.
+    @Test func twoDaemonsOnOneDatabaseLoseNothingWhenOneIsKilled() throws {
+        let url = try PostgresServer.shared().createDatabase("pair")
+        let c = try Cluster(edges: agents)
+        try Self.configure(c, url: url)
+        c.edges["d1"] = try c.launch("spookd", "d1.toml")
+        c.edges["d2"] = try c.launch("spookd", "d2.toml")
+        for name in agents { c.edges[name] = try c.launch("spook-edge", "\(name).toml") }
+        try c.waitFor("every agent coherent") { agents.allSatisfy { c.coherent($0) } }
+
+        // A write through one daemon is visible through the other, and reaches the agents linked to it.
+        try c.set("d1", "site1.hq/plan/target", .int(42))
+        try c.waitFor("d1's write through d2 and at gw5") { c.value("d2", "site1.hq/plan/target") == .int(42) && c.value("gw5", "site1.hq/plan/target") == .int(42) }
+        try c.set("d2", "site1.hq/plan/target", .int(43))
+        try c.waitFor("d2's write through d1 and at gw1") { c.value("d1", "site1.hq/plan/target") == .int(43) && c.value("gw1", "site1.hq/plan/target") == .int(43) }
+
+        try Self.write(c, from: 1, count: 150)
+        // Mid-stream: the agents' links are still sending these when d1 dies.
+        c.edges["d1"]?.signal(SIGKILL)
+        c.edges["d1"]?.wait()
+        c.edges["d1"] = nil
+        try Self.write(c, from: 151, count: 150)
+        try c.set("d2", "site1.hq/plan/target", .int(44))
+
+        let origins = Dictionary(uniqueKeysWithValues: agents.map { ($0, c.edgeKeys[$0]!.origin.description) })
+        try c.waitFor("d2 holds every agent's writes, and every agent holds d2's", seconds: 60) {
+            try agents.allSatisfy { name in
+                let own = c.held(name, of: origins[name]!)
+                guard case .array(let links)? = try c.status(name)["links"] else { return false }
+                return c.held("d2", of: origins[name]!) == own && c.value(name, "site1.hq/plan/target") == .int(44)
+                    && links.allSatisfy { $0["lag"] == .int(0) }
+            }
+        }
+        #expect(agents.allSatisfy { c.value("d2", "site1.\($0)/data/n") == .int(300) })
+
+        // d1 comes back on the same database: it serves the same state.
+        c.edges["d1"] = try c.launch("spookd", "d1.toml")
+        try c.waitFor("one state on both daemons and all five agents", seconds: 60) {
+            let reference = Self.digest(c, "d2")
+            let sameVector = try c.status("d1")["vector"] == c.status("d2")["vector"]
+            return reference != nil && sameVector && (["d1"] + agents).allSatisfy { Self.digest(c, $0) == reference }
+        }
+        for name in agents {
+            #expect(c.value(name, "site1.gw3/data/n") == .int(300), "\(name)")
+            #expect(try Self.history(c, "d1", "site1.\(name)/data/n").prefix(3) == [300, 299, 298], "\(name)'s last values in order")
+        }
+
+        // Exactly once: per agent origin the database's vector says n, and its
+        // log holds n rows, seqs 1…n (one statement: one snapshot of both).
+        let database = String(url.split(separator: "/")[2].prefix { $0 != "?" })
+        let rows = try #require(try PostgresServer.shared().psql(database, """
+            SELECT v.origin, v.seq, COUNT(d.seq), MIN(d.seq), MAX(d.seq) FROM vector v LEFT JOIN deltas d ON d.origin = v.origin GROUP BY v.origin, v.seq
+            """))
+        var perOrigin: [String: [Int64]] = [:]
+        for line in rows.split(separator: "\n") {
+            let f = line.split(separator: "|").compactMap { Int64($0) }
+            guard f.count == 5 else { continue }
+            perOrigin[Origin(UInt64(bitPattern: f[0])).description] = Array(f[1...])
+        }
+        for name in agents {
+            let row = try #require(perOrigin[origins[name]!], "\(name)'s origin is in the database's vector")
+            let n = row[0]
+            #expect(n >= 300, "\(name) wrote 300 values and its status registers")
+            #expect(row == [n, n, 1, n], "\(name): vector, then rows (count, first, last): \(row)")
+        }
+    }
+
+    static func history(_ c: Cluster, _ who: String, _ register: String) throws -> [Int64] {
+        let answer = try c.call(who, .object(["op": .string("history"), "register": .string(register)]))
+        guard case .array(let entries)? = answer["history"] else { return [] }
+        return entries.compactMap { if case .int(let v)? = $0["value"] { v } else { nil } }
+    }
+
+    /// A daemon whose key differs from the one the database belongs to is refused at start, with both keys named.
+    @Test func aDaemonWithAnotherKeyIsRefused() throws {
+        let url = try PostgresServer.shared().createDatabase("other")
+        let c = try Cluster(edges: agents)
+        try Self.configure(c, url: url)
+        c.edges["d1"] = try c.launch("spookd", "d1.toml")
+        let stranger = Identity()
+        try stranger.save(path: c.dir.file("stranger.key"))
+        try c.write("d3.toml", c.nodeToml("d3", file: "d3", key: c.dir.file("stranger.key"), data: url) + "[[listen]]\nurl = \"unix://\(c.dir.file("d3-link.sock"))\"\n")
+        let child = try ChildProcess(Cluster.binary("spookd"), ["run", "-c", c.dir.file("d3.toml")], stderrPath: c.dir.file("d3.err"))
+        #expect(child.wait() != 0)
+        let err = try ConfigFile.read(c.dir.file("d3.err"))
+        #expect(err.contains("belongs to the replica whose key begins with \(Array(c.daemonKey.publicKey.prefix(8)).hex)"), "\(err)")
+        #expect(err.contains(Array(stranger.publicKey.prefix(8)).hex), "\(err)")
+    }
+}
