@@ -143,6 +143,7 @@ let package = Package(
             name: "spook-bench",
             dependencies: [
                 "SpookCore", "SpookStore", "SpookLink", "SpookNode", "CSQLite", "SpookSparkplug", "CMosquitto",
+                "SpookWire", "SpookPostgres", "SpookTestSupport", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -66,6 +66,11 @@ public struct SyncSession: Sendable {
     /// (applications, devices, its own registers), not what it received.
     public var onlyOrigin: Origin?
 
+    /// The peer subscribed to nothing (its HELLO named no domain): a
+    /// publisher. It is sent no deltas, and what it holds is not recorded,
+    /// so it holds back no compaction; it still gets ACKs for what it sends.
+    public var publishOnly = false
+
     /// Our own origin, and the peer's: a VECTOR carries what each side holds of
     /// the other's origin (an `OriginTip`), so a store that went back in time
     /// is found before it reuses a seq (`OriginConflict`).
@@ -92,12 +97,14 @@ public struct SyncSession: Sendable {
         guard let ourStart, let theirStart else { return false }
         let acked = store.peerVector(peer)
         let received = store.vector.compare(theirStart) != .behind && store.vector.compare(theirStart) != .concurrent
+        if publishOnly { return received }
         if let only = onlyOrigin { return received && acked[only] >= ourStart[only] }
         return received && acked.compare(ourStart) != .behind && acked.compare(ourStart) != .concurrent
     }
 
     /// What is still unacknowledged, in deltas: what the peer lacks of ours.
     public func lag(_ store: any Store) -> UInt64 {
+        if publishOnly { return 0 }
         let acked = store.peerVector(peer)
         if let only = onlyOrigin { return store.vector[only] - min(store.vector[only], acked[only]) }
         return store.vector.lacking(in: acked).reduce(0) { $0 + $1.count }
@@ -218,6 +225,7 @@ public struct SyncSession: Sendable {
     /// lower: the peer's store went back in time and must be sent again what
     /// it lost. Any other ACK only adds (ACKs may arrive out of order).
     mutating func learn(_ theirs: QStateVector, _ store: any Store, current: Bool) throws {
+        guard !publishOnly else { return }
         if current, store.peerVector(peer).merged(theirs) != theirs {
             try store.replaceAck(peer: peer, vector: theirs)
         } else {
@@ -251,7 +259,7 @@ public struct SyncSession: Sendable {
                 inFlight = 0
             }
         }
-        guard knowsPeer, !paused else { return out }
+        guard knowsPeer, !paused, !publishOnly else { return out }
         sent.merge(acked)
         while inFlight < options.inFlightMax {
             let view = sendable(sent, store)

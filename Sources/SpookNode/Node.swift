@@ -738,6 +738,9 @@ public final class Node: @unchecked Sendable {
                 let own = upstreams[u].group.domain
                 session.visible = { group in group.domain == own || domains.contains { $0.matches(group.domain) } }
             }
+        } else if peer.subscriptions.isEmpty {
+            // A publisher (its HELLO subscribed to nothing): sent nothing, holds back no compaction.
+            session.publishOnly = true
         } else if let grant = link.grant {
             // A daemon sends a peer what its read grant allows and its HELLO subscribed to.
             let read = grant.read, subscribed = peer.subscriptions

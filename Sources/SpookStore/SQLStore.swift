@@ -482,15 +482,12 @@ public final class SQLStore: Store {
             guard try b.step() else { throw StoreError(.invariant, "\(path): a new StateBlock got no id") }
             let id = b.int64(0)
             b.reset()
-            let d = try db.prepare("INSERT INTO deltas(origin, seq, block, body, refused) VALUES (?, ?, ?, ?, ?)")
-            for h in held {
-                d.reset()
-                d.bind(1, h.delta.origin.rawValue)
-                d.bind(2, h.delta.seq)
-                d.bind(3, id)
-                d.bind(4, h.body)
-                if let r = h.refusal { d.bind(5, r.code.rawValue) }
-                try d.step()
+            try insertRows("INSERT INTO deltas(origin, seq, block, body, refused) VALUES", columns: 5, held) { d, at, h in
+                d.bind(at, h.delta.origin.rawValue)
+                d.bind(at + 1, h.delta.seq)
+                d.bind(at + 2, id)
+                d.bind(at + 3, h.body)
+                if let r = h.refusal { d.bind(at + 4, r.code.rawValue) }
             }
             try writeVector(table: "vector", old: vector, new: nextVector)
             try writeRegisters(result.changed, state: nextState)
@@ -532,29 +529,56 @@ public final class SQLStore: Store {
         try s.step()
     }
 
+    /// Inserts `rows` with multi-row VALUES, `insertChunk` rows a statement
+    /// (one cached statement for full chunks, one for the rest row by row):
+    /// a server round trip per chunk instead of per row. `bind` binds one
+    /// row's columns from the given first index. Each chunk holds distinct
+    /// keys (an upsert may not touch a row twice in one statement).
+    private func insertRows<Row>(_ head: String, columns: Int, tail: String = "", _ rows: [Row], bind: (any SQLStatement, Int32, Row) -> Void) throws {
+        let tuple = "(" + Array(repeating: "?", count: columns).joined(separator: ", ") + ")"
+        var i = 0
+        if rows.count >= SQLStore.insertChunk {
+            let s = try db.prepare("\(head) \(Array(repeating: tuple, count: SQLStore.insertChunk).joined(separator: ", "))\(tail)")
+            while i + SQLStore.insertChunk <= rows.count {
+                s.reset()
+                for j in 0..<SQLStore.insertChunk { bind(s, Int32(j * columns + 1), rows[i + j]) }
+                try s.step()
+                i += SQLStore.insertChunk
+            }
+        }
+        guard i < rows.count else { return }
+        let s = try db.prepare("\(head) \(tuple)\(tail)")
+        for row in rows[i...] {
+            s.reset()
+            bind(s, 1, row)
+            try s.step()
+        }
+    }
+
+    /// Rows per multi-row INSERT (5 columns × 32 = 160 parameters, well inside both engines' limits).
+    static let insertChunk = 32
+
     private func writeVector(table: String, old: QStateVector, new: QStateVector) throws {
         let g = genColumn
-        let s = try db.prepare("INSERT INTO \(table)(origin, seq\(g.name)) VALUES (?, ?\(g.value)) ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq\(g.update)")
-        for o in new.origins where new[o] != old[o] {
-            s.reset()
-            s.bind(1, o.rawValue)
-            s.bind(2, new[o])
-            if db.shared { s.bind(3, txGeneration) }
-            try s.step()
+        let shared = db.shared, generation = txGeneration
+        try insertRows("INSERT INTO \(table)(origin, seq\(g.name)) VALUES", columns: shared ? 3 : 2,
+                       tail: " ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq\(g.update)", new.origins.filter { new[$0] != old[$0] }) { s, at, o in
+            s.bind(at, o.rawValue)
+            s.bind(at + 1, new[o])
+            if shared { s.bind(at + 2, generation) }
         }
     }
 
     /// Upserts changed registers.
     private func writeRegisters(_ changed: [QRegisterName], state: CollapseState) throws {
         let g = genColumn
-        let s = try db.prepare("INSERT INTO registers(name, body\(g.name)) VALUES (?, ?\(g.value)) ON CONFLICT(name) DO UPDATE SET body = excluded.body\(g.update)")
-        for name in changed {
-            guard let new = state.registers[name] else { continue }
-            s.reset()
-            s.bind(1, name.description)
-            s.bind(2, new.encoded)
-            if db.shared { s.bind(3, txGeneration) }
-            try s.step()
+        let shared = db.shared, generation = txGeneration
+        let rows = changed.compactMap { name in state.registers[name].map { (name, $0) } }
+        try insertRows("INSERT INTO registers(name, body\(g.name)) VALUES", columns: shared ? 3 : 2,
+                       tail: " ON CONFLICT(name) DO UPDATE SET body = excluded.body\(g.update)", rows) { s, at, row in
+            s.bind(at, row.0.description)
+            s.bind(at + 1, row.1.encoded)
+            if shared { s.bind(at + 2, generation) }
         }
     }
 
@@ -562,21 +586,18 @@ public final class SQLStore: Store {
     /// (not a ring updated in place) keeps the pages a commit dirties few and
     /// sequential; `trimHistoryIfDue` bounds the table.
     private func appendHistory(_ changes: [RegisterChange]) throws {
-        let h = try db.prepare("INSERT INTO history(name, side, body) VALUES (?, ?, ?)")
-        for change in changes {
+        try insertRows("INSERT INTO history(name, side, body) VALUES", columns: 3, changes) { h, at, change in
             let v = change.entry.versioned
-            h.reset()
-            h.bind(1, change.name.description)
-            h.bind(2, Int64(change.entry.side.rawValue))
+            h.bind(at, change.name.description)
+            h.bind(at + 1, Int64(change.entry.side.rawValue))
             var w = ByteWriter()
             v.value.encode(into: &w)
             w.write(v.stamp.hlc.rawValue)
             w.write(v.stamp.origin.rawValue)
             w.write(v.stamp.seq)
-            h.bind(3, w.bytes)
-            try h.step()
-            historyUntrimmed += 1
+            h.bind(at + 2, w.bytes)
         }
+        historyUntrimmed += changes.count
     }
 
     /// Cuts every register's history back to its newest `historyLength`

@@ -16,7 +16,7 @@ enum LinkBench {
         let stdoutFD: Int32?
         var buffer: [UInt8] = []
 
-        init(_ path: String, _ arguments: [String], readable: Bool = false) throws {
+        init(_ path: String, _ arguments: [String], readable: Bool = false, stderr: String = "/dev/null") throws {
             var child: pid_t = 0
             let argv = ([path] + arguments).map { strdup($0) } + [nil]
             defer { for p in argv { free(p) } }
@@ -31,7 +31,7 @@ enum LinkBench {
             } else {
                 posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
             }
-            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o600)
             guard posix_spawn(&child, path, &actions, nil, argv, environ) == 0 else { throw APIClientError("cannot start \(path)") }
             if readable { close(fds[1]) }
             pid = child

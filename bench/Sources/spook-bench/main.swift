@@ -4,7 +4,7 @@
 //
 //     bench/run              (release build, then this)
 //     bench/run --quick      (smaller counts, for a smoke run)
-//     bench/run --only P     one part: core, store, wasm, link, longrun, devices, mqtt, page or footprint
+//     bench/run --only P     one part: core, store, wasm, link, fleet, longrun, devices, mqtt, page or footprint
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +14,7 @@ import SpookStore
 
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
-/// `--only core`, `store`, `wasm`, `link`, `longrun`, `devices`, `mqtt`, `page` or `footprint` runs one part.
+/// `--only core`, `store`, `wasm`, `link`, `fleet`, `longrun`, `devices`, `mqtt`, `page` or `footprint` runs one part.
 let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
     i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
 }
@@ -206,6 +206,14 @@ if runs("link") {
     let linkDir = "\(dir)/link"
     mkdir(linkDir, 0o700)
     rows += try LinkBench.run(dir: linkDir, binaries: binaries, edgeBinary: edgeBinary, count: 100_000 / scale)
+}
+
+// MARK: fleet (1,000 simulated agents into spookd: SQLite, PostgreSQL with 1 and 2 daemons)
+
+if runs("fleet") {
+    let fleetDir = "\(dir)/fleet"
+    mkdir(fleetDir, 0o700)
+    rows += try FleetBench.run(dir: fleetDir, binaries: binaries, agents: quick ? 100 : 1_000, rate: 100, seconds: quick ? 3 : 10)
 }
 
 // MARK: the long run (a million writes, a watcher, compaction)

@@ -1,0 +1,278 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import SpookCore
+import SpookLink
+import SpookNode
+import SpookPostgres
+import SpookStore
+import SpookTestSupport
+import SpookWire
+
+/// The fleet benchmark: many simulated agents, each a real ETCP/ESTP client
+/// with its own Ed25519 key (authenticated as a `[[peer]]`), writing into
+/// `spookd` at a fixed rate. One thread drives every agent over non-blocking
+/// Unix sockets with poll(2). An agent sends, whenever fewer than
+/// `window` DELTAS frames are unacknowledged, every delta written since its
+/// last frame (as a real agent's session does), and subscribes to nothing
+/// (a publisher: the daemon sends it ACKs only).
+///
+/// Latency is write → durable at the daemon: from the moment a delta is
+/// made to the ACK that covers it (the daemon sends ACK after the commit).
+enum FleetBench {
+    struct Result {
+        var durablePerSecond: Double
+        var p50Ms: Double
+        var p99Ms: Double
+        var cpuPercent: Double
+        var rssMiB: Double
+        var agents: Int
+    }
+
+    final class Agent {
+        let identity: Identity
+        let origin: Origin
+        let group: QGroupName
+        var fd: Int32 = -1
+        var decoder = FrameDecoder()
+        var handshake: Handshake
+        var linked = false
+        var out: [UInt8] = []
+        var seq: UInt64 = 0
+        var acked: UInt64 = 0
+        var sentThrough: UInt64 = 0
+        var inFlight = 0
+        /// Creation time of each seq after `acked` (index 0 is acked + 1).
+        var made: [Double] = []
+        var madeBase: UInt64 = 1
+        var due = 0.0
+        var lastSent = 0.0
+
+        init(identity: Identity, index: Int, daemonKey: [UInt8]) throws {
+            self.identity = identity
+            origin = identity.origin
+            group = try QGroupName("fleet.a\(index)/g")
+            handshake = Handshake(side: .initiator, identity: identity, role: .agent, nonce: (0..<32).map { _ in UInt8.random(in: 0...255) },
+                                  subscriptions: [], node: "a\(index)", isAuthorised: { $0 == daemonKey })
+        }
+
+        func queue(_ m: Message) { out += m.frame.encoded }
+    }
+
+    /// Writes the daemons' configs (one key, `daemons` listeners) and returns the agents' identities.
+    static func configure(dir: String, daemons: Int, agents: Int, data: String) throws -> (daemonKey: Identity, agents: [Identity]) {
+        let daemonKey = Identity()
+        try daemonKey.save(path: "\(dir)/d.key")
+        let keys = (0..<agents).map { _ in Identity() }
+        var peers = ""
+        for (i, k) in keys.enumerated() {
+            peers += "[[peer]]\nname = \"a\(i)\"\nkey = \"\(k.publicKey.hex)\"\nwrite = [\"fleet.*\"]\n"
+        }
+        for d in 0..<daemons {
+            LinkBench.write("\(dir)/d\(d).toml", """
+                [node]
+                name = "d\(d)"
+                key = "\(dir)/d.key"
+                data = "\(data)"
+                [api]
+                socket = "\(dir)/d\(d).sock"
+                [limits]
+                connections_max = \(agents + 100)
+                connections_per_source_max = \(agents + 100)
+                [[listen]]
+                url = "unix://\(dir)/link\(d).sock"
+                \(peers)
+                """)
+        }
+        return (daemonKey, keys)
+    }
+
+    static func connect(_ path: String) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in path.utf8.prefix(raw.count - 1).enumerated() { raw[i] = b }
+        }
+        let ok = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+        }
+        guard ok else {
+            close(fd)
+            return -1
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        return fd
+    }
+
+    /// Runs the load: `agents` agents spread over the daemons' link sockets,
+    /// `rate` updates/s each, `warmup` then `seconds` measured.
+    static func load(dir: String, daemons: [LinkBench.Process], daemonKey: Identity, keys: [Identity], rate: Double, warmup: Double, seconds: Double,
+                     window: Int = 8) throws -> Result {
+        var agents: [Agent] = []
+        for (i, k) in keys.enumerated() {
+            let a = try Agent(identity: k, index: i, daemonKey: daemonKey.publicKey)
+            a.fd = connect("\(dir)/link\(i % daemons.count).sock")
+            guard a.fd >= 0 else { throw APIClientError("agent \(i) could not connect") }
+            a.queue(a.handshake.start())
+            agents.append(a)
+        }
+        let interval = 1 / rate
+        var latencies: [Double] = []
+        latencies.reserveCapacity(Int(rate * Double(keys.count) * seconds))
+        var ackedInWindow = 0
+        let start = now()
+        var measureFrom = Double.infinity, measureTo = Double.infinity
+        var cpu0: [Int] = [], cpuStart = 0.0
+        var pfds = agents.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        var cpuPercent = 0.0, rss = 0.0
+        while true {
+            let t = now()
+            // Writing starts once every agent is linked (a handshake is not measured against a loaded daemon).
+            if measureFrom.isInfinite, agents.allSatisfy(\.linked) {
+                measureFrom = t + warmup
+                measureTo = measureFrom + seconds
+                for a in agents { a.due = t }
+            }
+            if t >= measureFrom && cpu0.isEmpty {
+                cpu0 = daemons.map(\.cpuTicks)
+                cpuStart = t
+            }
+            if t >= measureTo {
+                cpuPercent = Double(zip(daemons, cpu0).reduce(0) { $0 + $1.0.cpuTicks - $1.1 }) / hz / (t - cpuStart) * 100
+                rss = Double(daemons.reduce(0) { $0 + $1.rssKiB }) / 1024
+                break
+            }
+            if t - start > 120 { throw APIClientError("the agents did not all link within 120 s") }
+            // Writes due, then frames the window allows.
+            for a in agents where a.linked && measureFrom.isFinite {
+                while a.due <= t {
+                    a.seq += 1
+                    a.made.append(a.due)
+                    a.due += interval
+                }
+                if a.inFlight < window && a.sentThrough < a.seq {
+                    var batch: [Delta] = []
+                    let hlcMs = UInt64(SystemClock().nowMs())
+                    let last = min(a.seq, a.sentThrough + 1_000)
+                    for s in (a.sentThrough + 1)...last {
+                        batch.append(try Delta(origin: a.origin, seq: s, hlc: HLCTimestamp(ms: hlcMs, counter: UInt16(truncatingIfNeeded: s)), group: a.group,
+                                               writes: [Write("r\(s % 10)", .set, .int(Int64(s)))]))
+                    }
+                    a.sentThrough = last
+                    a.inFlight += 1
+                    a.queue(.deltas(batch))
+                    a.lastSent = t
+                } else if t - a.lastSent > 0.5 {
+                    // A full window is no reason to fall silent: the daemon ends silent links.
+                    a.queue(.heartbeat(sentMs: SystemClock().nowMs()))
+                    a.lastSent = t
+                }
+            }
+            for (i, a) in agents.enumerated() where !a.out.isEmpty {
+                let n = a.out.withUnsafeBytes { Glibc.send(a.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n > 0 { a.out.removeFirst(n) } else if n < 0 && errno != EAGAIN { throw APIClientError("agent \(i): send failed, errno \(errno)") }
+            }
+            for i in pfds.indices { pfds[i].events = Int16(POLLIN) | (agents[i].out.isEmpty ? 0 : Int16(POLLOUT)); pfds[i].revents = 0 }
+            _ = poll(&pfds, nfds_t(pfds.count), 1)
+            for (i, p) in pfds.enumerated() where p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                let a = agents[i]
+                let n = read(a.fd, &chunk, chunk.count)
+                if n == 0 || (n < 0 && errno != EAGAIN) { throw APIClientError("agent \(i): the daemon closed the link") }
+                if n < 0 { continue }
+                a.decoder.feed(chunk[..<n])
+                while let f = try a.decoder.next() {
+                    let m = try Message(frame: f)
+                    if !a.linked {
+                        for reply in try a.handshake.receive(m) { a.queue(reply) }
+                        if a.handshake.peer != nil {
+                            a.linked = true
+                            a.decoder.payloadMax = Frame.payloadMaxDefault
+                            a.queue(.vector(QStateVector()))
+                        }
+                        continue
+                    }
+                    switch m {
+                    case .ack(let v):
+                        let through = v[a.origin]
+                        guard through > a.acked else {
+                            if through == a.acked { a.inFlight = max(0, a.inFlight - 1) }
+                            continue
+                        }
+                        a.inFlight = max(0, a.inFlight - 1)
+                        let at = now()
+                        let count = Int(through - a.acked)
+                        if at >= measureFrom && at < measureTo {
+                            ackedInWindow += count
+                            for made in a.made.prefix(count) { latencies.append(at - made) }
+                        }
+                        a.made.removeFirst(min(count, a.made.count))
+                        a.acked = through
+                    case .error(let code, let text):
+                        throw APIClientError("agent \(i): the daemon refused: \(code) \(text)")
+                    default:
+                        break
+                    }
+                }
+            }
+        }
+        for a in agents { close(a.fd) }
+        return Result(durablePerSecond: Double(ackedInWindow) / seconds, p50Ms: percentile(latencies, 0.5) * 1000,
+                      p99Ms: percentile(latencies, 0.99) * 1000, cpuPercent: cpuPercent, rssMiB: rss, agents: keys.count)
+    }
+
+    /// The same number of one-write deltas committed in-process to a store on
+    /// `data`, 100 per StateBlock (what one agent's frame holds at 100/s and a
+    /// 1 s round trip): the store's own ceiling, the row's baseline.
+    static func storeCeiling(data: String, count: Int) throws -> Double {
+        let store = try SQLStore.open(data: data, options: StoreOptions(sync: .full), logger: Logger(label: "bench"))
+        defer { store.close() }
+        let origin = Origin(0xBE7C)
+        let group = try QGroupName("fleet.ceiling/g")
+        let deltas = try (1...UInt64(count)).map { s in
+            try Delta(origin: origin, seq: s, hlc: HLCTimestamp(ms: 1_700_000_000_000 + s / 100, counter: UInt16(s % 100)), group: group,
+                      writes: [Write("r\(s % 10)", .set, .int(Int64(s)))])
+        }
+        let t = now()
+        var i = 0
+        while i < deltas.count {
+            _ = try store.commit(Array(deltas[i..<min(i + 100, deltas.count)]))
+            i += 100
+        }
+        return Double(count) / (now() - t)
+    }
+
+    static func run(dir: String, binaries: String, agents: Int, rate: Double, seconds: Double) throws -> [Row] {
+        var rows: [Row] = []
+        func scenario(_ name: String, daemons: Int, data: String, ceilingData: String) throws {
+            let sub = "\(dir)/\(name)"
+            mkdir(sub, 0o700)
+            let (daemonKey, keys) = try configure(dir: sub, daemons: daemons, agents: agents, data: data)
+            var procs: [LinkBench.Process] = []
+            for d in 0..<daemons {
+                procs.append(try LinkBench.Process("\(binaries)/spookd", ["run", "-c", "\(sub)/d\(d).toml", "--log-level", "warning"], stderr: "\(sub)/d\(d).log"))
+                LinkBench.waitForSocket("\(sub)/link\(d).sock")
+            }
+            defer { for p in procs { p.stop() } }
+            let r: Result
+            do { r = try load(dir: sub, daemons: procs, daemonKey: daemonKey, keys: keys, rate: rate, warmup: 3, seconds: seconds) } catch {
+                for d in 0..<daemons { _ = system("tail -n 5 '\(sub)/d\(d).log' >&2") }
+                throw error
+            }
+            let ceiling = try storeCeiling(data: ceilingData, count: 50_000)
+            let label = "\(agents) agents × \(Int(rate))/s → \(daemons) spookd on \(name.hasPrefix("sqlite") ? "SQLite" : "PostgreSQL")"
+            rows.append(Row(name: "\(label): durable updates/s", value: r.durablePerSecond, unit: "updates/s",
+                            baseline: "the store alone, in-process, 100/block", baselineValue: ceiling))
+            rows.append(Row(name: "\(label): write → durable at daemon p50", value: r.p50Ms, unit: "ms", baseline: "p99", baselineValue: r.p99Ms))
+            rows.append(Row(name: "\(label): daemon CPU (sum)", value: r.cpuPercent, unit: "% of a core", baseline: "daemon RSS (sum, MiB)", baselineValue: r.rssMiB))
+        }
+        try scenario("sqlite", daemons: 1, data: "\(dir)/fleet.db", ceilingData: "\(dir)/ceiling.db")
+        let pg = try PostgresServer.shared()
+        try scenario("postgres-1", daemons: 1, data: try pg.createDatabase("fleet"), ceilingData: try pg.createDatabase("ceiling"))
+        try scenario("postgres-2", daemons: 2, data: try pg.createDatabase("fleet"), ceilingData: try pg.createDatabase("ceiling"))
+        return rows
+    }
+}
