@@ -177,13 +177,9 @@ public struct SyncSession: Sendable {
             if store.peerVector(peer) != before { lastProgressMs = nowMs }
             inFlight = max(0, inFlight - 1)
         case .deltas(let deltas):
-            try checkDrift(deltas.lazy.filter { !store.vector.contains($0.id) }.map(\.hlc), nowMs: wallMs, what: "delta")
-            // The peer holds what it sends: never echo it back.
-            for d in deltas { sent[d.origin] = max(sent[d.origin], d.seq) }
-            let result = try store.commit(deltas)
-            deltasReceived += result.held.count
-            conflicts += result.conflicts
-            out.append(.ack(store.vector))
+            let taken = try take(deltas, store, physicalMs: wallMs)
+            // The driver in one step: commit now, then acknowledge.
+            return try committed(try store.commit(taken), store, nowMs: nowMs)
         case .snapshot(let chunk):
             try checkDrift(chunk.registers.values.lazy.flatMap(\.stamps).map(\.hlc), nowMs: wallMs, what: "snapshot stamp")
             if snapshotVector != chunk.vector || snapshotChunks.keys.contains(where: { $0 >= chunk.count }) {
@@ -218,6 +214,28 @@ public struct SyncSession: Sendable {
             throw WireError(.unexpected, "\(message.type) is not expected after the handshake")
         }
         return out + (try poll(store, nowMs: nowMs))
+    }
+
+    /// DELTAS, first step: checks the frame (a stamp too far ahead refuses it
+    /// whole) and returns the deltas to commit, without writing anything, so
+    /// the driver may commit them together with other links' frames (group
+    /// commit). The driver then calls `committed` with what the commit held;
+    /// the ACK goes out only then, so it never covers what is not durable.
+    public mutating func take(_ deltas: [Delta], _ store: any Store, physicalMs: UInt64) throws -> [Delta] {
+        precondition(started, "session not started")
+        try checkDrift(deltas.lazy.filter { !store.vector.contains($0.id) }.map(\.hlc), nowMs: physicalMs, what: "delta")
+        // The peer holds what it sends: never echo it back.
+        for d in deltas { sent[d.origin] = max(sent[d.origin], d.seq) }
+        return deltas
+    }
+
+    /// DELTAS, second step: the deltas `take` returned are committed (`result`
+    /// covers at least them); returns the ACK of what the store now holds,
+    /// then whatever the window lets this session send.
+    public mutating func committed(_ result: CommitResult, _ store: any Store, nowMs: UInt64) throws -> [Message] {
+        deltasReceived += result.held.count
+        conflicts += result.conflicts
+        return [.ack(store.vector)] + (try poll(store, nowMs: nowMs))
     }
 
     /// Records what the peer holds. A `current` report (a VECTOR, or the

@@ -34,7 +34,6 @@ package final class LocalAPI: @unchecked Sendable {
     var path = ""
     var clients: [ObjectIdentifier: Client] = [:]
     var pending: [(write: LocalWrite, reply: (Result<Delta, CoreError>) -> Void)] = []
-    var flushScheduled = false
 
     init(node: Node) { self.node = node }
 
@@ -228,30 +227,25 @@ package final class LocalAPI: @unchecked Sendable {
             throw APIError("busy: \(pending.count) writes already wait for the next commit ([limits] pending_writes_max); try again", code: "busy")
         }
         pending.append((write, reply))
-        if !flushScheduled {
-            flushScheduled = true
-            node.loop.execute { self.flush() }
-        }
+        node.scheduleGroupCommit()
     }
 
-    /// Commits every write queued since the last flush in one StateBlock.
-    func flush() {
-        flushScheduled = false
-        let batch = pending
-        pending = []
-        guard !batch.isEmpty else { return }
+    /// The writes queued since the last group commit (the node commits them).
+    func takePending() -> [(write: LocalWrite, reply: (Result<Delta, CoreError>) -> Void)] {
+        defer { pending = [] }
+        return pending
+    }
+
+    /// Local writes a group commit could not hold, committed on their own.
+    func commitApart(_ batch: [(write: LocalWrite, reply: (Result<Delta, CoreError>) -> Void)]) {
         do {
-            let started = ContinuousClock.now
             let results = try node.store.commitLocal(batch.map(\.write), origin: node.origin, physicalMs: node.clock.nowMs())
-            node.metrics.commitSeconds.record(ContinuousClock.now - started)
             for (entry, result) in zip(batch, results) { entry.reply(result) }
-            flushAll()
-            node.afterStoreChange(except: nil)
         } catch {
             node.logger.error("local commit failed", metadata: ["error": "\(error)"])
             for entry in batch { entry.reply(.failure(CoreError(.invalidValue, "the store refused the commit: \(error)"))) }
-            flushAll()
         }
+        flushAll()
     }
 
     /// Called by the store after every commit (on the node loop).

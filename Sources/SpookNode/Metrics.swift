@@ -24,6 +24,8 @@ package final class NodeMetrics: @unchecked Sendable {
     var lastHeld: UInt64 = 0
     let peersForgotten: Counter
     let compactedDeltas: Counter
+    let groupCommits: Counter
+    let groupCommitFrames: Counter
     let bufferedOut: Gauge
     let bufferedIn: Gauge
     var server: Channel?
@@ -60,6 +62,9 @@ package final class NodeMetrics: @unchecked Sendable {
         deltasHeld = registry.makeCounter(descriptor: NodeMetrics.name("deltas_held", "total", "Deltas held by this node's store (rate() is deltas/s)"))
         links = registry.makeGauge(descriptor: NodeMetrics.name("links", "", "Links past the handshake"))
         peersForgotten = registry.makeCounter(descriptor: NodeMetrics.name("peers_forgotten", "total", "Peers removed by the retention or spookctl peers forget"))
+        groupCommits = registry.makeCounter(descriptor: NodeMetrics.name("group_commits", "total", "Group commits: one StateBlock for the DELTAS frames and local writes of a loop turn"))
+        groupCommitFrames = registry.makeCounter(descriptor: NodeMetrics.name("group_commit_frames", "total",
+                                                                              "DELTAS frames committed in group commits (÷ spook_group_commits_total: frames per commit)"))
         compactedDeltas = registry.makeCounter(descriptor: NodeMetrics.name("compacted_deltas", "total", "Deltas removed from the log by compaction"))
         bufferedOut = registry.makeGauge(descriptor: NodeMetrics.name("buffered_outbound", "bytes", "Bytes queued towards links and API clients, not yet taken by the kernel"))
         bufferedIn = registry.makeGauge(descriptor: NodeMetrics.name("buffered_inbound", "bytes", "Bytes read from links and API clients, not yet handled"))

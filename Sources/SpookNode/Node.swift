@@ -629,9 +629,14 @@ public final class Node: @unchecked Sendable {
                 message = .snapshot(admitted)
             }
             guard var session = link.session else { return }
-            let started = ContinuousClock.now
+            if case .deltas(let deltas) = message {
+                // Checked now, committed with everything else of this loop turn (group commit).
+                let taken = try session.take(deltas, store, physicalMs: clock.nowMs())
+                link.session = session
+                queueForCommit(link: link.id, taken, forbidden: forbidden)
+                return
+            }
             let replies = try session.receive(message, store, nowMs: clock.nowMs())
-            if case .deltas = message { metrics.commitSeconds.record(ContinuousClock.now - started) }
             link.session = session
             if session.conflicts.count > conflictsSeen[link.id, default: 0] {
                 let new = session.conflicts[conflictsSeen[link.id, default: 0]...]
@@ -656,6 +661,106 @@ public final class Node: @unchecked Sendable {
             reincarnate(conflict, found: link)
         } catch {
             logger.error("link failed", metadata: ["link": "\(id)", "error": "\(error)"])
+            refuse(link, WireError(.internal, "\(error)"))
+        }
+    }
+
+    // MARK: group commit
+
+    /// DELTAS frames taken from links, waiting for the next group commit.
+    struct ReceivedFrame {
+        let link: Int
+        let deltas: [Delta]
+        /// The frame held deltas outside the grant (kept withheld): ERROR instead of ACK once durable.
+        let forbidden: WireError?
+    }
+
+    var receivedFrames: [ReceivedFrame] = []
+    var receivedDeltas = 0
+    var groupCommitScheduled = false
+
+    /// Deltas waiting for a group commit past which it runs at once, inside
+    /// the loop turn (each link's reader also stops at its own queue bound).
+    static let groupCommitDeltasMax = 50_000
+
+    func queueForCommit(link: Int, _ deltas: [Delta], forbidden: WireError?) {
+        receivedFrames.append(ReceivedFrame(link: link, deltas: deltas, forbidden: forbidden))
+        receivedDeltas += deltas.count
+        if receivedDeltas >= Node.groupCommitDeltasMax {
+            groupCommit()
+        } else {
+            scheduleGroupCommit()
+        }
+    }
+
+    /// The next group commit runs after what the loop holds now: every frame
+    /// and local write queued meanwhile goes into it.
+    func scheduleGroupCommit() {
+        guard !groupCommitScheduled else { return }
+        groupCommitScheduled = true
+        loop.execute { self.groupCommit() }
+    }
+
+    /// Commits every received frame and local write queued since the last
+    /// one in one StateBlock (one transaction, one fsync), then answers each:
+    /// an ACK to each link (or its ERROR), the local writers' replies. If the
+    /// store refuses the group, each part is committed on its own, so a
+    /// failure stays with what caused it.
+    func groupCommit() {
+        groupCommitScheduled = false
+        let frames = receivedFrames, local = api?.takePending() ?? []
+        receivedFrames = []
+        receivedDeltas = 0
+        guard !frames.isEmpty || !local.isEmpty else { return }
+        let started = ContinuousClock.now
+        do {
+            let (result, results) = try store.commitGroup(frames.flatMap(\.deltas), local: local.map(\.write), origin: origin, physicalMs: clock.nowMs())
+            metrics.commitSeconds.record(ContinuousClock.now - started)
+            metrics.groupCommits.increment()
+            metrics.groupCommitFrames.increment(by: Int64(frames.count))
+            for (entry, r) in zip(local, results) { entry.reply(r) }
+            api?.flushAll()
+            for frame in frames { acknowledge(frame, result) }
+        } catch {
+            logger.warning("a group commit failed: committing its parts one by one", metadata: ["frames": "\(frames.count)", "local": "\(local.count)", "error": "\(error)"])
+            if !local.isEmpty { api?.commitApart(local) }
+            for frame in frames {
+                do { acknowledge(frame, try store.commit(frame.deltas)) } catch {
+                    guard let link = links[frame.link] else { continue }
+                    logger.error("link failed", metadata: ["link": "\(frame.link)", "error": "\(error)"])
+                    refuse(link, WireError(.internal, "\(error)"))
+                }
+            }
+        }
+        afterStoreChange(except: nil)
+    }
+
+    /// A frame's deltas are durable (`result` covers at least them): the
+    /// link's ACK, or the ERROR its conflicts or forbidden writes earned.
+    func acknowledge(_ frame: ReceivedFrame, _ result: CommitResult) {
+        guard let link = links[frame.link], var session = link.session else { return }
+        let ids = Set(frame.deltas.map(\.id))
+        var mine = CommitResult()
+        mine.held = result.held.filter { ids.contains($0) }
+        mine.conflicts = result.conflicts.filter { ids.contains($0) }
+        do {
+            let replies = try session.committed(mine, store, nowMs: clock.nowMs())
+            link.session = session
+            if !mine.conflicts.isEmpty {
+                conflictsSeen[link.id] = session.conflicts.count
+                metrics.seqConflicts.increment(by: Int64(mine.conflicts.count))
+                throw WireError(.conflict, "you sent \(mine.conflicts.count) delta(s) under (origin, seq) that this node holds with other content, first \(mine.conflicts[0]): "
+                                + "that origin reused seqs; its store went back in time")
+            }
+            // After a forbidden write the peer gets ERROR, not the batch's ACK:
+            // it reconnects and learns from our VECTOR what we hold.
+            if let forbidden = frame.forbidden { throw forbidden }
+            for reply in replies { send(reply, on: link) }
+            checkCaughtUp(link)
+        } catch let e as WireError {
+            refuse(link, e)
+        } catch {
+            logger.error("link failed", metadata: ["link": "\(link.id)", "error": "\(error)"])
             refuse(link, WireError(.internal, "\(error)"))
         }
     }
@@ -768,6 +873,8 @@ public final class Node: @unchecked Sendable {
             for m in try session.poll(store, nowMs: clock.nowMs()) { send(m, on: link) }
             link.session = session
         } catch {
+            // No session: frames still queued from this link (it closes now) find none and are dropped.
+            link.session = nil
             refuse(link, WireError(.internal, "\(error)"))
         }
     }

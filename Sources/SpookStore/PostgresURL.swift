@@ -84,7 +84,11 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
         return "postgres://\(who)@\(host ?? ""):\(port)/\(database)\(requireTLS ? "?sslmode=require" : "")"
     }
 
+    /// `text` with the password of a postgres:// URL replaced (any other text as it is).
     public static func redacted(_ text: String) -> String {
-        (try? PostgresURL(text))?.description ?? (text.contains("@") ? "postgres://…" : text)
+        guard isPostgres(text), let at = text.lastIndex(of: "@") else { return text }
+        let start = text.index(text.startIndex, offsetBy: text.hasPrefix("postgres://") ? 11 : 13)
+        guard start <= at, let colon = text[start..<at].firstIndex(of: ":") else { return text }
+        return String(text[..<colon]) + ":***" + String(text[at...])
     }
 }

@@ -354,6 +354,21 @@ public final class SQLStore: Store {
         try commitBlock(local: false) { deltas }
     }
 
+    /// A group commit: local writes (stamped as `commitLocal` does) and
+    /// deltas received from any number of links, in one StateBlock and one
+    /// transaction. The received deltas are held in (origin, seq) order, so
+    /// frames of one origin from two links still form a contiguous run.
+    public func commitGroup(_ received: [Delta], local requests: [LocalWrite], origin: Origin, physicalMs: UInt64) throws
+        -> (result: CommitResult, local: [Result<Delta, CoreError>]) {
+        var results: [Result<Delta, CoreError>] = []
+        let result = try commitBlock(local: false) {
+            let (r, batch) = try stamp(requests, origin: origin, physicalMs: physicalMs)
+            results = r
+            return batch + received.sorted { $0.id < $1.id }
+        }
+        return (result, results)
+    }
+
     public func commitLocal(_ requests: [LocalWrite], origin: Origin, physicalMs: UInt64) throws -> [Result<Delta, CoreError>] {
         var results: [Result<Delta, CoreError>] = []
         // Stamped inside the transaction: on a shared database another daemon may have just written this origin.

@@ -67,6 +67,8 @@ public struct CommitResult: Sendable {
     /// were applied (a register written by ten deltas of the block appears
     /// ten times): what history records and `watch` in "every" mode shows.
     public var changes: [RegisterChange] = []
+
+    public init() {}
 }
 
 /// A snapshot replaces deltas a peer lacks behind the compaction horizon:

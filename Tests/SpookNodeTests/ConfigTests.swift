@@ -293,6 +293,29 @@ import Testing
         #expect(lines.contains { $0.hasPrefix("d.toml:16:1: \"relay\"") }, "\(lines)")
     }
 
+    /// `[node] data = "postgres://…"`: the forms spookd takes, the password
+    /// never shown, a malformed URL refused at its position, and refused by spook-edge.
+    @Test func aPostgresStoreURLIsCheckedAndItsPasswordHidden() throws {
+        let tcp = try PostgresURL("postgres://spook:s3cret@db.example:6543/fleet?sslmode=require")
+        #expect(tcp.user == "spook" && tcp.password == "s3cret" && tcp.host == "db.example" && tcp.port == 6543 && tcp.database == "fleet" && tcp.requireTLS)
+        #expect(!tcp.description.contains("s3cret"))
+        let socket = try PostgresURL("postgresql://spook@/fleet?host=/run/postgresql&port=5433")
+        #expect(socket.socketDirectory == "/run/postgresql" && socket.port == 5433 && socket.host == nil)
+        #expect(PostgresURL.redacted("postgres://u:pw@h/d") == "postgres://u:***@h/d")
+        #expect(PostgresURL.redacted("/var/lib/spook/d.db") == "/var/lib/spook/d.db")
+        for bad in ["postgres://nouser", "postgres://u@h:99999/d", "postgres://u@h/", "postgres://u@/d", "postgres://u:pw@h/d?colour=red"] {
+            #expect(throws: CoreError.self, "\(bad)") { try PostgresURL(bad) }
+        }
+        let head = "[node]\nname = \"up\"\nkey = \"k\"\ndata = \"postgres://u:pw@h:0/d\"\n[api]\nsocket = \"a.sock\"\n"
+        let error = #expect(throws: ConfigError.self) { try DaemonConfig.parse(file: "d.toml", text: head + "[[listen]]\nurl = \"tcp://127.0.0.1:7400\"\n") }
+        let lines = error?.diagnostics.map(\.description) ?? []
+        #expect(lines.count == 1 && lines[0].hasPrefix("d.toml:4:1: \"data\" = ") && lines[0].contains("the port is not 1…65535") && !lines[0].contains("pw@"), "\(lines)")
+        let edge = #expect(throws: ConfigError.self) {
+            try EdgeConfig.parse(file: "e.toml", text: head.replacingOccurrences(of: "h:0", with: "h") + "[[upstream]]\nname = \"u\"\nurl = \"tcp://127.0.0.1:7400\"\nkey = \"\(String(repeating: "ab", count: 32))\"\n")
+        }
+        #expect(edge?.diagnostics.contains { $0.description.contains("spook-edge keeps its store in an SQLite file") } == true, "\(edge?.diagnostics ?? [])")
+    }
+
     @Test func endpointsParse() throws {
         #expect(try Endpoint.parse("tcp://[::1]:7400") == .tcp(host: "::1", port: 7400))
         #expect(try Endpoint.parse("unix:///run/x.sock") == .unix(path: "/run/x.sock"))

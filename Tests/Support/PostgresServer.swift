@@ -11,7 +11,7 @@ public final class PostgresServer: @unchecked Sendable {
     public static let binaries = "/usr/lib/postgresql/15/bin"
     public let dir: String
     public let port: Int
-    let process: ChildProcess
+    private var process: ChildProcess?
     private var databases = 0
     private let lock = Lock()
 
@@ -29,7 +29,8 @@ public final class PostgresServer: @unchecked Sendable {
     nonisolated(unsafe) private static var current: PostgresServer?
     private static let startLock = Lock()
 
-    init() throws {
+    /// A server of its own (for a test that stops and restarts it); most tests use `shared()`.
+    public init() throws {
         // As root, the server runs as Debian's `postgres` user (initdb refuses root).
         let asRoot = geteuid() == 0
         var template = Array("/tmp/spook-pg-XXXXXX".utf8CString)
@@ -40,28 +41,41 @@ public final class PostgresServer: @unchecked Sendable {
             chown(dir, pw.pointee.pw_uid, pw.pointee.pw_gid)
         }
         chmod(dir, 0o755)
-        func run(_ binary: String, _ arguments: [String], stderr: String) throws -> ChildProcess {
-            let path = "\(PostgresServer.binaries)/\(binary)"
-            guard access(path, X_OK) == 0 else { throw ChildProcess.Failure("\(path) is missing: install Debian's postgresql (scripts/install-deps)") }
-            if asRoot {
-                return try ChildProcess("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig=SIGINT", "--", path] + arguments,
-                                        stderrPath: stderr)
-            }
-            return try ChildProcess(path, arguments, stderrPath: stderr)
-        }
-        let initdb = try run("initdb", ["-D", "\(dir)/data", "-U", "spook", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"], stderr: "\(dir)/initdb.log")
+        let initdb = try PostgresServer.run("initdb", ["-D", "\(dir)/data", "-U", "spook", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"], stderr: "\(dir)/initdb.log")
         guard initdb.wait() == 0 else { throw ChildProcess.Failure("initdb failed: see \(dir)/initdb.log") }
         port = try PostgresServer.freePort()
+        try start()
+    }
+
+    /// Starts the server (again) on its folder and port; returns once it accepts connections.
+    public func start() throws {
         let (dir, port) = (self.dir, self.port)
         // fsync off: the tests kill daemons, not this server; the daemons still wait for each COMMIT.
         // Started from a thread that lives as long as the process: the server's
         // parent-death signal follows the thread that spawned it.
-        process = try PostgresServer.onLastingThread { try run("postgres", ["-D", "\(dir)/data", "-k", dir, "-p", "\(port)", "-c", "listen_addresses=127.0.0.1",
+        process = try PostgresServer.onLastingThread { try PostgresServer.run("postgres", ["-D", "\(dir)/data", "-k", dir, "-p", "\(port)", "-c", "listen_addresses=127.0.0.1",
                                        "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB"], stderr: "\(dir)/server.log") }
         try waitUntil("PostgreSQL to accept connections (log: \(dir)/server.log)", seconds: 30, everyMs: 50) {
             let check = try ChildProcess("/usr/bin/pg_isready", ["-q", "-h", dir, "-p", "\(port)", "-U", "spook", "-d", "postgres"])
             return check.wait() == 0
         }
+    }
+
+    /// Stops the server (a fast shutdown: sessions are ended), keeping its data.
+    public func halt() {
+        process?.signal(SIGINT)
+        _ = process?.wait()
+        process = nil
+    }
+
+    static func run(_ binary: String, _ arguments: [String], stderr: String) throws -> ChildProcess {
+        let path = "\(PostgresServer.binaries)/\(binary)"
+        guard access(path, X_OK) == 0 else { throw ChildProcess.Failure("\(path) is missing: install Debian's postgresql (scripts/install-deps)") }
+        if geteuid() == 0 {
+            return try ChildProcess("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--init-groups", "--pdeathsig=SIGINT", "--", path] + arguments,
+                                    stderrPath: stderr)
+        }
+        return try ChildProcess(path, arguments, stderrPath: stderr)
     }
 
     /// A new, empty database; its URL over the Unix socket.
@@ -89,9 +103,9 @@ public final class PostgresServer: @unchecked Sendable {
         return p.wait() == 0 ? lines.joined(separator: "\n") : nil
     }
 
-    func stop() {
-        process.signal(SIGINT)
-        _ = process.wait()
+    /// Stops the server and removes its folder.
+    public func stop() {
+        halt()
         // SPOOK_KEEP_POSTGRES=1 keeps the folder (and server.log) for a post-mortem.
         guard getenv("SPOOK_KEEP_POSTGRES") == nil else { return }
         if let rm = try? ChildProcess("/bin/rm", ["-rf", dir]) { _ = rm.wait() }
