@@ -13,9 +13,10 @@ import SpookWire
 ///   what it already sent, in DELTAS frames of bounded count and size,
 ///   with at most `inFlightMax` unacknowledged frames; or a chunked
 ///   SNAPSHOT when the peer is behind the compaction horizon.
-/// - A receiver commits each DELTAS frame (one StateBlock) and only then
-///   answers ACK with its vector; a snapshot is applied when every chunk
-///   has arrived.
+/// - A receiver commits each DELTAS frame and only then answers ACK with
+///   its vector: `receive` does both; a node that commits many links'
+///   frames together (group commit) calls `take`, commits, then
+///   `committed`. A snapshot is applied when every chunk has arrived.
 /// - A sender that sees no progress for `resendAfterMs` goes back to what
 ///   the peer acknowledged and sends again (lost frames on lossy links, or
 ///   a receiver that refused a gap).

@@ -1015,9 +1015,13 @@ public final class Node: @unchecked Sendable {
         return ["peers: \(after.subtracting(before).count) added, \(before.subtracting(after).count) removed, \(changed) changed, \(closed) link\(closed == 1 ? "" : "s") closed to reconnect"]
     }
 
+    /// When bytes last arrived on each link (ms), set by its reader on the I/O loop.
+    let arrivals = NIOLockedValueBox<[Int: UInt64]>([:])
+
     /// The socket of `id` closed (on the node loop).
     func closed(_ id: Int) {
         conflictsSeen[id] = nil
+        arrivals.withLockedValue { $0[id] = nil }
         guard let link = links.removeValue(forKey: id) else { return }
         if let peer = link.session?.peer {
             do { try store.recordPeerSeen(peer, ms: clock.nowMs()) } catch {
@@ -1066,8 +1070,11 @@ public final class Node: @unchecked Sendable {
         refreshFromOthers()
         let silence = silenceMs
         for link in links.values where link.upstream == nil {
-            if now > link.lastHeardMs + silence {
-                refuse(link, WireError(.timeout, "nothing heard for \(now - link.lastHeardMs) ms"))
+            // Bytes that arrived count, not only frames handled: an overloaded
+            // node loop must not take a peer whose frames wait for it as silent.
+            let heard = max(link.lastHeardMs, arrivals.withLockedValue { $0[link.id] } ?? 0)
+            if now > heard + silence {
+                refuse(link, WireError(.timeout, "nothing heard for \(now - heard) ms"))
             } else if link.peer != nil {
                 send(.heartbeat(sentMs: now), on: link)
                 pollSession(link, nowMs: now)
@@ -1387,6 +1394,8 @@ final class FrameHandler: ChannelDuplexHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed else { return }
+        let (arrivals, link, at) = (node.arrivals, self.link, node.clock.nowMs())
+        arrivals.withLockedValue { $0[link] = at }
         var buffer = unwrapInboundIn(data)
         decoder.feed(buffer.readBytes(length: buffer.readableBytes) ?? [])
         do {
