@@ -720,12 +720,16 @@ public final class Node: @unchecked Sendable {
             metrics.groupCommitFrames.increment(by: Int64(frames.count))
             for (entry, r) in zip(local, results) { entry.reply(r) }
             api?.flushAll()
-            for frame in frames { acknowledge(frame, result) }
+            let held = Set(result.held), conflicts = Set(result.conflicts)
+            for frame in frames { acknowledge(frame, held: held, conflicts: conflicts) }
         } catch {
             logger.warning("a group commit failed: committing its parts one by one", metadata: ["frames": "\(frames.count)", "local": "\(local.count)", "error": "\(error)"])
             if !local.isEmpty { api?.commitApart(local) }
             for frame in frames {
-                do { acknowledge(frame, try store.commit(frame.deltas)) } catch {
+                do {
+                    let result = try store.commit(frame.deltas)
+                    acknowledge(frame, held: Set(result.held), conflicts: Set(result.conflicts))
+                } catch {
                     guard let link = links[frame.link] else { continue }
                     logger.error("link failed", metadata: ["link": "\(frame.link)", "error": "\(error)"])
                     refuse(link, WireError(.internal, "\(error)"))
@@ -735,14 +739,14 @@ public final class Node: @unchecked Sendable {
         afterStoreChange(except: nil)
     }
 
-    /// A frame's deltas are durable (`result` covers at least them): the
-    /// link's ACK, or the ERROR its conflicts or forbidden writes earned.
-    func acknowledge(_ frame: ReceivedFrame, _ result: CommitResult) {
+    /// A frame's deltas are durable (`held` and `conflicts`, of the whole
+    /// group, cover at least them): the link's ACK, or the ERROR its
+    /// conflicts or forbidden writes earned.
+    func acknowledge(_ frame: ReceivedFrame, held: Set<DeltaID>, conflicts: Set<DeltaID>) {
         guard let link = links[frame.link], var session = link.session else { return }
-        let ids = Set(frame.deltas.map(\.id))
         var mine = CommitResult()
-        mine.held = result.held.filter { ids.contains($0) }
-        mine.conflicts = result.conflicts.filter { ids.contains($0) }
+        mine.held = frame.deltas.lazy.map(\.id).filter { held.contains($0) }
+        mine.conflicts = conflicts.isEmpty ? [] : frame.deltas.lazy.map(\.id).filter { conflicts.contains($0) }
         do {
             let replies = try session.committed(mine, store, nowMs: clock.nowMs())
             link.session = session
