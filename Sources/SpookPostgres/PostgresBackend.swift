@@ -47,6 +47,11 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
     private let sync: SyncLevel
     private var connection: PostgresConnection?
     private var nextConnectionID = 1
+    /// The last failed connection attempt: for `reconnectPause` after it,
+    /// calls fail at once with its error instead of each waiting for a
+    /// connect timeout on the node loop.
+    private var lastFailure: (at: ContinuousClock.Instant, error: StoreError)?
+    static let reconnectPause = Duration.seconds(1)
     private var inTransaction = false
     private var pending: [EventLoopFuture<PostgresQueryResult>] = []
     private var numbered: [String: (sql: String, parameters: Int)] = [:]
@@ -91,14 +96,18 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
     private func live() throws -> PostgresConnection {
         if let c = connection, !c.isClosed { return c }
         guard !listener.withLockedValue({ $0.stopped }) else { throw StoreError(.closed, "\(url): the store is closed") }
+        if let last = lastFailure, ContinuousClock.now - last.at < PostgresBackend.reconnectPause { throw last.error }
         connection = nil
         let id = nextConnectionID
         nextConnectionID += 1
         let c: PostgresConnection
         do {
             c = try PostgresConnection.connect(on: group.next(), configuration: try url.configuration(), id: id, logger: logger).block()
+            lastFailure = nil
         } catch {
-            throw failure("cannot connect", error)
+            let e = failure("cannot connect", error)
+            lastFailure = (ContinuousClock.now, e)
+            throw e
         }
         // "full" and "extra" wait for the server's WAL flush at COMMIT; "off"
         // and "normal" do not (a crash of the server may lose the last commits).
