@@ -92,9 +92,6 @@ public final class PostgresServer: @unchecked Sendable {
 
     public func url(_ database: String) -> String { "postgres://spook@/\(database)?host=\(dir)&port=\(port)" }
 
-    /// The same database over TCP on 127.0.0.1.
-    public func tcpURL(_ database: String) -> String { "postgres://spook@127.0.0.1:\(port)/\(database)" }
-
     /// Runs SQL with psql; its output, or nil when psql failed.
     public func psql(_ database: String, _ sql: String) throws -> String? {
         let p = try ChildProcess("/usr/bin/psql", ["-q", "-t", "-A", "-h", dir, "-p", "\(port)", "-U", "spook", "-d", database, "-c", sql], stderrPath: "\(dir)/psql.log")
