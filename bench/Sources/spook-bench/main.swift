@@ -213,7 +213,11 @@ if runs("link") {
 if runs("fleet") {
     let fleetDir = "\(dir)/fleet"
     mkdir(fleetDir, 0o700)
-    rows += try FleetBench.run(dir: fleetDir, binaries: binaries, agents: quick ? 100 : 1_000, rate: 100, seconds: quick ? 3 : 10)
+    // `--fleet-rate R`: updates/s per agent (default 100, the load; lower shows latency below saturation).
+    let fleetRate = CommandLine.arguments.firstIndex(of: "--fleet-rate").flatMap { i in
+        i + 1 < CommandLine.arguments.count ? Double(CommandLine.arguments[i + 1]) : nil
+    } ?? 100
+    rows += try FleetBench.run(dir: fleetDir, binaries: binaries, agents: quick ? 100 : 1_000, rate: fleetRate, seconds: quick ? 3 : 10)
 }
 
 // MARK: the long run (a million writes, a watcher, compaction)
