@@ -638,15 +638,8 @@ public final class Node: @unchecked Sendable {
             }
             let replies = try session.receive(message, store, nowMs: clock.nowMs())
             link.session = session
-            if session.conflicts.count > conflictsSeen[link.id, default: 0] {
-                let new = session.conflicts[conflictsSeen[link.id, default: 0]...]
-                conflictsSeen[link.id] = session.conflicts.count
-                metrics.seqConflicts.increment(by: Int64(new.count))
-                throw WireError(.conflict, "you sent \(new.count) delta(s) under (origin, seq) that this node holds with other content, first \(new.first!): "
-                                + "that origin reused seqs; its store went back in time")
-            }
-            // After a forbidden write the peer gets ERROR, not the batch's ACK:
-            // it reconnects and learns from our VECTOR what we hold.
+            // After a snapshot with forbidden values the peer gets ERROR, not
+            // the ACK: it reconnects and learns from our VECTOR what we hold.
             if let forbidden {
                 afterStoreChange(except: link.id)
                 throw forbidden
@@ -751,7 +744,6 @@ public final class Node: @unchecked Sendable {
             let replies = try session.committed(mine, store, nowMs: clock.nowMs())
             link.session = session
             if !mine.conflicts.isEmpty {
-                conflictsSeen[link.id] = session.conflicts.count
                 metrics.seqConflicts.increment(by: Int64(mine.conflicts.count))
                 throw WireError(.conflict, "you sent \(mine.conflicts.count) delta(s) under (origin, seq) that this node holds with other content, first \(mine.conflicts[0]): "
                                 + "that origin reused seqs; its store went back in time")
@@ -817,7 +809,6 @@ public final class Node: @unchecked Sendable {
         }
     }
 
-    var conflictsSeen: [Int: Int] = [:]
 
     func established(_ link: Link, _ peer: Handshake.Peer) throws {
         link.peer = peer
@@ -1024,7 +1015,6 @@ public final class Node: @unchecked Sendable {
 
     /// The socket of `id` closed (on the node loop).
     func closed(_ id: Int) {
-        conflictsSeen[id] = nil
         arrivals.withLockedValue { $0[id] = nil }
         guard let link = links.removeValue(forKey: id) else { return }
         if let peer = link.session?.peer {

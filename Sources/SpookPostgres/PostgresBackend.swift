@@ -313,9 +313,12 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
 }
 
 /// A statement for `PostgresBackend`: binds are collected, the query runs at
-/// the first `step`, rows are read from its result.
+/// the first `step`, rows are read from its result. Each row's cells are
+/// decoded by their column type when `step` reaches it, so a cell that does
+/// not decode is an error there rather than a zero read later.
 final class PostgresStatement: SQLStatement {
     enum Bind { case int(Int64), text(String), bytes([UInt8]) }
+    enum Cell { case null, int(Int64), text(String), bytes([UInt8]) }
 
     let backend: PostgresBackend
     let sql: String
@@ -324,7 +327,7 @@ final class PostgresStatement: SQLStatement {
     private var binds: [Int32: Bind] = [:]
     private var rows: [PostgresRow] = []
     private var cursor = -1
-    private var current: PostgresRandomAccessRow?
+    private var current: [Cell] = []
 
     init(backend: PostgresBackend, sql: String, parameters: Int) {
         self.backend = backend
@@ -338,7 +341,7 @@ final class PostgresStatement: SQLStatement {
         binds = [:]
         rows = []
         cursor = -1
-        current = nil
+        current = []
     }
 
     func bind(_ index: Int32, _ value: Int64) { binds[index] = .int(value) }
@@ -363,20 +366,50 @@ final class PostgresStatement: SQLStatement {
             cursor += 1
         }
         guard cursor < rows.count else {
-            current = nil
+            current = []
             return false
         }
-        current = rows[cursor].makeRandomAccess()
+        current = try rows[cursor].map { cell -> Cell in
+            guard let bytes = cell.bytes else { return .null }
+            do {
+                switch cell.dataType {
+                case .int2, .int4, .int8: return .int(try cell.decode(Int64.self))
+                case .text, .varchar, .name: return .text(try cell.decode(String.self))
+                case .bytea: return .bytes(Array(bytes.readableBytesView))
+                default: throw StoreError(.database, "column \(cell.columnName) has type \(cell.dataType), which the store never writes")
+                }
+            } catch let e as StoreError {
+                throw e
+            } catch {
+                throw StoreError(.database, "\(backend.url): column \(cell.columnName) of \"\(sql.prefix(60))\" does not decode: \(error)")
+            }
+        }
         return true
     }
 
-    func int64(_ column: Int32) -> Int64 { (try? current?[Int(column)].decode(Int64.self)) ?? 0 }
-    func text(_ column: Int32) -> String { (try? current?[Int(column)].decode(String.self)) ?? "" }
-    func blob(_ column: Int32) -> [UInt8] {
-        guard let buffer = current?[Int(column)].bytes else { return [] }
-        return Array(buffer.readableBytesView)
+    /// Columns read with the accessor of their type (the store's own tables); NULL reads as SQLite's does.
+    func int64(_ column: Int32) -> Int64 {
+        switch current[Int(column)] {
+        case .int(let v): return v
+        case .null: return 0
+        case let other: preconditionFailure("column \(column) of \"\(sql.prefix(60))\" is \(other), read as an integer")
+        }
     }
-    func isNull(_ column: Int32) -> Bool { current?[Int(column)].bytes == nil }
+    func text(_ column: Int32) -> String {
+        switch current[Int(column)] {
+        case .text(let v): return v
+        case .null: return ""
+        case let other: preconditionFailure("column \(column) of \"\(sql.prefix(60))\" is \(other), read as text")
+        }
+    }
+    func blob(_ column: Int32) -> [UInt8] {
+        switch current[Int(column)] {
+        case .bytes(let v): return v
+        case .null: return []
+        case let other: preconditionFailure("column \(column) of \"\(sql.prefix(60))\" is \(other), read as bytes")
+        }
+    }
+    func isNull(_ column: Int32) -> Bool { if case .null = current[Int(column)] { true } else { false } }
 }
 
 extension SQLStore {

@@ -916,24 +916,23 @@ public final class SQLStore: Store {
     /// Writes the acknowledgements and cursors kept in memory (inside the caller's transaction).
     private func writeDirtyAcks() throws {
         for (key, value) in dirtyCursors.sorted(by: { $0.key < $1.key }) { try setMeta("cursor " + key, value) }
-        guard !dirtyAcks.isEmpty else { return }
-        let s = try db.prepare(peerUpsertSQL)
         for peer in dirtyAcks.sorted() {
             let v = peerVector(peer)
-            for o in v.origins {
-                s.reset()
-                s.bind(1, peer)
-                s.bind(2, o.rawValue)
-                s.bind(3, v[o])
-                if db.shared { s.bind(4, txGeneration) }
-                try s.step()
-            }
+            try upsertPeer(peer, v, origins: v.origins)
         }
     }
 
-    private var peerUpsertSQL: String {
+    /// Upserts `peer`'s acknowledged entries for `origins` of `v`.
+    private func upsertPeer(_ peer: String, _ v: QStateVector, origins: [Origin]) throws {
         let g = genColumn
-        return "INSERT INTO peers(peer, origin, seq\(g.name)) VALUES (?, ?, ?\(g.value)) ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq\(g.update)"
+        let shared = db.shared, generation = txGeneration
+        try insertRows("INSERT INTO peers(peer, origin, seq\(g.name)) VALUES", columns: shared ? 4 : 3,
+                       tail: " ON CONFLICT(peer, origin) DO UPDATE SET seq = excluded.seq\(g.update)", origins) { s, at, o in
+            s.bind(at, peer)
+            s.bind(at + 1, o.rawValue)
+            s.bind(at + 2, v[o])
+            if shared { s.bind(at + 3, generation) }
+        }
     }
 
     /// What `writeDirtyAcks` wrote is in the file now.
@@ -1007,15 +1006,7 @@ public final class SQLStore: Store {
                 d.bind(1, peer)
                 try d.step()
             }
-            let s = try db.prepare(peerUpsertSQL)
-            for o in new.origins where new[o] != old[o] {
-                s.reset()
-                s.bind(1, peer)
-                s.bind(2, o.rawValue)
-                s.bind(3, new[o])
-                if db.shared { s.bind(4, txGeneration) }
-                try s.step()
-            }
+            try upsertPeer(peer, new, origins: new.origins.filter { new[$0] != old[$0] })
             if new.entries.isEmpty {
                 // Remember a peer that has acknowledged nothing yet: it still holds back compaction.
                 let g = genColumn
