@@ -2,21 +2,43 @@ import SpookCore
 import SpookStore
 import SpookWire
 
+/// What a `SyncSession` asks its driver to do. The session never writes:
+/// it reads a `StoreView` and returns these, in order.
+public enum SyncAction: Hashable, Sendable {
+    /// Send this message on the link.
+    case send(Message)
+    /// Make these deltas of the peer durable (alone, or in one group commit
+    /// with other links' frames and local writes), then call `committed`.
+    /// Nothing acknowledges them before that.
+    case commit([Delta])
+    /// Merge what the peer acknowledged into what the store records of it
+    /// (the store may persist it lazily: losing it costs only a resend).
+    case recordAck(QStateVector)
+    /// Set what the store records of the peer to exactly this: its store
+    /// went back in time and must be sent again what it lost.
+    case replaceAck(QStateVector)
+    /// Merge this snapshot into the store, then call `applied`.
+    case apply(Snapshot)
+}
+
 /// ESTP for one link, after the handshake (docs/protocol.md, "State
-/// transfer"). It decides what to send and what to do with what arrives;
-/// the driver moves the messages and calls `poll` when local deltas were
-/// committed or a timer fired. Deterministic: time comes in as `nowMs`.
+/// transfer"), as a state machine: each event (`start`, `receive`, `poll`,
+/// and the driver's `committed` and `applied`) reads the store through a
+/// `StoreView` and returns `SyncAction`s; the driver performs them in order.
+/// Deterministic: time comes in as `nowMs`. `perform(_:on:nowMs:)` is the
+/// simplest driver (each commit at once); `spookd` and `spook-edge` batch
+/// the commits of all links into group commits instead.
 ///
 /// - Each side opens with VECTOR (what it holds) and answers a VECTOR with
 ///   an ACK of its own vector, so each learns what the other holds.
 /// - A sender sends, per origin in seq order, what the peer lacks beyond
 ///   what it already sent, in DELTAS frames of bounded count and size,
-///   with at most `inFlightMax` unacknowledged frames; or a chunked
-///   SNAPSHOT when the peer is behind the compaction horizon.
-/// - A receiver commits each DELTAS frame and only then answers ACK with
-///   its vector: `receive` does both; a node that commits many links'
-///   frames together (group commit) calls `take`, commits, then
-///   `committed`. A snapshot is applied when every chunk has arrived.
+///   with at most `inFlightMax` unacknowledged frames, of which only the
+///   first may be less than full; or a chunked SNAPSHOT when the peer is
+///   behind the compaction horizon.
+/// - A received DELTAS frame becomes a `commit`; only `committed` answers
+///   ACK, so an ACK never covers what is not durable. A snapshot becomes an
+///   `apply` when every chunk has arrived.
 /// - A sender that sees no progress for `resendAfterMs` goes back to what
 ///   the peer acknowledged and sends again (lost frames on lossy links, or
 ///   a receiver that refused a gap).
@@ -46,6 +68,9 @@ public struct SyncSession: Sendable {
 
     private var started = false
     private var sent = QStateVector()
+    /// What the peer acknowledged, as this session knows it (read from the
+    /// store at the start; each change is also returned as an action).
+    public private(set) var acknowledged = QStateVector()
     private var inFlight = 0
     private var lastProgressMs: UInt64 = 0
     private var ourStart: QStateVector?
@@ -92,58 +117,62 @@ public struct SyncSession: Sendable {
         self.options = options
     }
 
+    /// Whether a store change may give this session something to send: a
+    /// publisher, or a paused session, sends no deltas.
+    public var sendsDeltas: Bool { !paused && !publishOnly }
+
     /// Both directions have caught up with what the other side held when the
     /// session started: the HalfPair's `caughtUp` event.
-    public func isCaughtUp(_ store: any Store) -> Bool {
+    public func isCaughtUp(_ store: any StoreView) -> Bool {
         guard let ourStart, let theirStart else { return false }
-        let acked = store.peerVector(peer)
         let received = store.vector.compare(theirStart) != .behind && store.vector.compare(theirStart) != .concurrent
         if publishOnly { return received }
-        if let only = onlyOrigin { return received && acked[only] >= ourStart[only] }
-        return received && acked.compare(ourStart) != .behind && acked.compare(ourStart) != .concurrent
+        if let only = onlyOrigin { return received && acknowledged[only] >= ourStart[only] }
+        return received && acknowledged.compare(ourStart) != .behind && acknowledged.compare(ourStart) != .concurrent
     }
 
     /// What is still unacknowledged, in deltas: what the peer lacks of ours.
-    public func lag(_ store: any Store) -> UInt64 {
+    public func lag(_ store: any StoreView) -> UInt64 {
         if publishOnly { return 0 }
-        let acked = store.peerVector(peer)
-        if let only = onlyOrigin { return store.vector[only] - min(store.vector[only], acked[only]) }
-        return store.vector.lacking(in: acked).reduce(0) { $0 + $1.count }
+        if let only = onlyOrigin { return store.vector[only] - min(store.vector[only], acknowledged[only]) }
+        return store.vector.lacking(in: acknowledged).reduce(0) { $0 + $1.count }
     }
 
     /// `v` as the sender sees it: with `onlyOrigin`, every other origin counts
     /// as held by the peer, so nothing of theirs is sent.
-    func sendable(_ v: QStateVector, _ store: any Store) -> QStateVector {
+    func sendable(_ v: QStateVector, _ store: any StoreView) -> QStateVector {
         guard let only = onlyOrigin else { return v }
         var view = v
         for o in store.vector.origins where o != only { view[o] = max(view[o], store.vector[o]) }
         return view
     }
 
-    public mutating func start(_ store: any Store, nowMs: UInt64) throws -> [Message] {
+    /// Opens the session: VECTOR.
+    public mutating func start(_ store: any StoreView, nowMs: UInt64) throws -> [SyncAction] {
         precondition(!started, "session started twice")
         started = true
         ourStart = store.vector
-        sent = store.peerVector(peer)
+        acknowledged = store.peerVector(peer)
+        sent = acknowledged
         lastProgressMs = nowMs
-        return [try vectorMessage(store)]
+        return [.send(try vectorMessage(store))]
     }
 
     /// VECTOR, with what we hold of the peer's own origin (a store error is
     /// the caller's: a VECTOR without its tip would skip the peer's origin check).
-    func vectorMessage(_ store: any Store) throws -> Message {
+    func vectorMessage(_ store: any StoreView) throws -> Message {
         guard let peerOrigin else { return .vector(store.vector) }
         let seq = store.vector[peerOrigin]
         guard seq > 0, let hlc = try store.heldHLC(origin: peerOrigin, seq: seq) else { return .vector(store.vector) }
         return .vector(store.vector, tip: OriginTip(origin: peerOrigin, seq: seq, hlc: hlc))
     }
 
-    /// `nowMs` drives resends; `physicalMs` (the wall clock, default `nowMs`)
-    /// bounds the stamps the peer may send.
-    public mutating func receive(_ message: Message, _ store: any Store, nowMs: UInt64, physicalMs: UInt64? = nil) throws -> [Message] {
+    /// A message from the peer. `nowMs` drives resends; `physicalMs` (the
+    /// wall clock, default `nowMs`) bounds the stamps the peer may send.
+    public mutating func receive(_ message: Message, _ store: any StoreView, nowMs: UInt64, physicalMs: UInt64? = nil) throws -> [SyncAction] {
         let wallMs = physicalMs ?? nowMs
         precondition(started, "session not started")
-        var out: [Message] = []
+        var out: [SyncAction] = []
         switch message {
         case .vector(let theirs, let tip):
             // Before anything of theirs is recorded: does the peer hold more
@@ -156,31 +185,34 @@ public struct SyncSession: Sendable {
                     ourHLC: { $0 == theirs[own] ? ours : nil },
                     peerHolds: theirs[own], peerHLC: tip.flatMap { $0.origin == own && $0.seq == theirs[own] ? $0.hlc : nil })
                 if verdict != .consistent {
-                    throw OriginConflict(origin: own, verdict: verdict, peerHolds: theirs[own], acknowledged: store.peerVector(peer)[own])
+                    throw OriginConflict(origin: own, verdict: verdict, peerHolds: theirs[own], acknowledged: acknowledged[own])
                 }
             }
             // A (re)start from the peer: it holds exactly this, which may be
             // less than it once acknowledged (its store went back in time).
             if theirStart == nil { theirStart = theirs }
-            try learn(theirs, store, current: true)
+            out += learn(theirs, current: true)
             sent = theirs
             inFlight = 0
             knowsPeer = true
             lastProgressMs = nowMs
-            out.append(.ack(store.vector))
+            out.append(.send(.ack(store.vector)))
         case .ack(let theirs):
             if theirStart == nil { theirStart = theirs }
-            let before = store.peerVector(peer)
+            let before = acknowledged
             // The first ACK of a session (before any VECTOR got through) is as
             // current as a VECTOR: the peer sent it after this session began.
-            try learn(theirs, store, current: !knowsPeer)
+            out += learn(theirs, current: !knowsPeer)
             knowsPeer = true
-            if store.peerVector(peer) != before { lastProgressMs = nowMs }
+            if acknowledged != before { lastProgressMs = nowMs }
             inFlight = max(0, inFlight - 1)
         case .deltas(let deltas):
-            let taken = try take(deltas, store, physicalMs: wallMs)
-            // The driver in one step: commit now, then acknowledge.
-            return try committed(try store.commit(taken), store, nowMs: nowMs)
+            // Checked now (a stamp too far ahead refuses the frame whole);
+            // the ACK waits for `committed`.
+            try checkDrift(deltas.lazy.filter { !store.vector.contains($0.id) }.map(\.hlc), nowMs: wallMs, what: "delta")
+            // The peer holds what it sends: never echo it back.
+            for d in deltas { sent[d.origin] = max(sent[d.origin], d.seq) }
+            return [.commit(deltas)]
         case .snapshot(let chunk):
             try checkDrift(chunk.registers.values.lazy.flatMap(\.stamps).map(\.hlc), nowMs: wallMs, what: "snapshot stamp")
             if snapshotVector != chunk.vector || snapshotChunks.keys.contains(where: { $0 >= chunk.count }) {
@@ -202,12 +234,10 @@ public struct SyncSession: Sendable {
             if snapshotChunks.count == Int(chunk.count) {
                 var registers: [QRegisterName: RegisterState] = [:]
                 for part in snapshotChunks.values { registers.merge(part) { a, _ in a } }
-                _ = try store.apply(Snapshot(registers: registers, vector: chunk.vector))
-                snapshotsApplied += 1
                 snapshotVector = nil
                 snapshotChunks = [:]
                 snapshotBytes = 0
-                out.append(.ack(store.vector))
+                return [.apply(Snapshot(registers: registers, vector: chunk.vector))]
             }
         case .heartbeat:
             break
@@ -217,39 +247,34 @@ public struct SyncSession: Sendable {
         return out + (try poll(store, nowMs: nowMs))
     }
 
-    /// DELTAS, first step: checks the frame (a stamp too far ahead refuses it
-    /// whole) and returns the deltas to commit, without writing anything, so
-    /// the driver may commit them together with other links' frames (group
-    /// commit). The driver then calls `committed` with what the commit held;
-    /// the ACK goes out only then, so it never covers what is not durable.
-    public mutating func take(_ deltas: [Delta], _ store: any Store, physicalMs: UInt64) throws -> [Delta] {
-        precondition(started, "session not started")
-        try checkDrift(deltas.lazy.filter { !store.vector.contains($0.id) }.map(\.hlc), nowMs: physicalMs, what: "delta")
-        // The peer holds what it sends: never echo it back.
-        for d in deltas { sent[d.origin] = max(sent[d.origin], d.seq) }
-        return deltas
-    }
-
-    /// DELTAS, second step: the deltas `take` returned are committed (`result`
-    /// covers at least them); returns the ACK of what the store now holds,
-    /// then whatever the window lets this session send.
-    public mutating func committed(_ result: CommitResult, _ store: any Store, nowMs: UInt64) throws -> [Message] {
+    /// The deltas of a `commit` action are durable (`result` covers at least
+    /// them): the ACK, then whatever the window lets this session send.
+    public mutating func committed(_ result: CommitResult, _ store: any StoreView, nowMs: UInt64) throws -> [SyncAction] {
         deltasReceived += result.held.count
         conflicts += result.conflicts
-        return [.ack(store.vector)] + (try poll(store, nowMs: nowMs))
+        return [.send(.ack(store.vector))] + (try poll(store, nowMs: nowMs))
     }
 
-    /// Records what the peer holds. A `current` report (a VECTOR, or the
-    /// first ACK of the session) replaces what the store recorded when it is
-    /// lower: the peer's store went back in time and must be sent again what
-    /// it lost. Any other ACK only adds (ACKs may arrive out of order).
-    mutating func learn(_ theirs: QStateVector, _ store: any Store, current: Bool) throws {
-        guard !publishOnly else { return }
-        if current, store.peerVector(peer).merged(theirs) != theirs {
-            try store.replaceAck(peer: peer, vector: theirs)
-        } else {
-            try store.recordAck(peer: peer, vector: theirs)
+    /// The snapshot of an `apply` action is merged: the ACK, then whatever
+    /// the window allows.
+    public mutating func applied(_ store: any StoreView, nowMs: UInt64) throws -> [SyncAction] {
+        snapshotsApplied += 1
+        return [.send(.ack(store.vector))] + (try poll(store, nowMs: nowMs))
+    }
+
+    /// What the peer holds. A `current` report (a VECTOR, or the first ACK
+    /// of the session) replaces what was recorded when it is lower: the
+    /// peer's store went back in time and must be sent again what it lost.
+    /// Any other ACK only adds (ACKs may arrive out of order, and later ones
+    /// carry only what changed).
+    mutating func learn(_ theirs: QStateVector, current: Bool) -> [SyncAction] {
+        guard !publishOnly else { return [] }
+        if current, acknowledged.merged(theirs) != theirs {
+            acknowledged = theirs
+            return [.replaceAck(theirs)]
         }
+        acknowledged.merge(theirs)
+        return [.recordAck(theirs)]
     }
 
     /// Refuses the frame when any stamp is too far ahead of our clock: nothing
@@ -264,28 +289,28 @@ public struct SyncSession: Sendable {
     }
 
     /// Sends what the window allows; goes back and resends after a stall.
-    public mutating func poll(_ store: any Store, nowMs: UInt64) throws -> [Message] {
+    /// Returns only `send` actions.
+    public mutating func poll(_ store: any StoreView, nowMs: UInt64) throws -> [SyncAction] {
         precondition(started, "session not started")
-        var out: [Message] = []
-        let acked = store.peerVector(peer)
+        var out: [SyncAction] = []
         if nowMs >= lastProgressMs + options.resendAfterMs {
             lastProgressMs = nowMs
             if !knowsPeer {
-                return [try vectorMessage(store)]
+                return [.send(try vectorMessage(store))]
             }
-            if sent != acked {
-                sent = acked
+            if sent != acknowledged {
+                sent = acknowledged
                 inFlight = 0
             }
         }
-        guard knowsPeer, !paused, !publishOnly else { return out }
-        sent.merge(acked)
-        while inFlight < options.inFlightMax {
+        guard knowsPeer, sendsDeltas else { return out }
+        sent.merge(acknowledged)
+        sending: while inFlight < options.inFlightMax {
             let view = sendable(sent, store)
             let lacking = store.vector.lacking(in: view)
             if lacking.isEmpty {
                 // Nothing outstanding counts as progress: the clock restarts.
-                if view == sendable(acked, store) { lastProgressMs = nowMs }
+                if view == sendable(acknowledged, store) { lastProgressMs = nowMs }
                 break
             }
             switch try store.catchUp(for: view, limit: options.batchDeltasMax) {
@@ -299,11 +324,18 @@ public struct SyncSession: Sendable {
                     batch.append(d)
                     bytes += size
                 }
-                guard !batch.isEmpty else { break }
+                guard !batch.isEmpty else { break sending }
+                // While a frame is unacknowledged, another goes out only when
+                // it is full; a partial one waits for the ACK and then carries
+                // everything written meanwhile (Nagle's rule). Small frames
+                // would otherwise fill the window, and a daemon's queue with
+                // a thousand agents' windows of one-delta frames.
+                let full = deltas.count >= options.batchDeltasMax || batch.count < deltas.count
+                if inFlight > 0 && !full { break sending }
                 for d in batch { sent[d.origin] = max(sent[d.origin], d.seq) }
                 deltasSent += batch.count
                 inFlight += 1
-                out.append(.deltas(batch))
+                out.append(.send(.deltas(batch)))
             case .snapshot(let snapshot):
                 // Chunks bounded by register count and by bytes, decided before
                 // sending, since every chunk carries the count.
@@ -321,11 +353,35 @@ public struct SyncSession: Sendable {
                     bytes += size
                 }
                 for (i, registers) in parts.enumerated() {
-                    out.append(.snapshot(SnapshotChunk(index: UInt32(i), count: UInt32(parts.count), vector: snapshot.vector, registers: registers)))
+                    out.append(.send(.snapshot(SnapshotChunk(index: UInt32(i), count: UInt32(parts.count), vector: snapshot.vector, registers: registers))))
                 }
                 sent.merge(snapshot.vector)
                 snapshotsSent += 1
                 inFlight += 1
+            }
+        }
+        return out
+    }
+}
+
+extension SyncSession {
+    /// The simplest driver: performs `actions` on `store` at once (a commit
+    /// per DELTAS frame, `committed` and `applied` called right after) and
+    /// returns the messages to send, in order. The simulation and tests use
+    /// it; the nodes batch commits across links instead.
+    public mutating func perform(_ actions: [SyncAction], on store: any Store, nowMs: UInt64) throws -> [Message] {
+        var out: [Message] = []
+        for action in actions {
+            switch action {
+            case .send(let m): out.append(m)
+            case .recordAck(let v): try store.recordAck(peer: peer, vector: v)
+            case .replaceAck(let v): try store.replaceAck(peer: peer, vector: v)
+            case .commit(let deltas):
+                let result = try store.commit(deltas)
+                out += try perform(committed(result, store, nowMs: nowMs), on: store, nowMs: nowMs)
+            case .apply(let snapshot):
+                _ = try store.apply(snapshot)
+                out += try perform(applied(store, nowMs: nowMs), on: store, nowMs: nowMs)
             }
         }
         return out

@@ -629,15 +629,12 @@ public final class Node: @unchecked Sendable {
                 message = .snapshot(admitted)
             }
             guard var session = link.session else { return }
-            if case .deltas(let deltas) = message {
-                // Checked now, committed with everything else of this loop turn (group commit).
-                let taken = try session.take(deltas, store, physicalMs: clock.nowMs())
-                link.session = session
-                queueForCommit(link: link.id, taken, forbidden: forbidden)
-                return
-            }
-            let replies = try session.receive(message, store, nowMs: clock.nowMs())
+            let actions = try session.receive(message, store, nowMs: clock.nowMs())
+            let replies = try perform(actions, for: link, &session, forbidden: forbidden)
             link.session = session
+            // DELTAS wait for the group commit of this loop turn; it answers them.
+            if case .deltas = message { return }
+            let applied = actions.contains { if case .apply = $0 { true } else { false } }
             // After a snapshot with forbidden values the peer gets ERROR, not
             // the ACK: it reconnects and learns from our VECTOR what we hold.
             if let forbidden {
@@ -645,7 +642,9 @@ public final class Node: @unchecked Sendable {
                 throw forbidden
             }
             for reply in replies { send(reply, on: link) }
-            afterStoreChange(except: nil)
+            // Only a snapshot changes what the other links may send; an ACK
+            // may let orphans settle.
+            if applied || store.orphanCount > 0 { afterStoreChange(except: link.id) }
             checkCaughtUp(link)
         } catch let e as WireError {
             if e.code == .clockDrift { metrics.clockDriftRefused.increment() }
@@ -656,6 +655,27 @@ public final class Node: @unchecked Sendable {
             logger.error("link failed", metadata: ["link": "\(id)", "error": "\(error)"])
             refuse(link, WireError(.internal, "\(error)"))
         }
+    }
+
+    /// Performs a session's actions for `link`, in order: acknowledgements
+    /// and snapshots written to the store at once, received deltas queued
+    /// for the next group commit (`forbidden`: the frame held refused
+    /// writes, so it earns ERROR instead of its ACK). Returns the messages
+    /// to send; the caller sends them.
+    func perform(_ actions: [SyncAction], for link: Link, _ session: inout SyncSession, forbidden: WireError? = nil) throws -> [Message] {
+        var out: [Message] = []
+        for action in actions {
+            switch action {
+            case .send(let m): out.append(m)
+            case .recordAck(let v): try store.recordAck(peer: session.peer, vector: v)
+            case .replaceAck(let v): try store.replaceAck(peer: session.peer, vector: v)
+            case .commit(let deltas): queueForCommit(link: link.id, deltas, forbidden: forbidden)
+            case .apply(let snapshot):
+                _ = try store.apply(snapshot)
+                out += try perform(session.applied(store, nowMs: clock.nowMs()), for: link, &session)
+            }
+        }
+        return out
     }
 
     // MARK: group commit
@@ -741,7 +761,7 @@ public final class Node: @unchecked Sendable {
         mine.held = frame.deltas.lazy.map(\.id).filter { held.contains($0) }
         mine.conflicts = conflicts.isEmpty ? [] : frame.deltas.lazy.map(\.id).filter { conflicts.contains($0) }
         do {
-            let replies = try session.committed(mine, store, nowMs: clock.nowMs())
+            let replies = try perform(session.committed(mine, store, nowMs: clock.nowMs()), for: link, &session)
             link.session = session
             if !mine.conflicts.isEmpty {
                 metrics.seqConflicts.increment(by: Int64(mine.conflicts.count))
@@ -864,8 +884,7 @@ public final class Node: @unchecked Sendable {
     func startSession(_ link: Link) {
         guard var session = link.session else { return }
         do {
-            for m in try session.start(store, nowMs: clock.nowMs()) { send(m, on: link) }
-            for m in try session.poll(store, nowMs: clock.nowMs()) { send(m, on: link) }
+            for m in try perform(session.start(store, nowMs: clock.nowMs()), for: link, &session) { send(m, on: link) }
             link.session = session
         } catch {
             // No session: frames still queued from this link (it closes now) find none and are dropped.
@@ -910,7 +929,7 @@ public final class Node: @unchecked Sendable {
         guard let u = link.upstream, let session = link.session else { return }
         // A standby link is caught up once it holds what its daemon held: we send it nothing yet.
         let caughtUp = session.paused
-            ? store.vector.merged(store.peerVector(session.peer)) == store.vector
+            ? store.vector.merged(session.acknowledged) == store.vector
             : session.isCaughtUp(store)
         guard caughtUp else { return }
         switch upstreams[u].pair.state {
@@ -926,10 +945,11 @@ public final class Node: @unchecked Sendable {
             settleOrphans(force: caughtUp || orphanSource == nil)
         }
         let now = clock.nowMs()
-        for link in links.values.sorted(by: { $0.id < $1.id }) where link.id != except {
+        // Publishers and standby links are sent no deltas: only the others, in link order.
+        for link in links.values.filter({ $0.id != except && $0.session?.sendsDeltas == true }).sorted(by: { $0.id < $1.id }) {
             guard var session = link.session else { continue }
             do {
-                for m in try session.poll(store, nowMs: now) { send(m, on: link) }
+                for m in try perform(session.poll(store, nowMs: now), for: link, &session) { send(m, on: link) }
                 link.session = session
             } catch {
                 refuse(link, WireError(.internal, "\(error)"))
@@ -1248,7 +1268,7 @@ public final class Node: @unchecked Sendable {
     func pollSession(_ link: Link, nowMs: UInt64) {
         guard var session = link.session else { return }
         do {
-            for m in try session.poll(store, nowMs: nowMs) { send(m, on: link) }
+            for m in try perform(session.poll(store, nowMs: nowMs), for: link, &session) { send(m, on: link) }
             link.session = session
         } catch {
             metrics.internalError("poll")

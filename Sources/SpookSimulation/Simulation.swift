@@ -47,6 +47,10 @@ public final class Simulation {
         /// The canary for seq reuse: a node that never compares what a peer
         /// holds of its origin (no VECTOR tips, no new incarnation).
         public var checksOrigins = true
+        /// The DELTAS frames a replica receives in one step are committed
+        /// together (one StateBlock), as the nodes' group commit does; off,
+        /// each frame is committed on arrival.
+        public var groupCommit = false
         /// Write grants at a star's hub: leaves may write domain `sim` (and
         /// report there), not `simr`, which only the hub writes. A leaf's
         /// write to `simr` is held withheld at the hub (the node's own
@@ -113,6 +117,12 @@ public final class Simulation {
         public var withheld = 0
         /// Events the leaves' HalfPairs took (star seeds).
         public var pairEvents = 0
+        /// Group commits, and the DELTAS frames they held: more frames than
+        /// commits means frames of several links shared a StateBlock.
+        /// Links ended because a frame held another delta under a held (origin, seq).
+        public var conflictsRefused = 0
+        public var groupCommits = 0
+        public var groupCommitFrames = 0
         public var bytesSent = 0
         public var healSteps = 0
         /// FNV-1a over every event in order: equal digests mean identical runs.
@@ -305,7 +315,7 @@ public final class Simulation {
             session.onlyOrigin = r.origin
             if r.index % 2 == 1 { session.visible = { $0.domain == Simulation.domain } }
         }
-        for m in try session.start(r.store!, nowMs: nowMs) { post(m, from: r.index, to: peer) }
+        for m in try session.perform(session.start(r.store!, nowMs: nowMs), on: r.store!, nowMs: nowMs) { post(m, from: r.index, to: peer) }
         r.sessions[peer] = session
     }
 
@@ -393,9 +403,18 @@ public final class Simulation {
         }
     }
 
+    /// A DELTAS frame delivered this step, waiting for its replica's group commit.
+    private struct ReceivedFrame {
+        let to: Int
+        let from: Int
+        let generation: Int
+        let deltas: [Delta]
+    }
+
     private func deliver() throws {
         let due = inFlight.filter { $0.deliverAt <= now }
         inFlight.removeAll { $0.deliverAt <= now }
+        var frames: [ReceivedFrame] = []
         for m in due where m.generations == (replicas[m.from].generation, replicas[m.to].generation) {
             let r = replicas[m.to]
             guard let store = r.store, var session = r.sessions[m.from] else { continue }
@@ -425,7 +444,15 @@ public final class Simulation {
             }
             let replies: [Message]
             do {
-                replies = try session.receive(message, store, nowMs: nowMs, physicalMs: physicalMs(r))
+                let actions = try session.receive(message, store, nowMs: nowMs, physicalMs: physicalMs(r))
+                if config.groupCommit, case .deltas(let deltas) = message {
+                    // As the nodes do: every frame a replica receives in a step goes into one group commit.
+                    r.sessions[m.from] = session
+                    frames.append(ReceivedFrame(to: m.to, from: m.from, generation: r.generation, deltas: deltas))
+                    trace("recv \(m.to)<-\(m.from) \(frame.type) queued")
+                    continue
+                }
+                replies = try session.perform(actions, on: store, nowMs: nowMs)
             } catch let conflict as OriginConflict {
                 try reincarnate(r, conflict, found: m.from)
                 continue
@@ -437,6 +464,40 @@ public final class Simulation {
             r.sessions[m.from] = session
             trace("recv \(m.to)<-\(m.from) \(frame.type) vector=\(store.vector)")
             for reply in replies { post(reply, from: m.to, to: m.from) }
+        }
+        try groupCommit(frames)
+    }
+
+    /// Commits each replica's frames of this step in one StateBlock, then
+    /// lets each session acknowledge its own (a session ended meanwhile,
+    /// by a new incarnation, acknowledges nothing: its peer sends again).
+    private func groupCommit(_ frames: [ReceivedFrame]) throws {
+        var seen = Set<Int>()
+        for to in frames.map(\.to) where seen.insert(to).inserted {
+            let r = replicas[to], mine = frames.filter { $0.to == to }
+            guard let store = r.store else { continue }
+            let result = try store.commit(mine.flatMap(\.deltas))
+            outcome.groupCommits += 1
+            outcome.groupCommitFrames += mine.count
+            let held = Set(result.held), conflicts = Set(result.conflicts)
+            for frame in mine {
+                guard frame.generation == r.generation, var session = r.sessions[frame.from] else { continue }
+                var part = CommitResult()
+                part.held = frame.deltas.map(\.id).filter { held.contains($0) }
+                part.conflicts = frame.deltas.map(\.id).filter { conflicts.contains($0) }
+                if let first = part.conflicts.first {
+                    // As a node does: ERROR `seq-conflict` ends the link; the new
+                    // sessions' VECTORs let the sender find its store went back.
+                    trace("conflict \(to)<-\(frame.from) \(first)")
+                    outcome.conflictsRefused += 1
+                    try restartLink(to, frame.from)
+                    continue
+                }
+                let replies = try session.perform(session.committed(part, store, nowMs: nowMs), on: store, nowMs: nowMs)
+                r.sessions[frame.from] = session
+                trace("commit \(to)<-\(frame.from) \(part.held.count) held vector=\(store.vector)")
+                for reply in replies { post(reply, from: to, to: frame.from) }
+            }
         }
     }
 
@@ -490,7 +551,7 @@ public final class Simulation {
         let store = r.store!
         for peer in r.sessions.keys.sorted() {
             var session = r.sessions[peer]!
-            let messages = try session.poll(store, nowMs: nowMs)
+            let messages = try session.perform(session.poll(store, nowMs: nowMs), on: store, nowMs: nowMs)
             r.sessions[peer] = session
             for m in messages { post(m, from: r.index, to: peer) }
         }
@@ -574,6 +635,16 @@ public final class Simulation {
         trace("reset \(r.index) lost \(before - acknowledged.count)")
     }
 
+    /// A link ends (a refusal) and is made again: what was in flight on it is
+    /// lost, and both sides start new sessions.
+    private func restartLink(_ a: Int, _ b: Int) throws {
+        inFlight.removeAll { ($0.from == a && $0.to == b) || ($0.from == b && $0.to == a) }
+        for (x, y) in [(a, b), (b, a)] where replicas[x].store != nil {
+            replicas[x].sessions[y] = nil
+            try startSession(replicas[x], with: y)
+        }
+    }
+
     /// A peer holds more of our origin than we do, or another delta under one
     /// of its seqs: a new incarnation, our unconfirmed deltas set aside, every
     /// session of ours restarted under the new origin.
@@ -640,10 +711,12 @@ public final class Simulation {
             r.joined = true
             try open(r)
         }
-        // Quiescent: every replica holds the union, nothing is in flight.
+        // Quiescent: every replica holds the union, nothing is in flight, and
+        // every HalfPair is back online (a link cut just before the heal
+        // reconnects on its own timer, after the vectors may already agree).
         while now - start < config.healStepsMax {
             let union = replicas.reduce(QStateVector()) { $0.merged($1.store!.vector) }
-            if inFlight.isEmpty && replicas.allSatisfy({ $0.store!.vector == union }) { break }
+            if inFlight.isEmpty && replicas.allSatisfy({ $0.store!.vector == union && $0.pair?.state.isOnline != false }) { break }
             try step()
             now += 1
         }

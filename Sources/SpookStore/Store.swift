@@ -127,19 +127,30 @@ public struct VerifyReport: Sendable, Hashable {
     }
 }
 
+/// What a sync session reads of a store (`SyncSession` decides from it and
+/// never writes: it returns the writes as actions for its driver).
+public protocol StoreView: AnyObject {
+    /// Per origin, the highest seq held contiguously.
+    var vector: QStateVector { get }
+    /// Per origin, the highest seq compacted away (or skipped by a snapshot).
+    var horizon: QStateVector { get }
+    /// What `peer` has acknowledged as durable.
+    func peerVector(_ peer: String) -> QStateVector
+    /// The deltas (at most `limit`) or snapshot a peer holding `peer` needs.
+    func catchUp(for peer: QStateVector, limit: Int) throws -> CatchUp
+    /// The HLC of the delta held at (origin, seq), nil when not held (or compacted).
+    func heldHLC(origin: Origin, seq: UInt64) throws -> HLCTimestamp?
+}
+
 /// Durable replica state (SUBSTRATE.md §6): StateBlocks (the delta log),
 /// QStateVectors (own and per peer), collapsed registers and their histories.
 /// Every mutating call is one transaction at the configured sync level; it
 /// returns only once that transaction committed, so whatever it reports as
 /// held is acknowledged-safe. The SQLite store is the embedded default; a
 /// PostgreSQL store implements the same protocol.
-public protocol Store: AnyObject {
+public protocol Store: StoreView {
     var path: String { get }
     var options: StoreOptions { get }
-    /// Per origin, the highest seq held contiguously.
-    var vector: QStateVector { get }
-    /// Per origin, the highest seq compacted away (or skipped by a snapshot).
-    var horizon: QStateVector { get }
     /// The collapsed registers (a cache of the durable table).
     var state: CollapseState { get }
     /// The greatest HLC of any delta held: local clocks never go below it.
@@ -159,11 +170,6 @@ public protocol Store: AnyObject {
     /// its error and no seq; the others commit.
     func commitLocal(_ requests: [LocalWrite], origin: Origin, physicalMs: UInt64) throws -> [Result<Delta, CoreError>]
 
-    /// The deltas (at most `limit`) or snapshot a peer holding `peer` needs.
-    func catchUp(for peer: QStateVector, limit: Int) throws -> CatchUp
-    /// The HLC of the delta held at (origin, seq), nil when not held (or compacted).
-    func heldHLC(origin: Origin, seq: UInt64) throws -> HLCTimestamp?
-
     /// Starts a new incarnation because the store went back in time (SUBSTRATE.md
     /// §6): in one transaction the epoch goes up, and `origin`'s own deltas after
     /// `keepThrough` leave the log for the orphans table (the vector of `origin`
@@ -182,8 +188,6 @@ public protocol Store: AnyObject {
     /// Merges a snapshot received from a peer; returns the registers that changed.
     func apply(_ snapshot: Snapshot) throws -> [QRegisterName]
 
-    /// What `peer` has acknowledged as durable.
-    func peerVector(_ peer: String) -> QStateVector
     /// Records (merges) a peer's acknowledgement. Registering a peer holds
     /// back compaction of everything it has not acknowledged.
     func recordAck(peer: String, vector: QStateVector) throws

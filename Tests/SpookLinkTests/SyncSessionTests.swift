@@ -23,8 +23,8 @@ import Testing
     @discardableResult
     func exchange(_ a: inout SyncSession, _ sa: SQLStore, _ b: inout SyncSession, _ sb: SQLStore,
                   start: Bool = true, nowMs: UInt64 = 0, drop: (Message) -> Bool = { _ in false }) throws -> (Int, Int) {
-        var toB = start ? try a.start(sa, nowMs: nowMs) : try a.poll(sa, nowMs: nowMs)
-        var toA = start ? try b.start(sb, nowMs: nowMs) : try b.poll(sb, nowMs: nowMs)
+        var toB = try a.perform(start ? a.start(sa, nowMs: nowMs) : a.poll(sa, nowMs: nowMs), on: sa, nowMs: nowMs)
+        var toA = try b.perform(start ? b.start(sb, nowMs: nowMs) : b.poll(sb, nowMs: nowMs), on: sb, nowMs: nowMs)
         var bytes = (0, 0)
         var rounds = 0
         while !toA.isEmpty || !toB.isEmpty {
@@ -35,11 +35,11 @@ import Testing
             toA = []
             for m in forB where !drop(m) {
                 bytes.0 += m.frame.encoded.count
-                toA += try b.receive(try Message(frame: m.frame), sb, nowMs: nowMs)
+                toA += try b.perform(b.receive(try Message(frame: m.frame), sb, nowMs: nowMs), on: sb, nowMs: nowMs)
             }
             for m in forA where !drop(m) {
                 bytes.1 += m.frame.encoded.count
-                toB += try a.receive(try Message(frame: m.frame), sa, nowMs: nowMs)
+                toB += try a.perform(a.receive(try Message(frame: m.frame), sa, nowMs: nowMs), on: sa, nowMs: nowMs)
             }
         }
         return bytes
@@ -70,10 +70,10 @@ import Testing
         options.inFlightMax = 2
         var a = SyncSession(peer: "b", options: options)
         _ = try a.start(sa, nowMs: 0)
-        let out = try a.receive(.vector(QStateVector()), sa, nowMs: 0)
+        let out = try a.perform(a.receive(.vector(QStateVector()), sa, nowMs: 0), on: sa, nowMs: 0)
         #expect(out.filter { $0.type == .deltas }.count == 2)
         #expect(try a.poll(sa, nowMs: 1).isEmpty, "the window is full until an ACK comes")
-        let more = try a.receive(.ack(QStateVector([Origin(1): 10])), sa, nowMs: 2)
+        let more = try a.perform(a.receive(.ack(QStateVector([Origin(1): 10])), sa, nowMs: 2), on: sa, nowMs: 2)
         #expect(more.map(\.type) == [.deltas])
     }
 

@@ -217,7 +217,10 @@ if runs("fleet") {
     let fleetRate = CommandLine.arguments.firstIndex(of: "--fleet-rate").flatMap { i in
         i + 1 < CommandLine.arguments.count ? Double(CommandLine.arguments[i + 1]) : nil
     } ?? 100
-    rows += try FleetBench.run(dir: fleetDir, binaries: binaries, agents: quick ? 100 : 1_000, rate: fleetRate, seconds: quick ? 3 : 10)
+    // `--fleet-sqlite-only`: skip the PostgreSQL set-ups (a quicker look while tuning).
+    let sqliteOnly = CommandLine.arguments.contains("--fleet-sqlite-only")
+    rows += try FleetBench.run(dir: fleetDir, binaries: binaries, agents: quick ? 100 : 1_000, rate: fleetRate, seconds: quick ? 3 : 10,
+                               postgres: !sqliteOnly)
 }
 
 // MARK: the long run (a million writes, a watcher, compaction)
