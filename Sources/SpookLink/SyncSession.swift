@@ -125,6 +125,7 @@ public struct SyncSession: Sendable {
     /// session started: the HalfPair's `caughtUp` event.
     public func isCaughtUp(_ store: any StoreView) -> Bool {
         guard let ourStart, let theirStart else { return false }
+        let acknowledged = recorded(store)
         let received = store.vector.compare(theirStart) != .behind && store.vector.compare(theirStart) != .concurrent
         if publishOnly { return received }
         if let only = onlyOrigin { return received && acknowledged[only] >= ourStart[only] }
@@ -134,8 +135,23 @@ public struct SyncSession: Sendable {
     /// What is still unacknowledged, in deltas: what the peer lacks of ours.
     public func lag(_ store: any StoreView) -> UInt64 {
         if publishOnly { return 0 }
+        let acknowledged = recorded(store)
         if let only = onlyOrigin { return store.vector[only] - min(store.vector[only], acknowledged[only]) }
         return store.vector.lacking(in: acknowledged).reduce(0) { $0 + $1.count }
+    }
+
+    /// What the peer acknowledged, this session's view merged with the
+    /// store's record: several links may reach one peer (daemons sharing a
+    /// key, an agent's standby upstream), and the store's record holds what
+    /// any of them acknowledged.
+    func recorded(_ store: any StoreView) -> QStateVector {
+        acknowledged.merged(store.peerVector(peer))
+    }
+
+    /// Adopts what other links to the same peer got acknowledged (the node
+    /// calls it when a standby session takes over).
+    public mutating func mergeAcknowledged(_ store: any StoreView) {
+        acknowledged.merge(store.peerVector(peer))
     }
 
     /// `v` as the sender sees it: with `onlyOrigin`, every other origin counts

@@ -919,6 +919,8 @@ public final class Node: @unchecked Sendable {
             let pause = standby(u)
             if session.paused != pause {
                 session.paused = pause
+                // Taking over: start from what the other links to this daemon got acknowledged.
+                if !pause { session.mergeAcknowledged(store) }
                 logger.info(pause ? "standby" : "carrying this agent's deltas", metadata: ["upstream": "\(upstreams[u].config.name)"])
             }
             link.session = session
@@ -929,7 +931,7 @@ public final class Node: @unchecked Sendable {
         guard let u = link.upstream, let session = link.session else { return }
         // A standby link is caught up once it holds what its daemon held: we send it nothing yet.
         let caughtUp = session.paused
-            ? store.vector.merged(session.acknowledged) == store.vector
+            ? store.vector.merged(store.peerVector(session.peer)) == store.vector
             : session.isCaughtUp(store)
         guard caughtUp else { return }
         switch upstreams[u].pair.state {
