@@ -48,7 +48,7 @@ struct Seeds: ParsableCommand {
             snapshots += outcome.snapshots
             if seed != nil {
                 print("seed \(s): \(config)")
-                print("  acknowledged=\(outcome.acknowledged) delivered=\(outcome.delivered) dropped=\(outcome.dropped) duplicated=\(outcome.duplicated) crashes=\(outcome.crashes) partitions=\(outcome.partitions) snapshots=\(outcome.snapshots) healSteps=\(outcome.healSteps) trace=\(String(outcome.traceDigest, radix: 16))")
+                print("  acknowledged=\(outcome.acknowledged) delivered=\(outcome.delivered) dropped=\(outcome.dropped) duplicated=\(outcome.duplicated) crashes=\(outcome.crashes) partitions=\(outcome.partitions) snapshots=\(outcome.snapshots) conflictsRefused=\(outcome.conflictsRefused) healSteps=\(outcome.healSteps) trace=\(String(outcome.traceDigest, radix: 16))")
             }
             if let failure = outcome.failure {
                 failed.append(s)
