@@ -374,6 +374,7 @@ public final class Node: @unchecked Sendable {
     /// Sends CLOSE on every link, closes sockets and the store.
     public func shutdown() {
         try? loop.submit {
+            self.shuttingDown = true
             self.daemonTimer?.cancel()
             self.compactionTimer?.cancel()
             self.compactionFollowUp?.cancel()
@@ -1152,7 +1153,12 @@ public final class Node: @unchecked Sendable {
     /// Opens the link of upstream `u`. The link is registered, and its
     /// handshake started, while the channel is being set up, so no frame and
     /// no close can arrive before the node knows the link.
+    /// Set (on the node loop) when `shutdown` begins: links closing then
+    /// must not start reconnects on an event loop group about to stop.
+    var shuttingDown = false
+
     func connect(_ u: Int) {
+        guard !shuttingDown else { return }
         let endpoint = upstreams[u].config.endpoint
         let pinned = upstreams[u].config.key
         let epoch = upstreamEpoch
