@@ -103,9 +103,6 @@ public struct SyncSession: Sendable {
     public var ownOrigin: Origin?
     public var peerOrigin: Origin?
 
-    /// Deltas the peer sent whose (origin, seq) we hold with other content.
-    public private(set) var conflicts: [DeltaID] = []
-
     /// Counters for `$lag`, metrics and tests.
     public private(set) var deltasSent = 0
     public private(set) var deltasReceived = 0
@@ -267,7 +264,6 @@ public struct SyncSession: Sendable {
     /// them): the ACK, then whatever the window lets this session send.
     public mutating func committed(_ result: CommitResult, _ store: any StoreView, nowMs: UInt64) throws -> [SyncAction] {
         deltasReceived += result.held.count
-        conflicts += result.conflicts
         return [.send(.ack(store.vector))] + (try poll(store, nowMs: nowMs))
     }
 

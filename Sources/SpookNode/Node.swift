@@ -734,15 +734,13 @@ public final class Node: @unchecked Sendable {
             metrics.groupCommitFrames.increment(by: Int64(frames.count))
             for (entry, r) in zip(local, results) { entry.reply(r) }
             api?.flushAll()
-            let held = Set(result.held), conflicts = Set(result.conflicts)
-            for frame in frames { acknowledge(frame, held: held, conflicts: conflicts) }
+            for (frame, mine) in zip(frames, result.shares(of: frames.map(\.deltas))) { acknowledge(frame, mine) }
         } catch {
             logger.warning("a group commit failed: committing its parts one by one", metadata: ["frames": "\(frames.count)", "local": "\(local.count)", "error": "\(error)"])
             if !local.isEmpty { api?.commitApart(local) }
             for frame in frames {
                 do {
-                    let result = try store.commit(frame.deltas)
-                    acknowledge(frame, held: Set(result.held), conflicts: Set(result.conflicts))
+                    acknowledge(frame, try store.commit(frame.deltas))
                 } catch {
                     guard let link = links[frame.link] else { continue }
                     logger.error("link failed", metadata: ["link": "\(frame.link)", "error": "\(error)"])
@@ -753,14 +751,10 @@ public final class Node: @unchecked Sendable {
         afterStoreChange(except: nil)
     }
 
-    /// A frame's deltas are durable (`held` and `conflicts`, of the whole
-    /// group, cover at least them): the link's ACK, or the ERROR its
-    /// conflicts or forbidden writes earned.
-    func acknowledge(_ frame: ReceivedFrame, held: Set<DeltaID>, conflicts: Set<DeltaID>) {
+    /// A frame's deltas are durable (`mine`: its share of the commit): the
+    /// link's ACK, or the ERROR its conflicts or forbidden writes earned.
+    func acknowledge(_ frame: ReceivedFrame, _ mine: CommitResult) {
         guard let link = links[frame.link], var session = link.session else { return }
-        var mine = CommitResult()
-        mine.held = frame.deltas.lazy.map(\.id).filter { held.contains($0) }
-        mine.conflicts = conflicts.isEmpty ? [] : frame.deltas.lazy.map(\.id).filter { conflicts.contains($0) }
         do {
             let replies = try perform(session.committed(mine, store, nowMs: clock.nowMs()), for: link, &session)
             link.session = session

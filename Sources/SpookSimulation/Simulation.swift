@@ -117,10 +117,10 @@ public final class Simulation {
         public var withheld = 0
         /// Events the leaves' HalfPairs took (star seeds).
         public var pairEvents = 0
-        /// Group commits, and the DELTAS frames they held: more frames than
-        /// commits means frames of several links shared a StateBlock.
         /// Links ended because a frame held another delta under a held (origin, seq).
         public var conflictsRefused = 0
+        /// Group commits, and the DELTAS frames they held: more frames than
+        /// commits means frames of several links shared a StateBlock.
         public var groupCommits = 0
         public var groupCommitFrames = 0
         public var bytesSent = 0
@@ -479,12 +479,8 @@ public final class Simulation {
             let result = try store.commit(mine.flatMap(\.deltas))
             outcome.groupCommits += 1
             outcome.groupCommitFrames += mine.count
-            let held = Set(result.held), conflicts = Set(result.conflicts)
-            for frame in mine {
+            for (frame, part) in zip(mine, result.shares(of: mine.map(\.deltas))) {
                 guard frame.generation == r.generation, var session = r.sessions[frame.from] else { continue }
-                var part = CommitResult()
-                part.held = frame.deltas.map(\.id).filter { held.contains($0) }
-                part.conflicts = frame.deltas.map(\.id).filter { conflicts.contains($0) }
                 if let first = part.conflicts.first {
                     // As a node does: ERROR `seq-conflict` ends the link; the new
                     // sessions' VECTORs let the sender find its store went back.

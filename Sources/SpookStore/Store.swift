@@ -69,6 +69,19 @@ public struct CommitResult: Sendable {
     public var changes: [RegisterChange] = []
 
     public init() {}
+
+    /// Each frame's share of a group commit that held `frames` together:
+    /// which of its deltas were held and which conflicted (the sets are
+    /// built once for the whole group).
+    public func shares(of frames: [[Delta]]) -> [CommitResult] {
+        let held = Set(self.held), conflicts = Set(self.conflicts)
+        return frames.map { deltas in
+            var part = CommitResult()
+            part.held = deltas.lazy.map(\.id).filter { held.contains($0) }
+            part.conflicts = conflicts.isEmpty ? [] : deltas.lazy.map(\.id).filter { conflicts.contains($0) }
+            return part
+        }
+    }
 }
 
 /// A snapshot replaces deltas a peer lacks behind the compaction horizon:
