@@ -174,16 +174,25 @@ public struct Delta: Hashable, Sendable, CustomStringConvertible {
         return w.bytes
     }
 
-    public static func decode(from r: inout ByteReader) throws -> Delta {
+    /// `previousGroup`: the group of the delta decoded before this one (in
+    /// the same frame): the same bytes are that name, already checked. A
+    /// writer's frame is mostly one group, and checking its name again for
+    /// each delta was a tenth of a loaded daemon's time.
+    public static func decode(from r: inout ByteReader, previousGroup: QGroupName? = nil) throws -> Delta {
         let origin = Origin(try r.read(UInt64.self, "delta origin"))
         let seq = try r.read(UInt64.self, "delta seq")
         let hlc = HLCTimestamp(rawValue: try r.read(UInt64.self, "delta hlc"))
         let groupLength = Int(try r.read(UInt16.self, "group length"))
         let groupBytes = try r.readBytes(groupLength, "group name")
-        guard let groupText = String(validating: groupBytes, as: UTF8.self) else {
-            throw CoreError(.malformed, "group name is not valid UTF-8")
+        let group: QGroupName
+        if let previousGroup, previousGroup.description.utf8.elementsEqual(groupBytes) {
+            group = previousGroup
+        } else {
+            guard let groupText = String(validating: groupBytes, as: UTF8.self) else {
+                throw CoreError(.malformed, "group name is not valid UTF-8")
+            }
+            group = try QGroupName(groupText)
         }
-        let group = try QGroupName(groupText)
         let count = Int(try r.read(UInt16.self, "write count"))
         guard count <= Delta.writesMax else {
             throw CoreError(.tooManyWrites, "delta \(origin)#\(seq): \(count) writes, the limit is \(Delta.writesMax)")

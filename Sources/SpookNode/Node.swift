@@ -563,8 +563,24 @@ public final class Node: @unchecked Sendable {
         return (0..<Hello.nonceLength).map { _ in UInt8.random(in: 0...255, using: &g) }
     }
 
+    /// The last ACK frame sent, encoded: a group commit acknowledges every
+    /// frame in it with the same vector (16 KB with 1,000 origins), so it
+    /// is encoded once, not once per link. `==` on a copy of the same
+    /// vector is one pointer comparison.
+    var lastAck: (vector: QStateVector, bytes: [UInt8])?
+
     func send(_ message: Message, on link: Link) {
-        let bytes = message.frame.encoded
+        let bytes: [UInt8]
+        if case .ack(let v) = message {
+            if let last = lastAck, last.vector == v {
+                bytes = last.bytes
+            } else {
+                bytes = message.frame.encoded
+                lastAck = (v, bytes)
+            }
+        } else {
+            bytes = message.frame.encoded
+        }
         // Encoders bound every frame by bytes; one that slipped through would be
         // refused by the peer on every reconnect: a bug, said once, not a livelock.
         guard bytes.count <= Frame.payloadMaxDefault else {

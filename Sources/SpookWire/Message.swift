@@ -215,7 +215,7 @@ public enum Message: Hashable, Sendable {
                     let length = Int(try r.read(UInt32.self, "length of delta \(i)"))
                     var body = ByteReader(Array(try r.readBytes(length, "delta \(i)")))
                     do {
-                        deltas.append(try Delta.decode(from: &body))
+                        deltas.append(try Delta.decode(from: &body, previousGroup: deltas.last?.group))
                         try body.expectEnd("delta \(i)")
                     } catch let e as CoreError {
                         throw CoreError(e.code, "delta \(i): \(e.message)")

@@ -59,5 +59,29 @@ import Testing
     @Test func crc32cCheckValue() {
         #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
         #expect(CRC32C.update(CRC32C.checksum(Array("1234".utf8)), Array("56789".utf8)) == 0xE306_9283)
+        // RFC 3720, B.4: inputs long enough for the eight-byte steps.
+        #expect(CRC32C.checksum([UInt8](repeating: 0, count: 32)) == 0x8A91_36AA)
+        #expect(CRC32C.checksum([UInt8](repeating: 0xFF, count: 32)) == 0x62A8_AB43)
+        #expect(CRC32C.checksum((0..<32).map { UInt8($0) }) == 0x46DD_794E)
+    }
+
+    /// The eight-bytes-at-a-time checksum equals the bit-by-bit definition
+    /// at every length and split (the tail and a running update included).
+    @Test func crc32cMatchesTheBitwiseDefinition() {
+        func bitwise(_ bytes: [UInt8]) -> UInt32 {
+            var c: UInt32 = 0xFFFF_FFFF
+            for b in bytes {
+                c ^= UInt32(b)
+                for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
+            }
+            return ~c
+        }
+        var rng = SplitMix64(seed: 7)
+        for length in 0..<70 {
+            let bytes = (0..<length).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            #expect(CRC32C.checksum(bytes) == bitwise(bytes), "length \(length)")
+            let cut = length / 3
+            #expect(CRC32C.update(CRC32C.checksum(Array(bytes[..<cut])), Array(bytes[cut...])) == bitwise(bytes), "length \(length) cut at \(cut)")
+        }
     }
 }
