@@ -79,6 +79,12 @@ public struct SyncSession: Sendable {
     private var snapshotVector: QStateVector?
     private var snapshotChunks: [UInt32: [QRegisterName: RegisterState]] = [:]
     private var snapshotBytes = 0
+    /// Origins the peer may hold beyond what our last whole ACK told it:
+    /// those in its VECTOR, those it sent, those we sent. After a commit the
+    /// ACK carries only these (`partial`), since nothing else can make the
+    /// peer send. A snapshot either way makes every ACK whole (`wholeAcks`).
+    private var linkOrigins: Set<Origin> = []
+    private var wholeAcks = false
 
     /// A paused session still answers (ACK, VECTOR) and receives, but sends
     /// no deltas: a standby link in a QRoute, ready to take over.
@@ -209,14 +215,22 @@ public struct SyncSession: Sendable {
             inFlight = 0
             knowsPeer = true
             lastProgressMs = nowMs
+            linkOrigins.formUnion(theirs.entries.keys)
             out.append(.send(.ack(store.vector)))
-        case .ack(let theirs):
-            if theirStart == nil { theirStart = theirs }
+        case .ack(let theirs, let partial):
+            try checkOwnOrigin(theirs, store)
             let before = acknowledged
-            // The first ACK of a session (before any VECTOR got through) is as
-            // current as a VECTOR: the peer sent it after this session began.
-            out += learn(theirs, current: !knowsPeer)
-            knowsPeer = true
+            if partial {
+                // Some origins only: it adds, and says nothing of the rest.
+                out += learn(theirs, current: false)
+            } else {
+                if theirStart == nil { theirStart = theirs }
+                // The first ACK of a session (before any VECTOR got through) is as
+                // current as a VECTOR: the peer sent it after this session began.
+                out += learn(theirs, current: !knowsPeer)
+                knowsPeer = true
+                linkOrigins.formUnion(theirs.entries.keys)
+            }
             if acknowledged != before { lastProgressMs = nowMs }
             inFlight = max(0, inFlight - 1)
         case .deltas(let deltas):
@@ -224,9 +238,13 @@ public struct SyncSession: Sendable {
             // the ACK waits for `committed`.
             try checkDrift(deltas.lazy.filter { !store.vector.contains($0.id) }.map(\.hlc), nowMs: wallMs, what: "delta")
             // The peer holds what it sends: never echo it back.
-            for d in deltas { sent[d.origin] = max(sent[d.origin], d.seq) }
+            for d in deltas {
+                sent[d.origin] = max(sent[d.origin], d.seq)
+                linkOrigins.insert(d.origin)
+            }
             return [.commit(deltas)]
         case .snapshot(let chunk):
+            try checkOwnOrigin(chunk.vector, store)
             try checkDrift(chunk.registers.values.lazy.flatMap(\.stamps).map(\.hlc), nowMs: wallMs, what: "snapshot stamp")
             if snapshotVector != chunk.vector || snapshotChunks.keys.contains(where: { $0 >= chunk.count }) {
                 snapshotVector = chunk.vector
@@ -244,6 +262,7 @@ public struct SyncSession: Sendable {
             }
             snapshotChunks[chunk.index] = chunk.registers
             sent.merge(chunk.vector)
+            wholeAcks = true
             if snapshotChunks.count == Int(chunk.count) {
                 var registers: [QRegisterName: RegisterState] = [:]
                 for part in snapshotChunks.values { registers.merge(part) { a, _ in a } }
@@ -264,14 +283,24 @@ public struct SyncSession: Sendable {
     /// them): the ACK, then whatever the window lets this session send.
     public mutating func committed(_ result: CommitResult, _ store: any StoreView, nowMs: UInt64) throws -> [SyncAction] {
         deltasReceived += result.held.count
-        return [.send(.ack(store.vector))] + (try poll(store, nowMs: nowMs))
+        return [.send(ack(store))] + (try poll(store, nowMs: nowMs))
     }
 
     /// The snapshot of an `apply` action is merged: the ACK, then whatever
     /// the window allows.
     public mutating func applied(_ store: any StoreView, nowMs: UInt64) throws -> [SyncAction] {
         snapshotsApplied += 1
-        return [.send(.ack(store.vector))] + (try poll(store, nowMs: nowMs))
+        return [.send(ack(store))] + (try poll(store, nowMs: nowMs))
+    }
+
+    /// The ACK after a commit: partial (the link's origins) unless a
+    /// snapshot crossed the link. The answer to a VECTOR is always whole.
+    func ack(_ store: any StoreView) -> Message {
+        let vector = store.vector
+        guard !wholeAcks, linkOrigins.count < vector.entries.count else { return .ack(vector) }
+        var entries = [Origin: UInt64](minimumCapacity: linkOrigins.count)
+        for o in linkOrigins where vector[o] > 0 { entries[o] = vector[o] }
+        return .ack(QStateVector(entries), partial: true)
     }
 
     /// What the peer holds. A `current` report (a VECTOR, or the first ACK
@@ -287,6 +316,18 @@ public struct SyncSession: Sendable {
         }
         acknowledged.merge(theirs)
         return [.recordAck(theirs)]
+    }
+
+    /// An ACK or a snapshot that holds more of our own origin than we do:
+    /// our store went back in time, and the peer's VECTOR (with its tip)
+    /// has not reached us yet (lost, or still on its way) while we wrote.
+    /// Taking the ACK or merging the snapshot would hide it until we reuse
+    /// a seq the peer holds; found here, it starts a new incarnation as at
+    /// the VECTOR.
+    func checkOwnOrigin(_ theirs: QStateVector, _ store: any StoreView) throws {
+        guard let own = ownOrigin, theirs[own] > store.vector[own] else { return }
+        throw OriginConflict(origin: own, verdict: .behind(peerHolds: theirs[own], weHold: store.vector[own]),
+                             peerHolds: theirs[own], acknowledged: acknowledged[own])
     }
 
     /// Refuses the frame when any stamp is too far ahead of our clock: nothing
@@ -344,7 +385,10 @@ public struct SyncSession: Sendable {
                 // a thousand agents' windows of one-delta frames.
                 let full = deltas.count >= options.batchDeltasMax || batch.count < deltas.count
                 if inFlight > 0 && !full { break sending }
-                for d in batch { sent[d.origin] = max(sent[d.origin], d.seq) }
+                for d in batch {
+                    sent[d.origin] = max(sent[d.origin], d.seq)
+                    linkOrigins.insert(d.origin)
+                }
                 deltasSent += batch.count
                 inFlight += 1
                 out.append(.send(.deltas(batch)))
@@ -368,6 +412,7 @@ public struct SyncSession: Sendable {
                     out.append(.send(.snapshot(SnapshotChunk(index: UInt32(i), count: UInt32(parts.count), vector: snapshot.vector, registers: registers))))
                 }
                 sent.merge(snapshot.vector)
+                wholeAcks = true
                 snapshotsSent += 1
                 inFlight += 1
             }

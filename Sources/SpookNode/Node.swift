@@ -563,15 +563,15 @@ public final class Node: @unchecked Sendable {
         return (0..<Hello.nonceLength).map { _ in UInt8.random(in: 0...255, using: &g) }
     }
 
-    /// The last ACK frame sent, encoded: a group commit acknowledges every
-    /// frame in it with the same vector (16 KB with 1,000 origins), so it
+    /// The last whole ACK frame sent, encoded: a group commit may answer
+    /// many links with the same vector (16 KB with 1,000 origins), so it
     /// is encoded once, not once per link. `==` on a copy of the same
     /// vector is one pointer comparison.
     var lastAck: (vector: QStateVector, bytes: [UInt8])?
 
     func send(_ message: Message, on link: Link) {
         let bytes: [UInt8]
-        if case .ack(let v) = message {
+        if case .ack(let v, partial: false) = message {
             if let last = lastAck, last.vector == v {
                 bytes = last.bytes
             } else {

@@ -85,6 +85,9 @@ public struct SnapshotChunk: Hashable, Sendable {
 
 /// Every ETCP/ESTP message, with its payload encoding (docs/protocol.md).
 public enum Message: Hashable, Sendable {
+    /// The ACK's optional flag byte: the vector holds only some origins.
+    static let ackPartial: UInt8 = 0x01
+
     case hello(Hello)
     /// Ed25519 signature (64 bytes) over the handshake transcript.
     case auth(signature: [UInt8])
@@ -93,8 +96,12 @@ public enum Message: Hashable, Sendable {
     case vector(QStateVector, tip: OriginTip? = nil)
     /// Deltas in per-origin seq order.
     case deltas([Delta])
-    /// The receiver's vector, sent only after what it acknowledges is durable.
-    case ack(QStateVector)
+    /// The receiver's vector, sent only after what it acknowledges is
+    /// durable. `partial` (a flag byte on the wire): only the origins this
+    /// link carries, the others unchanged since the last whole ACK (a
+    /// daemon's whole vector is 16 KB with 1,000 agents; an agent needs
+    /// its own entry). A partial ACK only adds to what the sender knows.
+    case ack(QStateVector, partial: Bool = false)
     case snapshot(SnapshotChunk)
     /// The sender's wall clock, for lag estimates.
     case heartbeat(sentMs: UInt64)
@@ -140,8 +147,9 @@ public enum Message: Hashable, Sendable {
                 w.write(tip.seq)
                 w.write(tip.hlc.rawValue)
             }
-        case .ack(let v):
+        case .ack(let v, let partial):
             v.encode(into: &w)
+            if partial { w.write(Message.ackPartial) }
         case .deltas(let deltas):
             w.write(UInt32(deltas.count))
             for d in deltas {
@@ -203,7 +211,14 @@ public enum Message: Hashable, Sendable {
                 }
                 self = .vector(vector, tip: tip)
             case .ack:
-                self = .ack(try QStateVector.decode(from: &r))
+                let vector = try QStateVector.decode(from: &r)
+                var partial = false
+                if r.remaining > 0 {
+                    let flags = try r.read(UInt8.self, "ack flags")
+                    guard flags == Message.ackPartial else { throw CoreError(.malformed, "ACK flags 0x\(String(flags, radix: 16)): only 0x01 (partial) is defined") }
+                    partial = true
+                }
+                self = .ack(vector, partial: partial)
             case .deltas:
                 let count = Int(try r.read(UInt32.self, "delta count"))
                 guard count <= Message.deltasMax else {

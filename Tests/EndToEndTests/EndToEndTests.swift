@@ -553,7 +553,7 @@ final class RawPeer {
         while true {
             let m = try next()
             switch m {
-            case .ack(let v) where v.contains(delta.id): return m
+            case .ack(let v, _) where v.contains(delta.id): return m
             case .error: return m
             default: continue
             }

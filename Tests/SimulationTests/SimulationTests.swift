@@ -183,10 +183,20 @@ func runSeeds(_ count: Int, where selected: (Simulation.Config) -> Bool, _ adjus
 
 /// Group commit in the simulation: the DELTAS frames a replica receives in
 /// one step are committed in one StateBlock and each session acknowledges
-/// its own only after it, as `spookd` and `spook-edge` do. Seeds without
-/// store resets: with resets, group commit reaches a restore-path gap the
-/// per-frame runs do not (docs/architecture.md, "The simulation").
+/// its own only after it, as `spookd` and `spook-edge` do.
 @Suite struct GroupCommitSimulationTests {
+    /// With store resets as well: restores, origin checks and new
+    /// incarnations while frames are committed together.
+    @Test func framesCommittedTogetherSurviveStoreResets() {
+        let outcomes = runSeeds(30, where: { $0.resetRate > 0 }) { $0.groupCommit = true }
+        for o in outcomes { #expect(o.failure == nil, "\(o.failure ?? "")") }
+        let resets = outcomes.map(\.resets).reduce(0, +), incarnations = outcomes.map(\.incarnations).reduce(0, +)
+        let commits = outcomes.map(\.groupCommits).reduce(0, +), frames = outcomes.map(\.groupCommitFrames).reduce(0, +)
+        #expect(resets > 10 && incarnations > 0, "the runs must restore stores and start incarnations: \(resets) resets, \(incarnations) incarnations")
+        #expect(frames > commits, "no StateBlock ever held two frames: the group commit was not exercised")
+        print("group commit with store resets: \(outcomes.count) seeds, \(resets) resets, \(incarnations) new incarnations, \(frames) frames in \(commits) group commits")
+    }
+
     @Test func framesCommittedTogetherConvergeWithNothingLost() {
         let outcomes = runSeeds(60, where: { $0.resetRate == 0 }) { $0.groupCommit = true }
         for o in outcomes { #expect(o.failure == nil, "\(o.failure ?? "")") }

@@ -41,7 +41,7 @@ import Testing
     }
 
     func acks(_ actions: [SyncAction]) -> [QStateVector] {
-        sends(actions).compactMap { if case .ack(let v) = $0 { v } else { nil } }
+        sends(actions).compactMap { if case .ack(let v, _) = $0 { v } else { nil } }
     }
 
     @Test func aDeltasFrameBecomesACommitAndIsAcknowledgedOnlyOnceCommitted() throws {
@@ -60,6 +60,41 @@ import Testing
         let after = try s.committed(result, view, nowMs: 2)
         #expect(acks(after).first?[Origin(7)] == 5, "the ACK covers the committed frame")
         #expect(s.deltasReceived == 5)
+    }
+
+    /// A daemon holding 50 agents' origins answers one agent's frame with an
+    /// ACK of the link's origins only; the answer to a VECTOR stays whole.
+    @Test func anAckAfterACommitCarriesOnlyTheLinksOrigins() throws {
+        let view = MemoryView()
+        for o in 1...50 { view.vector[Origin(UInt64(100 + o))] = UInt64(o) }
+        var s = SyncSession(peer: "b")
+        _ = try s.start(view, nowMs: 0)
+        let answer = acks(try s.receive(.vector(QStateVector([Origin(3): 2])), view, nowMs: 0))
+        #expect(answer == [view.vector], "the answer to a VECTOR is the whole vector")
+        let frame = try deltas(origin: 7, count: 2)
+        _ = try s.receive(.deltas(frame), view, nowMs: 1)
+        view.vector[Origin(7)] = 2
+        var result = CommitResult()
+        result.held = frame.map(\.id)
+        let after = sends(try s.committed(result, view, nowMs: 2))
+        #expect(after == [.ack(QStateVector([Origin(7): 2]), partial: true)],
+                "origin 3 (in the peer's VECTOR) is not held here, origin 7 is what it sent; the 50 others are not the link's")
+    }
+
+    /// A partial ACK only adds: lower or first, it never replaces what the
+    /// store records of the peer, nor counts as the peer's start.
+    @Test func aPartialAckOnlyAdds() throws {
+        let view = MemoryView()
+        view.acks["b"] = QStateVector([Origin(1): 10, Origin(2): 4])
+        var s = SyncSession(peer: "b")
+        _ = try s.start(view, nowMs: 0)
+        let lower = QStateVector([Origin(1): 3])
+        #expect(try s.receive(.ack(lower, partial: true), view, nowMs: 0).first == .recordAck(lower),
+                "before any VECTOR, a whole ACK would replace; a partial one may not")
+        #expect(s.acknowledged == QStateVector([Origin(1): 10, Origin(2): 4]))
+        #expect(!s.isCaughtUp(view), "a partial ACK is not the peer's start")
+        let whole = QStateVector([Origin(1): 3])
+        #expect(try s.receive(.ack(whole), view, nowMs: 1).first == .replaceAck(whole), "a whole first ACK is as current as a VECTOR")
     }
 
     @Test func aFrameThatIsNotFullWaitsWhileAnotherIsUnacknowledged() throws {

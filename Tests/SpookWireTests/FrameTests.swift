@@ -31,6 +31,7 @@ import Testing
     static let messages: [(String, Message)] = [
         ("heartbeat", .heartbeat(sentMs: 1_700_000_000_000)),
         ("ack", .ack(QStateVector([a1: 5, b2: 17]))),
+        ("ack-partial", .ack(QStateVector([a1: 5]), partial: true)),
         ("vector-empty", .vector(QStateVector())),
         ("vector-tip", .vector(QStateVector([a1: 5, b2: 17]), tip: OriginTip(origin: b2, seq: 17, hlc: try! HLCTimestamp(ms: 1000, counter: 3)))),
         ("hello-epoch", .hello(Hello(role: .agent, publicKey: Array(0..<32), nonce: Array(repeating: 0xee, count: 32),
@@ -169,6 +170,8 @@ import Testing
         (.snapshot, "0000000200000002", "chunk 2 of 2"),
         (.snapshot, "0000000000000000", "chunk 0 of 0"),
         (.hello, "00010900", "unknown role 9"),
+        (.ack, "0000000002", "ACK flags 0x2: only 0x01 (partial) is defined"),
+        (.ack, "000000000100", "ACK payload: 1 unexpected trailing bytes"),
     ])
     func malformedPayloadsSayWhatAndWhere(_ type: FrameType, _ hex: String, _ expected: String) {
         let error = #expect(throws: WireError.self) { try Message(frame: Frame(type: type, payload: [UInt8](hex: hex)!)) }

@@ -230,7 +230,7 @@ enum FleetBench {
                         continue
                     }
                     switch m {
-                    case .ack(let v):
+                    case .ack(let v, _):
                         let through = v[a.origin]
                         guard through > a.acked else {
                             if through == a.acked { a.inFlight = max(0, a.inFlight - 1) }
