@@ -302,6 +302,10 @@ extension JSONValue {
                             edgeExtra: "[metrics]\nlisten = \"127.0.0.1:\(metrics)\"\n" + Self.schema + mqtt)
         try c.startDaemon()
         try c.startEdge()
+        // Born first: a value written before the agent reaches the broker is
+        // in its DBIRTH and again in the replayed backlog (historical), by
+        // design; this part checks what a value written again does.
+        try c.waitFor("the agent's NBIRTH") { !host.of("NBIRTH").isEmpty }
         try c.set("gw1", "site1.dev/app/counter", .int(1))
         try c.waitFor("counter 1 on the host") { host.values("app", "counter").contains { $0.value == .int(1) } }
         let firstBdSeq = try #require(Self.bdSeq(host.of("NBIRTH").last))
