@@ -799,6 +799,12 @@ public final class Node: @unchecked Sendable {
     /// aside, every link restarted under the new origin. Orphans are written
     /// again under it unless the peer sends back the same delta.
     func reincarnate(_ conflict: OriginConflict, found link: Link) {
+        // A finding about an origin we no longer write under: a frame that
+        // was already queued for a link of the incarnation before.
+        guard conflict.origin == origin else {
+            link.channel.close(promise: nil)
+            return
+        }
         metrics.reincarnations.increment()
         logger.critical("this store is behind what a peer holds of our own origin: starting a new incarnation", metadata: [
             "peer": "\(link.peer.map { "\($0.node) \($0.origin)" } ?? "-")", "origin": "\(conflict.origin)", "finding": "\(conflict.verdict)",
@@ -817,6 +823,9 @@ public final class Node: @unchecked Sendable {
         for l in links.values.sorted(by: { $0.id < $1.id }) {
             send(.close(message: "restarting under a new incarnation (epoch \(store.epoch))"), on: l)
             l.channel.close(promise: nil)
+            // Frames of these links already queued on the node loop are not
+            // answered: their sessions spoke for the old origin.
+            l.session = nil
         }
     }
 
