@@ -805,6 +805,17 @@ public final class Node: @unchecked Sendable {
             link.channel.close(promise: nil)
             return
         }
+        // Daemons on one database write under one origin: what looked like
+        // more of it than we hold may be another daemon's commit we have not
+        // read yet. Read it; if that explains it, the link only starts over.
+        if store.shared, case .behind = conflict.verdict {
+            refreshFromOthers()
+            if conflict.peerHolds <= store.vector[conflict.origin] {
+                logger.info("a peer held more of our origin than this daemon had read from the shared database: restarting the link", metadata: ["link": "\(link.id)"])
+                link.channel.close(promise: nil)
+                return
+            }
+        }
         metrics.reincarnations.increment()
         logger.critical("this store is behind what a peer holds of our own origin: starting a new incarnation", metadata: [
             "peer": "\(link.peer.map { "\($0.node) \($0.origin)" } ?? "-")", "origin": "\(conflict.origin)", "finding": "\(conflict.verdict)",
