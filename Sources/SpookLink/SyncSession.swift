@@ -325,9 +325,12 @@ public struct SyncSession: Sendable {
     /// a seq the peer holds; found here, it starts a new incarnation as at
     /// the VECTOR.
     func checkOwnOrigin(_ theirs: QStateVector, _ store: any StoreView) throws {
-        guard let own = ownOrigin, theirs[own] > store.vector[own] else { return }
-        throw OriginConflict(origin: own, verdict: .behind(peerHolds: theirs[own], weHold: store.vector[own]),
-                             peerHolds: theirs[own], acknowledged: acknowledged[own])
+        guard let own = ownOrigin else { return }
+        // No tip here: only the `behind` half of the VECTOR's judgement applies.
+        let verdict = OriginCheck.judge(weHold: store.vector[own], horizon: store.horizon[own], ourHLC: { _ in nil },
+                                        peerHolds: theirs[own], peerHLC: nil)
+        guard verdict != .consistent else { return }
+        throw OriginConflict(origin: own, verdict: verdict, peerHolds: theirs[own], acknowledged: acknowledged[own])
     }
 
     /// Refuses the frame when any stamp is too far ahead of our clock: nothing

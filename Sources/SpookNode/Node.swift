@@ -799,12 +799,6 @@ public final class Node: @unchecked Sendable {
     /// aside, every link restarted under the new origin. Orphans are written
     /// again under it unless the peer sends back the same delta.
     func reincarnate(_ conflict: OriginConflict, found link: Link) {
-        // A finding about an origin we no longer write under: a frame that
-        // was already queued for a link of the incarnation before.
-        guard conflict.origin == origin else {
-            link.channel.close(promise: nil)
-            return
-        }
         // Daemons on one database write under one origin: what looked like
         // more of it than we hold may be another daemon's commit we have not
         // read yet. Read it; if that explains it, the link only starts over.
@@ -1180,13 +1174,13 @@ public final class Node: @unchecked Sendable {
         }
     }
 
-    /// Opens the link of upstream `u`. The link is registered, and its
-    /// handshake started, while the channel is being set up, so no frame and
-    /// no close can arrive before the node knows the link.
     /// Set (on the node loop) when `shutdown` begins: links closing then
     /// must not start reconnects on an event loop group about to stop.
     var shuttingDown = false
 
+    /// Opens the link of upstream `u`. The link is registered, and its
+    /// handshake started, while the channel is being set up, so no frame and
+    /// no close can arrive before the node knows the link.
     func connect(_ u: Int) {
         guard !shuttingDown else { return }
         let endpoint = upstreams[u].config.endpoint
