@@ -6,13 +6,24 @@ import { readFileSync, writeFileSync } from 'node:fs';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export async function openTab(chromium, profile, url) {
+  // A process group of its own: Debian's /usr/bin/chromium is a shell script
+  // that runs the browser as its child, so killing the script alone would
+  // leave the browser running (and writing into its profile).
   const browser = spawn(chromium, ['--headless=new', '--no-sandbox', '--disable-gpu', '--remote-debugging-port=0',
-    `--user-data-dir=${profile}`, '--window-size=1200,800', 'about:blank'], { stdio: ['ignore', 'ignore', 'ignore'] });
+    `--user-data-dir=${profile}`, '--window-size=1200,800', 'about:blank'], { stdio: ['ignore', 'ignore', 'ignore'], detached: true });
+  const stop = async () => {
+    const alive = () => { try { process.kill(-browser.pid, 0); return true; } catch { return false; } };
+    try { process.kill(-browser.pid, 'SIGTERM'); } catch { return; }
+    for (let i = 0; i < 100 && alive(); i++) await sleep(50);
+    if (alive()) process.kill(-browser.pid, 'SIGKILL');
+  };
   let port;
+  // The browser writes the file when it listens; it may be seen empty or half written first.
   for (let i = 0; i < 300 && !port; i++) {
-    try { port = readFileSync(`${profile}/DevToolsActivePort`, 'utf8').split('\n')[0]; } catch { await sleep(100); }
+    try { port = readFileSync(`${profile}/DevToolsActivePort`, 'utf8').split('\n')[0]; } catch { }
+    if (!port) await sleep(100);
   }
-  if (!port) { browser.kill(); throw new Error('chromium did not start'); }
+  if (!port) { await stop(); throw new Error('chromium did not start'); }
   const pages = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
   const ws = new WebSocket(pages.find((p) => p.type === 'page').webSocketDebuggerUrl);
   await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
@@ -45,6 +56,10 @@ export async function openTab(chromium, profile, url) {
       const r = await call('Page.captureScreenshot', { format: 'png' });
       writeFileSync(path, Buffer.from(r.result.data, 'base64'));
     },
-    close() { ws.close(); browser.kill(); },
+    /** Ends the browser; resolves once every process of it has exited (they write the profile until then). */
+    async close() {
+      ws.close();
+      await stop();
+    },
   };
 }

@@ -11,6 +11,9 @@ const say = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 let tab;
 try { tab = await openTab(chromium, profile, url); } catch (e) { say({ error: String(e.message) }); process.exit(1); }
 say({ ready: true });
+// Stopped (SIGTERM) or at the end of stdin: the browser goes first, so
+// nothing writes into its profile once this process has exited.
+process.once('SIGTERM', async () => { await tab.close(); process.exit(0); });
 for await (const line of createInterface({ input: process.stdin })) {
   const cmd = JSON.parse(line);
   try {
@@ -20,4 +23,4 @@ for await (const line of createInterface({ input: process.stdin })) {
     say({ error: String(e.message) });
   }
 }
-tab.close();
+await tab.close();

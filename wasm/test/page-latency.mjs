@@ -22,4 +22,4 @@ await tab.eval(`(() => {
 console.log('ready');
 await new Promise((r) => setTimeout(r, Number(duration)));
 console.log(JSON.stringify(await tab.eval('window.latencies')));
-tab.close();
+await tab.close();
