@@ -243,9 +243,14 @@ package final class LocalAPI: @unchecked Sendable {
             for (entry, result) in zip(batch, results) { entry.reply(result) }
         } catch {
             node.logger.error("local commit failed", metadata: ["error": "\(error)"])
-            for entry in batch { entry.reply(.failure(CoreError(.invalidValue, "the store refused the commit: \(error)"))) }
+            refuse(batch, error)
         }
         flushAll()
+    }
+
+    /// Answers each write of `batch` with the store's refusal (nothing of it was committed).
+    func refuse(_ batch: [(write: LocalWrite, reply: (Result<Delta, CoreError>) -> Void)], _ error: Error) {
+        for entry in batch { entry.reply(.failure(CoreError(.invalidValue, "the store refused the commit: \(error)"))) }
     }
 
     /// Called by the store after every commit (on the node loop).

@@ -751,6 +751,16 @@ public final class Node: @unchecked Sendable {
             for (entry, r) in zip(local, results) { entry.reply(r) }
             api?.flushAll()
             for (frame, mine) in zip(frames, result.shares(of: frames.map(\.deltas))) { acknowledge(frame, mine) }
+        } catch let e as StoreError where e.code == .unavailable {
+            // Every part would fail alike, each after its own wait for the server: refuse them all now.
+            logger.warning("a group commit failed: the database is unavailable; nothing of it is acknowledged", metadata: [
+                "frames": "\(frames.count)", "local": "\(local.count)", "error": "\(e)",
+            ])
+            if !local.isEmpty {
+                api?.refuse(local, e)
+                api?.flushAll()
+            }
+            for link in Set(frames.map(\.link)).sorted().compactMap({ links[$0] }) { refuse(link, WireError(.internal, "\(e)")) }
         } catch {
             logger.warning("a group commit failed: committing its parts one by one", metadata: ["frames": "\(frames.count)", "local": "\(local.count)", "error": "\(error)"])
             if !local.isEmpty { api?.commitApart(local) }

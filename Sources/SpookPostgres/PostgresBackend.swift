@@ -52,6 +52,14 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
     /// connect timeout on the node loop.
     private var lastFailure: (at: ContinuousClock.Instant, error: StoreError)?
     static let reconnectPause = Duration.seconds(1)
+    /// How long a call waits for the server's answer (a connection, a query,
+    /// COMMIT). A network that drops packets without a reset would otherwise
+    /// hold the node's loop forever; past this the connection counts as
+    /// lost: it is closed, the call throws (nothing of a transaction is
+    /// acknowledged), and the next call connects again. A COMMIT that timed
+    /// out may still have committed: the next transaction reads it back like
+    /// another daemon's commit, and the deltas sent again are duplicates.
+    public static let answerTimeout = Duration.seconds(10)
     private var inTransaction = false
     private var pending: [EventLoopFuture<PostgresQueryResult>] = []
     private var numbered: [String: (sql: String, parameters: Int)] = [:]
@@ -82,13 +90,34 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
 
     func failure(_ what: String, _ error: Error) -> StoreError {
         let detail: String
-        if let e = error as? PSQLError {
+        if let e = error as? StoreError {
+            detail = e.message
+        } else if let e = error as? PSQLError {
             detail = e.serverInfo?[.message].map { "\($0) (\(e.serverInfo?[.sqlState] ?? "?"))" }
                 ?? e.underlying.map { "\(e.code): \($0)" } ?? "\(e.code)"
         } else {
             detail = "\(error)"
         }
-        return StoreError(.database, "\(url): \(what): \(detail)")
+        // A failure that left no connection is the server's absence, not the statement's fault.
+        let gone = (error as? StoreError)?.code == .unavailable || connection.map(\.isClosed) ?? true
+        return StoreError(gone ? .unavailable : .database, "\(url): \(what): \(detail)")
+    }
+
+    /// Waits for `future`, at most `answerTimeout`. Past it the connection is
+    /// dropped (see `answerTimeout`) and the wait throws.
+    private func wait<T>(_ future: EventLoopFuture<T>) throws -> T {
+        guard let value = try future.block(within: PostgresBackend.answerTimeout) else {
+            let seconds = PostgresBackend.answerTimeout.components.seconds
+            logger.error("PostgreSQL did not answer: closing the connection; the next call opens another", metadata: [
+                "database": "\(url)", "timeout_s": "\(seconds)",
+            ])
+            if let c = connection { c.close().whenComplete { _ in } }
+            connection = nil
+            pending = []
+            inTransaction = false
+            throw StoreError(.unavailable, "no answer from the server within \(seconds) s: the connection is closed and opened again by the next call")
+        }
+        return value
     }
 
     /// The connection, opened (again) when there is none: a server restart
@@ -102,7 +131,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         nextConnectionID += 1
         let c: PostgresConnection
         do {
-            c = try PostgresConnection.connect(on: group.next(), configuration: try url.configuration(), id: id, logger: logger).block()
+            c = try wait(PostgresConnection.connect(on: group.next(), configuration: try url.configuration(), id: id, logger: logger))
             lastFailure = nil
         } catch {
             let e = failure("cannot connect", error)
@@ -112,8 +141,8 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         // "full" and "extra" wait for the server's WAL flush at COMMIT; "off"
         // and "normal" do not (a crash of the server may lose the last commits).
         let flush = sync == .full || sync == .extra ? "on" : "off"
-        do { _ = try c.simpleQuery("SET synchronous_commit = \(flush)").block() } catch {
-            _ = try? c.close().block()
+        do { _ = try wait(c.simpleQuery("SET synchronous_commit = \(flush)")) } catch {
+            c.close().whenComplete { _ in }
             throw failure("cannot set synchronous_commit", error)
         }
         connection = c
@@ -150,7 +179,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         let c = try live()
         try drain()
         for statement in sql.split(separator: ";") where statement.contains(where: { !$0.isWhitespace }) {
-            do { _ = try c.simpleQuery(String(statement)).block() } catch { throw failure("\"\(statement.prefix(60))\"", error) }
+            do { _ = try wait(c.simpleQuery(String(statement))) } catch { throw failure("\"\(statement.prefix(60))\"", error) }
         }
     }
 
@@ -159,7 +188,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         let futures = statements.map { c.simpleQuery($0) }
         var first: Error?
         for f in futures {
-            do { _ = try f.block() } catch { first = first ?? error }
+            do { _ = try wait(f) } catch { first = first ?? error }
         }
         if let first { throw first }
     }
@@ -196,7 +225,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
             pending.append(future)
             return []
         }
-        do { return try future.block().rows } catch { throw failure("\"\(query.sql.prefix(60))\"", error) }
+        do { return try wait(future).rows } catch { throw failure("\"\(query.sql.prefix(60))\"", error) }
     }
 
     /// Waits for the statements sent without waiting; throws the first failure.
@@ -205,7 +234,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         pending = []
         var first: Error?
         for f in waiting {
-            do { _ = try f.block() } catch { first = first ?? error }
+            do { _ = try wait(f) } catch { first = first ?? error }
         }
         if let first { throw failure("a statement of the transaction failed", first) }
     }
@@ -220,7 +249,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
 
     public func commit() throws {
         try drain()
-        guard let c = connection, !c.isClosed else { throw StoreError(.database, "\(url): the connection closed before COMMIT: nothing of the transaction is acknowledged") }
+        guard let c = connection, !c.isClosed else { throw StoreError(.unavailable, "\(url): the connection closed before COMMIT: nothing of the transaction is acknowledged") }
         do {
             // NOTIFY is delivered to the other daemons only if the transaction commits.
             try pipeline(c, ["NOTIFY \(PostgresBackend.channel), '\(instance)'", "COMMIT"])
@@ -234,7 +263,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         _ = try? drain()
         inTransaction = false
         guard let c = connection, !c.isClosed else { return }
-        _ = try? c.simpleQuery("ROLLBACK").block()
+        _ = try? wait(c.simpleQuery("ROLLBACK"))
     }
 
     public func integrityCheck() throws {}
@@ -304,8 +333,8 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
             return .some(state.connection)
         }
         guard case .some(let l) = l else { return }
-        _ = try? l?.close().block()
-        if let c = connection { _ = try? c.close().block() }
+        _ = try? l?.close().block(within: PostgresBackend.answerTimeout)
+        if let c = connection { _ = try? c.close().block(within: PostgresBackend.answerTimeout) }
         connection = nil
         // Not syncShutdownGracefully: close() may run on the node's event loop.
         group.shutdownGracefully { _ in }
@@ -422,12 +451,13 @@ extension SQLStore {
 }
 
 extension EventLoopFuture {
-    /// Waits for the result on the calling thread. Unlike `wait()`, allowed
-    /// on another group's event loop: the store is called on the node's loop,
-    /// which does nothing else while a commit is in progress (as with SQLite),
-    /// and the connection runs on the backend's own loop, so this cannot
-    /// deadlock.
-    func block() throws -> Value {
+    /// Waits for the result on the calling thread, at most `timeout`: nil
+    /// when the timeout passed first (the future completes later, unheeded).
+    /// Unlike `wait()`, allowed on another group's event loop: the store is
+    /// called on the node's loop, which does nothing else while a commit is
+    /// in progress (as with SQLite), and the connection runs on the
+    /// backend's own loop, so this cannot deadlock.
+    func block(within timeout: Duration) throws -> Value? {
         let done = ConditionLock(value: 0)
         let result = NIOLockedValueBox<Result<Value, Error>?>(nil)
         whenComplete { r in
@@ -435,7 +465,8 @@ extension EventLoopFuture {
             result.withLockedValue { $0 = r }
             done.unlock(withValue: 1)
         }
-        done.lock(whenValue: 1)
+        let c = timeout.components
+        guard done.lock(whenValue: 1, timeoutSeconds: Double(c.seconds) + Double(c.attoseconds) / 1e18) else { return nil }
         done.unlock()
         return try result.withLockedValue { $0! }.get()
     }

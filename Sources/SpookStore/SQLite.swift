@@ -9,8 +9,12 @@ public struct StoreError: Error, Hashable, Sendable, CustomStringConvertible {
         public var description: String { rawValue }
 
         public static let sqlite = Code("sqlite")
-        /// The PostgreSQL server refused or could not be reached.
+        /// The PostgreSQL server refused a statement.
         public static let database = Code("database")
+        /// The PostgreSQL server cannot be reached (no connection, or no
+        /// answer in time). Every call fails alike until it is back: a caller
+        /// does not retry the parts of a failed batch one by one.
+        public static let unavailable = Code("database-unavailable")
         public static let corrupt = Code("corrupt")
         public static let compacted = Code("compacted")
         public static let closed = Code("closed")

@@ -184,4 +184,53 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
         #expect(f.count == 4 && f[0] >= 100 && f == [f[0], f[0], 1, f[0]], "vector, then rows (count, first, last): \(row)")
         #expect(try Self.history(c, "d1", "site1.gw1/data/n").prefix(3) == [100, 99, 98])
     }
+
+    /// A network to PostgreSQL that drops packets without a reset (a
+    /// firewall, a pulled cable) leaves the connection up with nothing on it.
+    /// The daemon does not wait forever: past `answerTimeout` the call fails
+    /// naming the silence, the connection is closed and opened again, and
+    /// once the network is back the database holds every delta of the agent
+    /// exactly once.
+    @Test func aSilentNetworkToTheDatabaseIsDroppedAndRetried() throws {
+        let pg = try PostgresServer.shared()
+        let direct = try pg.createDatabase("silent")
+        let database = String(direct.split(separator: "/")[2].prefix { $0 != "?" })
+        let proxy = try CuttableProxy(to: pg.port)
+        let url = "postgres://spook@127.0.0.1:\(proxy.port)/\(database)"
+        let c = try Cluster(edges: ["gw1"])
+        try c.write("d1.toml", c.nodeToml("d1", file: "d1", key: c.dir.file("spookd.key"), data: url, sync: "full")
+                    + "[[listen]]\nurl = \"unix://\(c.dir.file("d1-link.sock"))\"\n\n"
+                    + "[[peer]]\nname = \"gw1\"\nkey = \"\(c.edgeKeys["gw1"]!.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\"site1.*\", \"spook.*\"]\n")
+        try c.write("gw1.toml", c.edgeToml("gw1", upstreams: [("d1", "unix://\(c.dir.file("d1-link.sock"))", c.daemonKey, 0, "")]))
+        c.edges["d1"] = try c.launch("spookd", "d1.toml")
+        c.edges["gw1"] = try c.launch("spook-edge", "gw1.toml")
+        try c.waitFor("gw1 coherent") { c.coherent("gw1") }
+        let writer = try c.api("gw1")
+        func write(_ range: ClosedRange<Int>) throws {
+            for i in range { try writer.send(.object(["op": .string("set"), "register": .string("site1.gw1/data/n"), "value": .int(Int64(i))])) }
+            for _ in range { guard try writer.next(timeoutMs: 30_000)?["ok"] == .bool(true) else { throw APIClientError("gw1 refused a write") } }
+        }
+        try write(1...50)
+        try c.waitFor("the first 50 at the daemon") { c.value("d1", "site1.gw1/data/n") == .int(50) }
+
+        proxy.blackhole()
+        let refused = try c.api("d1").call(.object(["op": .string("set"), "register": .string("site1.hq/x/y"), "value": .int(1)]), timeoutMs: 90_000)
+        #expect(refused["ok"] == .bool(false), "a write the database did not answer for was acknowledged: \(refused)")
+        // Refused at once with the silence's own error, not again after a wait of its own.
+        #expect(refused["error"]?.string?.contains("database-unavailable: \(url): cannot begin a transaction: no answer from the server within 10 s") == true,
+                "\(refused)")
+        try write(51...100)
+        #expect(c.value("gw1", "site1.gw1/data/n") == .int(100), "the agent keeps working")
+
+        proxy.heal()
+        let origin = c.edgeKeys["gw1"]!.origin.description
+        try c.waitFor("everything at the daemon once the network is back", seconds: 90) {
+            c.value("d1", "site1.gw1/data/n") == .int(100) && c.held("d1", of: origin) == c.held("gw1", of: origin)
+        }
+        let row = try #require(try pg.psql(database, "SELECT v.seq, COUNT(d.seq), MIN(d.seq), MAX(d.seq) FROM vector v JOIN deltas d ON d.origin = v.origin "
+                                               + "WHERE v.origin = \(Int64(bitPattern: c.edgeKeys["gw1"]!.origin.rawValue)) GROUP BY v.seq"))
+        let f = row.split(separator: "|").compactMap { Int64($0) }
+        #expect(f.count == 4 && f[0] >= 100 && f == [f[0], f[0], 1, f[0]], "vector, then rows (count, first, last): \(row)")
+        #expect(try Self.history(c, "d1", "site1.gw1/data/n").prefix(3) == [100, 99, 98])
+    }
 }
