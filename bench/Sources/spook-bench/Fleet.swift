@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import Dispatch
 #endif
 import CNIOLinux  // epoll (SwiftNIO's shim of the Linux headers)
 import Logging
@@ -32,6 +33,49 @@ enum FleetBench {
         /// The load generator's own CPU (this process), which shares the machine with the daemons.
         var generatorPercent: Double
         var agents: Int
+        /// From the daemons' own metrics over the window: group commits/s (all
+        /// daemons), DELTAS frames per group commit, and the share of each
+        /// daemon's wall time spent in commits (the node loop waits meanwhile).
+        var commitsPerSecond: Double?
+        var framesPerCommit = 0.0
+        var commitShare = 0.0
+    }
+
+    /// The daemons' counters that say where a group commit's time goes.
+    static let commitMetrics = ["spook_group_commits_total", "spook_group_commit_frames_total", "spook_commit_seconds_sum"]
+
+    /// `GET /metrics` from a daemon on 127.0.0.1:`port`: the unlabelled samples named in `commitMetrics`.
+    static func scrape(_ port: Int) throws -> [String: Double] {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw APIClientError("socket: errno \(errno)") }
+        defer { close(fd) }
+        // A daemon's loop may be busy in a commit for seconds (PostgreSQL at saturation).
+        var timeout = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        let ok = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        guard ok else { throw APIClientError("metrics on port \(port): connect failed, errno \(errno)") }
+        let request = Array("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+        _ = Glibc.send(fd, request, request.count, Int32(MSG_NOSIGNAL))
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &chunk, chunk.count)
+            guard n > 0 else { break }
+            response += chunk[..<n]
+        }
+        var found: [String: Double] = [:]
+        for line in String(decoding: response, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, commitMetrics.contains(String(parts[0])), let v = Double(parts[1]) { found[String(parts[0])] = v }
+        }
+        guard found.count == commitMetrics.count else { throw APIClientError("metrics on port \(port): missing \(commitMetrics.filter { found[$0] == nil })") }
+        return found
     }
 
     final class Agent {
@@ -65,7 +109,7 @@ enum FleetBench {
     }
 
     /// Writes the daemons' configs (one key, `daemons` listeners) and returns the agents' identities.
-    static func configure(dir: String, daemons: Int, agents: Int, data: String) throws -> (daemonKey: Identity, agents: [Identity]) {
+    static func configure(dir: String, daemons: Int, agents: Int, data: String, metricsPorts: [Int]) throws -> (daemonKey: Identity, agents: [Identity]) {
         let daemonKey = Identity()
         try daemonKey.save(path: "\(dir)/d.key")
         let keys = (0..<agents).map { _ in Identity() }
@@ -81,6 +125,8 @@ enum FleetBench {
                 data = "\(data)"
                 [api]
                 socket = "\(dir)/d\(d).sock"
+                [metrics]
+                listen = "127.0.0.1:\(metricsPorts[d])"
                 [limits]
                 connections_max = \(agents + 100)
                 connections_per_source_max = \(agents + 100)
@@ -112,8 +158,8 @@ enum FleetBench {
 
     /// Runs the load: `agents` agents spread over the daemons' link sockets,
     /// `rate` updates/s each, `warmup` then `seconds` measured.
-    static func load(dir: String, daemons: [LinkBench.Process], daemonKey: Identity, keys: [Identity], rate: Double, warmup: Double, seconds: Double,
-                     window: Int = 8) throws -> Result {
+    static func load(dir: String, daemons: [LinkBench.Process], metricsPorts: [Int], daemonKey: Identity, keys: [Identity], rate: Double, warmup: Double,
+                     seconds: Double, window: Int = 8) throws -> Result {
         var agents: [Agent] = []
         for (i, k) in keys.enumerated() {
             let a = try Agent(identity: k, index: i, daemonKey: daemonKey.publicKey)
@@ -145,6 +191,29 @@ enum FleetBench {
         var chunk = [UInt8](repeating: 0, count: 65536)
         let hz = Double(sysconf(Int32(_SC_CLK_TCK)))
         var cpuPercent = 0.0, rss = 0.0, generatorPercent = 0.0
+        // The daemons' counters, read on a thread of their own: a daemon busy
+        // in a commit may answer seconds late, and this loop must keep its
+        // agents talking meanwhile. Rates use the times the answers came.
+        final class Scrape: @unchecked Sendable {
+            var result: (at: Double, values: [String: Double])?
+            let done = DispatchSemaphore(value: 0)
+        }
+        func scrapeAll(_ ports: [Int]) -> Scrape {
+            let s = Scrape()
+            DispatchQueue.global().async {
+                do {
+                    let values = try ports.map(scrape).reduce(into: [:]) { total, one in total.merge(one, uniquingKeysWith: +) }
+                    s.result = (now(), values)
+                } catch {
+                    // A scrape that fails leaves the commit rows out (said on stderr), not the run.
+                    let note = Array("fleet: \(error); the commit rows are left out\n".utf8)
+                    _ = write(2, note, note.count)
+                }
+                s.done.signal()
+            }
+            return s
+        }
+        var scrapes: [Scrape] = []
         while true {
             let t = now()
             // Writing starts once every agent is linked (a handshake is not measured against a loaded daemon).
@@ -155,6 +224,7 @@ enum FleetBench {
             }
             if t >= measureFrom && cpu0.isEmpty {
                 cpu0 = daemons.map(\.cpuTicks)
+                scrapes.append(scrapeAll(metricsPorts))
                 cpuStart = t
                 getrusage(RUSAGE_SELF.rawValue, &usage0)
                 let note = Array("fleet: \(agents.count) agents linked, measuring for \(Int(seconds)) s\n".utf8)
@@ -169,6 +239,7 @@ enum FleetBench {
                 }
                 generatorPercent = (seconds(usage1) - seconds(usage0)) / (t - cpuStart) * 100
                 rss = Double(daemons.reduce(0) { $0 + $1.rssKiB }) / 1024
+                scrapes.append(scrapeAll(metricsPorts))
                 break
             }
             if t - start > 120 { throw APIClientError("the agents did not all link within 120 s") }
@@ -254,9 +325,18 @@ enum FleetBench {
             }
         }
         for a in agents { close(a.fd) }
-        return Result(durablePerSecond: Double(ackedInWindow) / seconds, p50Ms: percentile(latencies, 0.5) * 1000,
-                      p99Ms: percentile(latencies, 0.99) * 1000, cpuPercent: cpuPercent, rssMiB: rss,
-                      generatorPercent: generatorPercent, agents: keys.count)
+        var r = Result(durablePerSecond: Double(ackedInWindow) / seconds, p50Ms: percentile(latencies, 0.5) * 1000,
+                       p99Ms: percentile(latencies, 0.99) * 1000, cpuPercent: cpuPercent, rssMiB: rss,
+                       generatorPercent: generatorPercent, agents: keys.count)
+        for s in scrapes { s.done.wait() }
+        guard scrapes.count == 2, let m0 = scrapes[0].result, let m1 = scrapes[1].result, m1.at > m0.at else { return r }
+        let span = m1.at - m0.at
+        let delta = { (name: String) in m1.values[name, default: 0] - m0.values[name, default: 0] }
+        let commits = delta("spook_group_commits_total")
+        r.commitsPerSecond = commits / span
+        r.framesPerCommit = commits > 0 ? delta("spook_group_commit_frames_total") / commits : 0
+        r.commitShare = delta("spook_commit_seconds_sum") / span / Double(daemons.count) * 100
+        return r
     }
 
     /// The same number of one-write deltas committed in-process to a store on
@@ -285,7 +365,8 @@ enum FleetBench {
         func scenario(_ name: String, daemons: Int, data: String, ceilingData: String) throws {
             let sub = "\(dir)/\(name)"
             mkdir(sub, 0o700)
-            let (daemonKey, keys) = try configure(dir: sub, daemons: daemons, agents: agents, data: data)
+            let metricsPorts = (0..<daemons).map { _ in DeviceBench.freePort() }
+            let (daemonKey, keys) = try configure(dir: sub, daemons: daemons, agents: agents, data: data, metricsPorts: metricsPorts)
             var procs: [LinkBench.Process] = []
             for d in 0..<daemons {
                 procs.append(try LinkBench.Process("\(binaries)/spookd", ["run", "-c", "\(sub)/d\(d).toml", "--log-level", "warning"], stderr: "\(sub)/d\(d).log"))
@@ -293,7 +374,9 @@ enum FleetBench {
             }
             defer { for p in procs { p.stop() } }
             let r: Result
-            do { r = try load(dir: sub, daemons: procs, daemonKey: daemonKey, keys: keys, rate: rate, warmup: 3, seconds: seconds) } catch {
+            do {
+                r = try load(dir: sub, daemons: procs, metricsPorts: metricsPorts, daemonKey: daemonKey, keys: keys, rate: rate, warmup: 3, seconds: seconds)
+            } catch {
                 for d in 0..<daemons { _ = system("tail -n 5 '\(sub)/d\(d).log' >&2") }
                 throw error
             }
@@ -304,6 +387,11 @@ enum FleetBench {
             rows.append(Row(name: "\(label): write → durable at daemon p50", value: r.p50Ms, unit: "ms", baseline: "p99", baselineValue: r.p99Ms))
             rows.append(Row(name: "\(label): daemon CPU (sum)", value: r.cpuPercent, unit: "% of a core", baseline: "daemon RSS (sum, MiB)", baselineValue: r.rssMiB))
             rows.append(Row(name: "\(label): load generator CPU", value: r.generatorPercent, unit: "% of a core", baseline: "daemon CPU (sum)", baselineValue: r.cpuPercent))
+            guard let commitsPerSecond = r.commitsPerSecond else { return }
+            rows.append(Row(name: "\(label): group commits/s (all daemons)", value: commitsPerSecond, unit: "commits/s",
+                            baseline: "DELTAS frames per commit", baselineValue: r.framesPerCommit))
+            rows.append(Row(name: "\(label): wall time in commits (per daemon)", value: r.commitShare, unit: "%",
+                            baseline: "daemon CPU (sum)", baselineValue: r.cpuPercent))
         }
         try scenario("sqlite", daemons: 1, data: "\(dir)/fleet.db", ceilingData: "\(dir)/ceiling.db")
         guard postgres else { return rows }
