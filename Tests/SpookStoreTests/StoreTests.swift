@@ -205,6 +205,57 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(h.allSatisfy { $0.side == .value })
     }
 
+    /// Writes `count` one-write deltas of origin 1 (from `seq` on), ten a
+    /// StateBlock, each to register `n` of `groups[register(i)]`.
+    static func writeHistory(_ store: SQLStore, _ groups: [QGroupName], from seq: inout UInt64, count: Int, register: (Int) -> Int) throws {
+        var i = 0
+        while i < count {
+            let block = (i..<min(i + 10, count)).map { k -> Delta in
+                seq += 1
+                return delta(1, seq, seq, groups[register(k)], [Write("n", .set, .int(Int64(k)))])
+            }
+            _ = try store.commit(block)
+            i += block.count
+        }
+    }
+
+    @Test(arguments: Backend.allCases) func theHistoryTableStaysBoundedAndKeepsEachRegistersNewest(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        let store = try shelf.open("s", options(history: 4))
+        let groups = try (0..<20).map { try QGroupName("plant.l\($0)/a") }
+        var seq: UInt64 = 0
+        // Register 0 is written only first: its rows are the oldest in the
+        // table each time a trim runs (every 1,024 rows appended).
+        try Self.writeHistory(store, groups, from: &seq, count: 6) { _ in 0 }
+        try Self.writeHistory(store, groups, from: &seq, count: 3_000) { 1 + $0 % 19 }
+        let rows = try store.historyRows(after: 0, limit: 1_000_000)
+        #expect(rows.count < 3_006, "no trim ran")
+        // After the last trim: at most 4 rows a register, then fewer than 1,024 appended.
+        #expect(rows.count <= 1_024 + 20 * 4, "the table outgrew its bound: \(rows.count) rows")
+        let byRegister = Dictionary(grouping: rows, by: { $0.change.name })
+        #expect(byRegister.count == 20)
+        for (name, kept) in byRegister { #expect(kept.count >= 4, "\(name) kept \(kept.count) rows") }
+        // Register 0 keeps exactly its newest four, oldest first in the table.
+        let rare = try groups[0].register("n")
+        #expect(byRegister[rare]?.map(\.change.entry.versioned.value) == (2...5).map { Value.int(Int64($0)) })
+        #expect(try store.history(rare).map(\.versioned.value) == (2...5).reversed().map { Value.int(Int64($0)) })
+    }
+
+    @Test(arguments: Backend.allCases) func historyRowsHeldForAReaderOutliveTheTrim(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        let store = try shelf.open("s", options(history: 4))
+        let groups = try (0..<20).map { try QGroupName("plant.l\($0)/a") }
+        var seq: UInt64 = 0
+        try Self.writeHistory(store, groups, from: &seq, count: 100) { $0 % 20 }
+        let head = try store.historyHead()
+        store.historyHold = (after: head, rowsMax: 100_000)
+        try Self.writeHistory(store, groups, from: &seq, count: 2_000) { $0 % 20 }
+        let rows = try store.historyRows(after: 0, limit: 1_000_000)
+        #expect(rows.filter { $0.id > head }.count == 2_000, "rows the reader had not consumed were trimmed")
+        // Each register's newest four are among the held rows: the consumed ones all go.
+        #expect(rows.filter { $0.id <= head }.isEmpty, "rows the reader had consumed were not trimmed")
+    }
+
     @Test(arguments: SyncLevel.allCases)
     func theConfiguredSyncLevelIsInEffect(_ level: SyncLevel) throws {
         let shelf = StoreShelf(.sqlite)
