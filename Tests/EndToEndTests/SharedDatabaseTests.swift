@@ -140,14 +140,9 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
         #expect(err.contains(Array(stranger.publicKey.prefix(8)).hex), "\(err)")
     }
 
-    /// PostgreSQL going away is an error the daemon says and retries, never
-    /// an acknowledgement: an API write on the daemon is refused naming the
-    /// database, the agent keeps what it writes meanwhile, and once the
-    /// server is back the database holds every delta of the agent once.
-    @Test func aLostDatabaseAcknowledgesNothingAndIsRetried() throws {
-        let pg = try PostgresServer()
-        defer { pg.stop() }
-        let url = try pg.createDatabase("lost")
+    /// One daemon on `url` and gw1 linked to it, gw1's counter written
+    /// 1…50 and seen at the daemon. `write` writes more of it through gw1.
+    static func daemonWithAnAgent(url: String) throws -> (c: Cluster, write: (ClosedRange<Int>) throws -> Void) {
         let c = try Cluster(edges: ["gw1"])
         try c.write("d1.toml", c.nodeToml("d1", file: "d1", key: c.dir.file("spookd.key"), data: url, sync: "full")
                     + "[[listen]]\nurl = \"unix://\(c.dir.file("d1-link.sock"))\"\n\n"
@@ -163,6 +158,32 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
         }
         try write(1...50)
         try c.waitFor("the first 50 at the daemon") { c.value("d1", "site1.gw1/data/n") == .int(50) }
+        return (c, write)
+    }
+
+    /// Once the database is reachable again: the daemon holds gw1's 100
+    /// writes, and `database` holds each of gw1's deltas exactly once.
+    static func expectEveryDeltaOnce(_ c: Cluster, _ pg: PostgresServer, database: String, _ what: String, seconds: Double) throws {
+        let origin = c.edgeKeys["gw1"]!.origin
+        try c.waitFor(what, seconds: seconds) {
+            c.value("d1", "site1.gw1/data/n") == .int(100) && c.held("d1", of: origin.description) == c.held("gw1", of: origin.description)
+        }
+        let row = try #require(try pg.psql(database, "SELECT v.seq, COUNT(d.seq), MIN(d.seq), MAX(d.seq) FROM vector v JOIN deltas d ON d.origin = v.origin "
+                                               + "WHERE v.origin = \(Int64(bitPattern: origin.rawValue)) GROUP BY v.seq"))
+        let f = row.split(separator: "|").compactMap { Int64($0) }
+        #expect(f.count == 4 && f[0] >= 100 && f == [f[0], f[0], 1, f[0]], "vector, then rows (count, first, last): \(row)")
+        #expect(try Self.history(c, "d1", "site1.gw1/data/n").prefix(3) == [100, 99, 98])
+    }
+
+    /// PostgreSQL going away is an error the daemon says and retries, never
+    /// an acknowledgement: an API write on the daemon is refused naming the
+    /// database, the agent keeps what it writes meanwhile, and once the
+    /// server is back the database holds every delta of the agent once.
+    @Test func aLostDatabaseAcknowledgesNothingAndIsRetried() throws {
+        let pg = try PostgresServer()
+        defer { pg.stop() }
+        let url = try pg.createDatabase("lost")
+        let (c, write) = try Self.daemonWithAnAgent(url: url)
 
         pg.halt()
         let refused = try c.api("d1").call(.object(["op": .string("set"), "register": .string("site1.hq/x/y"), "value": .int(1)]))
@@ -173,16 +194,8 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
         #expect(c.value("d1", "site1.gw1/data/n") == .int(50), "nothing reaches the daemon's state without the database")
 
         try pg.start()
-        let origin = c.edgeKeys["gw1"]!.origin.description
-        try c.waitFor("everything at the daemon once the database is back", seconds: 60) {
-            c.value("d1", "site1.gw1/data/n") == .int(100) && c.held("d1", of: origin) == c.held("gw1", of: origin)
-        }
         let database = String(url.split(separator: "/")[2].prefix { $0 != "?" })
-        let row = try #require(try pg.psql(database, "SELECT v.seq, COUNT(d.seq), MIN(d.seq), MAX(d.seq) FROM vector v JOIN deltas d ON d.origin = v.origin "
-                                               + "WHERE v.origin = \(Int64(bitPattern: c.edgeKeys["gw1"]!.origin.rawValue)) GROUP BY v.seq"))
-        let f = row.split(separator: "|").compactMap { Int64($0) }
-        #expect(f.count == 4 && f[0] >= 100 && f == [f[0], f[0], 1, f[0]], "vector, then rows (count, first, last): \(row)")
-        #expect(try Self.history(c, "d1", "site1.gw1/data/n").prefix(3) == [100, 99, 98])
+        try Self.expectEveryDeltaOnce(c, pg, database: database, "everything at the daemon once the database is back", seconds: 60)
     }
 
     /// A network to PostgreSQL that drops packets without a reset (a
@@ -197,21 +210,7 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
         let database = String(direct.split(separator: "/")[2].prefix { $0 != "?" })
         let proxy = try CuttableProxy(to: pg.port)
         let url = "postgres://spook@127.0.0.1:\(proxy.port)/\(database)"
-        let c = try Cluster(edges: ["gw1"])
-        try c.write("d1.toml", c.nodeToml("d1", file: "d1", key: c.dir.file("spookd.key"), data: url, sync: "full")
-                    + "[[listen]]\nurl = \"unix://\(c.dir.file("d1-link.sock"))\"\n\n"
-                    + "[[peer]]\nname = \"gw1\"\nkey = \"\(c.edgeKeys["gw1"]!.publicKey.hex)\"\nread = [\"*\"]\nwrite = [\"site1.*\", \"spook.*\"]\n")
-        try c.write("gw1.toml", c.edgeToml("gw1", upstreams: [("d1", "unix://\(c.dir.file("d1-link.sock"))", c.daemonKey, 0, "")]))
-        c.edges["d1"] = try c.launch("spookd", "d1.toml")
-        c.edges["gw1"] = try c.launch("spook-edge", "gw1.toml")
-        try c.waitFor("gw1 coherent") { c.coherent("gw1") }
-        let writer = try c.api("gw1")
-        func write(_ range: ClosedRange<Int>) throws {
-            for i in range { try writer.send(.object(["op": .string("set"), "register": .string("site1.gw1/data/n"), "value": .int(Int64(i))])) }
-            for _ in range { guard try writer.next(timeoutMs: 30_000)?["ok"] == .bool(true) else { throw APIClientError("gw1 refused a write") } }
-        }
-        try write(1...50)
-        try c.waitFor("the first 50 at the daemon") { c.value("d1", "site1.gw1/data/n") == .int(50) }
+        let (c, write) = try Self.daemonWithAnAgent(url: url)
 
         proxy.blackhole()
         let refused = try c.api("d1").call(.object(["op": .string("set"), "register": .string("site1.hq/x/y"), "value": .int(1)]), timeoutMs: 90_000)
@@ -223,14 +222,6 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
         #expect(c.value("gw1", "site1.gw1/data/n") == .int(100), "the agent keeps working")
 
         proxy.heal()
-        let origin = c.edgeKeys["gw1"]!.origin.description
-        try c.waitFor("everything at the daemon once the network is back", seconds: 90) {
-            c.value("d1", "site1.gw1/data/n") == .int(100) && c.held("d1", of: origin) == c.held("gw1", of: origin)
-        }
-        let row = try #require(try pg.psql(database, "SELECT v.seq, COUNT(d.seq), MIN(d.seq), MAX(d.seq) FROM vector v JOIN deltas d ON d.origin = v.origin "
-                                               + "WHERE v.origin = \(Int64(bitPattern: c.edgeKeys["gw1"]!.origin.rawValue)) GROUP BY v.seq"))
-        let f = row.split(separator: "|").compactMap { Int64($0) }
-        #expect(f.count == 4 && f[0] >= 100 && f == [f[0], f[0], 1, f[0]], "vector, then rows (count, first, last): \(row)")
-        #expect(try Self.history(c, "d1", "site1.gw1/data/n").prefix(3) == [100, 99, 98])
+        try Self.expectEveryDeltaOnce(c, pg, database: database, "everything at the daemon once the network is back", seconds: 90)
     }
 }
