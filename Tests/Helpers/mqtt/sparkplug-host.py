@@ -6,13 +6,18 @@ checks the edge node's state machine (Sparkplug 3.0: NBIRTH first with seq
 0, seq + 1 mod 256 on every later NBIRTH/DBIRTH/DDATA/DDEATH of a session,
 DDATA only for born devices, NDEATH's bdSeq against the NBIRTH's), and
 prints one JSON line per message on stdout; a rule broken prints a line with
-"violation". Lines on stdin are commands to publish (JSON):
+"violation". Its own connection can break (a starved test machine): then
+a redelivered QoS 1 message is dropped as a duplicate, and a message that
+lacks its birth (a QoS 0 NBIRTH or DBIRTH lost with the connection) gets the
+Rebirth request Sparkplug asks of a host, not a violation. Lines on stdin
+are commands to publish (JSON):
   {"ncmd": "rebirth"}
   {"dcmd": DEVICE, "metrics": [{"name": N or "alias": A, "datatype": "Int64", "value": V}, ...]}
   {"raw": TOPIC, "hex": BYTES}          (anything, for hostile input)
 
 usage: sparkplug-host.py PORT GROUP EDGE_NODE
 """
+import collections
 import json
 import sys
 import threading
@@ -36,16 +41,34 @@ class Host:
         self.node_born = False
         self.next_seq = None
         self.births = {}           # device -> pysparkplug DBirth
+        # This host's own connection broke since the node's last NBIRTH: the
+        # broker keeps QoS 1 messages for the session, but QoS 0 ones in
+        # flight (NBIRTH, DBIRTH) can be lost, so what follows may lack its
+        # birth through no fault of the edge node.
+        self.gap = False
+        self.rebirth_requested = False
+        self.recent = collections.deque(maxlen=1024)  # the messages last received, hashed
 
     def violation(self, text):
         emit({"violation": text})
 
+    def unknown_state(self, text):
+        """A message the host cannot place: after a gap of its own, it does
+        what Sparkplug 3.0 asks of a host (a Rebirth request); else the edge
+        node broke a rule."""
+        if not self.gap:
+            self.violation(text)
+        elif not self.rebirth_requested:
+            emit({"rebirth-requested": text})
+            self.rebirth_requested = True
+            request_rebirth()
+
     def check_seq(self, kind, seq):
         if not self.node_born:
-            self.violation(f"{kind} while the node is not born")
+            self.unknown_state(f"{kind} while the node is not born")
             return
         if seq != self.next_seq:
-            self.violation(f"{kind} seq {seq}, expected {self.next_seq}")
+            self.unknown_state(f"{kind} seq {seq}, expected {self.next_seq}")
         self.next_seq = (seq + 1) % 256
 
     def metrics(self, payload):
@@ -55,7 +78,15 @@ class Host:
             "null": m.is_null, "historical": m.is_historical, "timestamp": m.timestamp,
         } for m in payload.metrics]
 
-    def on_message(self, topic_text, raw):
+    def on_message(self, topic_text, raw, dup):
+        # QoS 1 is at least once: after this host's own reconnect the broker
+        # sends again what it had not seen acknowledged. The same bytes again
+        # are the same message (each carries its seq and timestamp).
+        key = hash((topic_text, raw))
+        if dup and key in self.recent:
+            emit({"duplicate": topic_text})
+            return
+        self.recent.append(key)
         levels = topic_text.split("/")
         kind = levels[2]
         device = levels[4] if len(levels) > 4 else None
@@ -69,6 +100,7 @@ class Host:
                 if p.seq != 0:
                     self.violation(f"NBIRTH seq {p.seq}, expected 0")
                 self.bdseq, self.node_born, self.next_seq, self.births = bd, True, 1, {}
+                self.gap = self.rebirth_requested = False
                 line.update(seq=p.seq, bdSeq=bd, metrics=self.metrics(p))
             elif kind == "NDEATH":
                 p = sp.NDeath.decode(raw)
@@ -84,8 +116,8 @@ class Host:
                 line.update(seq=p.seq, metrics=self.metrics(p))
             elif kind == "DDATA":
                 birth = self.births.get(device)
-                if birth is None:
-                    self.violation(f"DDATA for {device}, which is not born")
+                if birth is None and self.node_born:
+                    self.unknown_state(f"DDATA for {device}, which is not born")
                 p = sp.DData.decode(raw, birth=birth)
                 self.check_seq(kind, p.seq)
                 for m in p.metrics:
@@ -113,8 +145,27 @@ host = Host()
 client = mqtt.Client(client_id=f"test-host-{port}", clean_session=False)
 
 
+connections = 0
+
+
+def request_rebirth():
+    now = sp.get_current_timestamp()
+    metric = sp.Metric(timestamp=now, name="Node Control/Rebirth", datatype=sp.DataType.BOOLEAN, value=True)
+    payload = sp.NCmd(timestamp=now, metrics=(metric,)).encode(include_dtypes=True)
+    client.publish(f"spBv1.0/{group}/NCMD/{node}", payload, qos=1)
+
+
 def on_connect(c, userdata, flags, rc):
+    global connections
+    connections += 1
+    if connections > 1:
+        host.gap = True
+        emit({"host": "reconnected", "session_present": bool(flags.get("session present"))})
     c.subscribe(f"spBv1.0/{group}/#", qos=1)
+
+
+def on_disconnect(c, userdata, rc):
+    emit({"host": "disconnected", "rc": rc})
 
 
 def on_subscribe(c, userdata, mid, granted):
@@ -123,7 +174,8 @@ def on_subscribe(c, userdata, mid, granted):
 
 client.on_connect = on_connect
 client.on_subscribe = on_subscribe
-client.on_message = lambda c, u, msg: host.on_message(msg.topic, msg.payload)
+client.on_disconnect = on_disconnect
+client.on_message = lambda c, u, msg: host.on_message(msg.topic, msg.payload, msg.dup)
 client.reconnect_delay_set(min_delay=1, max_delay=2)
 client.connect("127.0.0.1", port, keepalive=5)
 client.loop_start()
@@ -132,9 +184,7 @@ for text in sys.stdin:
     cmd = json.loads(text)
     now = sp.get_current_timestamp()
     if "ncmd" in cmd:
-        metric = sp.Metric(timestamp=now, name="Node Control/Rebirth", datatype=sp.DataType.BOOLEAN, value=True)
-        payload = sp.NCmd(timestamp=now, metrics=(metric,)).encode(include_dtypes=True)
-        client.publish(f"spBv1.0/{group}/NCMD/{node}", payload, qos=1)
+        request_rebirth()
     elif "dcmd" in cmd:
         metrics = tuple(sp.Metric(timestamp=now, name=m.get("name"), alias=m.get("alias"),
                                   datatype=sp.DataType[m["datatype"].upper()], value=m["value"])
