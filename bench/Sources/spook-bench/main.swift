@@ -12,6 +12,42 @@ import CSQLite
 import SpookCore
 import SpookStore
 
+let parts = ["core", "store", "wasm", "link", "fleet", "longrun", "devices", "mqtt", "page", "footprint"]
+let usage = """
+    usage: bench/run [--quick] [--only PART] [--fleet-rate R] [--fleet-sqlite-only]
+      --quick              a tenth of the counts (a smoke run)
+      --only PART          one part: \(parts.joined(separator: ", "))
+      --fleet-rate R       the fleet's updates/s per agent (default 100)
+      --fleet-sqlite-only  the fleet without its PostgreSQL set-ups
+
+    """
+/// Every argument is checked before anything runs: a typo must not start a
+/// run of many minutes that measures something else.
+func checkArguments() {
+    var args = CommandLine.arguments.dropFirst()
+    func refuse(_ why: String) -> Never {
+        let text = Array("spook-bench: \(why)\n\(usage)".utf8)
+        _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        exit(2)
+    }
+    while let arg = args.popFirst() {
+        switch arg {
+        case "--help", "-h":
+            print(usage, terminator: "")
+            exit(0)
+        case "--quick", "--fleet-sqlite-only": continue
+        case "--only":
+            guard let part = args.popFirst() else { refuse("--only needs a part") }
+            guard parts.contains(part) else { refuse("--only \(part): no such part") }
+        case "--fleet-rate":
+            guard let r = args.popFirst().flatMap(Double.init), r > 0 else { refuse("--fleet-rate needs a positive number of updates/s") }
+        default:
+            refuse("unknown argument \(arg)")
+        }
+    }
+}
+checkArguments()
+
 let quick = CommandLine.arguments.contains("--quick")
 let scale = quick ? 10 : 1
 /// `--only core`, `store`, `wasm`, `link`, `fleet`, `longrun`, `devices`, `mqtt`, `page` or `footprint` runs one part.
