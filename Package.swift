@@ -177,7 +177,13 @@ let package = Package(
             dependencies: ["SpookStore", "SpookPostgres", "SpookTestSupport", .product(name: "Logging", package: "swift-log")],
             path: "Tests/StoreSupport"
         ),
-        .testTarget(name: "SpookStoreTests", dependencies: ["SpookStore", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "SpookStoreTestSupport", "spook-crash-writer"]),
+        .testTarget(
+            name: "SpookStoreTests",
+            dependencies: [
+                "SpookStore", "SpookPostgres", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "SpookStoreTestSupport", "spook-crash-writer",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "ConformanceTests",
             dependencies: ["SpookCore", "SpookStore", "SpookStoreTestSupport", .product(name: "WasmKit", package: "WasmKit")],

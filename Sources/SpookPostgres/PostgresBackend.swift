@@ -13,9 +13,27 @@ extension PostgresURL {
         if let dir = socketDirectory {
             c = .init(unixSocketPath: "\(dir)/.s.PGSQL.\(port)", username: user, password: password, database: database)
         } else {
-            let tls: PostgresConnection.Configuration.TLS = requireTLS
-                ? .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
-                : .disable
+            let tls: PostgresConnection.Configuration.TLS
+            switch self.tls {
+            case .disable:
+                tls = .disable
+            case .require:
+                // libpq's `require`: encrypted, any certificate (no impostor check).
+                var t = TLSConfiguration.makeClientConfiguration()
+                t.certificateVerification = .none
+                tls = .require(try NIOSSLContext(configuration: t))
+            case .verifyFull:
+                var t = TLSConfiguration.makeClientConfiguration()
+                t.certificateVerification = .fullVerification
+                if let rootCertificate {
+                    do {
+                        t.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(rootCertificate))
+                    } catch {
+                        throw StoreError(.unavailable, "\(self): sslrootcert \(rootCertificate): \(error)")
+                    }
+                }
+                tls = .require(try NIOSSLContext(configuration: t))
+            }
             c = .init(host: host ?? "127.0.0.1", port: port, username: user, password: password, database: database, tls: tls)
         }
         c.options.connectTimeout = .seconds(5)

@@ -2,9 +2,20 @@ import SpookCore
 
 /// `[node] data = "postgres://…"`: where the database is and who logs in.
 ///
-///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=require]
+///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE[&sslrootcert=PATH]]
 ///     postgres://USER@/DATABASE?host=/run/postgresql[&port=5432]   (a Unix socket)
+///
+/// `sslmode` means what it means to libpq: `disable` (the default) sends
+/// everything in clear; `require` encrypts but trusts any certificate the
+/// server shows (it stops eavesdropping, not an impostor); `verify-full`
+/// encrypts and checks the certificate against the system's CAs, or the
+/// CA file `sslrootcert` names, and its name against HOST.
 public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
+    public enum TLSMode: String, Sendable, Hashable {
+        case disable
+        case require
+        case verifyFull = "verify-full"
+    }
     public var user: String
     public var password: String?
     public var host: String?
@@ -12,7 +23,9 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
     /// The directory of the server's Unix socket (`host=` in the query).
     public var socketDirectory: String?
     public var database: String
-    public var requireTLS = false
+    public var tls = TLSMode.disable
+    /// `sslrootcert=`: the CA certificate(s) (PEM) `verify-full` checks the server against.
+    public var rootCertificate: String?
 
     /// True for a string that names PostgreSQL rather than an SQLite path.
     public static func isPostgres(_ text: String) -> Bool {
@@ -64,15 +77,17 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
                 guard let p = Int(value), (1...65535).contains(p) else { throw bad("port= is not 1…65535") }
                 port = p
             case "sslmode":
-                switch value {
-                case "disable": requireTLS = false
-                case "require", "verify-full": requireTLS = true
-                default: throw bad("sslmode must be disable, require or verify-full")
-                }
+                guard let mode = TLSMode(rawValue: value) else { throw bad("sslmode must be disable, require or verify-full") }
+                tls = mode
+            case "sslrootcert":
+                guard value.hasPrefix("/") else { throw bad("sslrootcert= must be the absolute path of a CA certificate file (PEM)") }
+                rootCertificate = value
             default:
-                throw bad("unknown query key \"\(key)\" (known: host, port, sslmode)")
+                throw bad("unknown query key \"\(key)\" (known: host, port, sslmode, sslrootcert)")
             }
         }
+        if rootCertificate != nil && tls != .verifyFull { throw bad("sslrootcert= is only used with sslmode=verify-full") }
+        if socketDirectory != nil && tls != .disable { throw bad("sslmode= is for TCP; a Unix socket is not encrypted") }
         guard host != nil || socketDirectory != nil else { throw bad("neither a host nor host=/socket/dir") }
         if socketDirectory != nil && host != nil { throw bad("both a host and host=/socket/dir") }
     }
@@ -81,7 +96,9 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         let who = password == nil ? user : "\(user):***"
         if let dir = socketDirectory { return "postgres://\(who)@/\(database)?host=\(dir)&port=\(port)" }
-        return "postgres://\(who)@\(host ?? ""):\(port)/\(database)\(requireTLS ? "?sslmode=require" : "")"
+        var query = tls == .disable ? "" : "?sslmode=\(tls.rawValue)"
+        if let rootCertificate { query += "&sslrootcert=\(rootCertificate)" }
+        return "postgres://\(who)@\(host ?? ""):\(port)/\(database)\(query)"
     }
 
     /// `text` with the password of a postgres:// URL replaced (any other text as it is).

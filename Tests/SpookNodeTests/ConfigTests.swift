@@ -297,13 +297,18 @@ import Testing
     /// never shown, a malformed URL refused at its position, and refused by spook-edge.
     @Test func aPostgresStoreURLIsCheckedAndItsPasswordHidden() throws {
         let tcp = try PostgresURL("postgres://spook:s3cret@db.example:6543/fleet?sslmode=require")
-        #expect(tcp.user == "spook" && tcp.password == "s3cret" && tcp.host == "db.example" && tcp.port == 6543 && tcp.database == "fleet" && tcp.requireTLS)
+        #expect(tcp.user == "spook" && tcp.password == "s3cret" && tcp.host == "db.example" && tcp.port == 6543 && tcp.database == "fleet" && tcp.tls == .require)
+        let verified = try PostgresURL("postgres://spook@db.example/fleet?sslmode=verify-full&sslrootcert=/etc/spook/db-ca.pem")
+        #expect(verified.tls == .verifyFull && verified.rootCertificate == "/etc/spook/db-ca.pem")
+        #expect(verified.description == "postgres://spook@db.example:5432/fleet?sslmode=verify-full&sslrootcert=/etc/spook/db-ca.pem")
         #expect(!tcp.description.contains("s3cret"))
         let socket = try PostgresURL("postgresql://spook@/fleet?host=/run/postgresql&port=5433")
         #expect(socket.socketDirectory == "/run/postgresql" && socket.port == 5433 && socket.host == nil)
         #expect(PostgresURL.redacted("postgres://u:pw@h/d") == "postgres://u:***@h/d")
         #expect(PostgresURL.redacted("/var/lib/spook/d.db") == "/var/lib/spook/d.db")
-        for bad in ["postgres://nouser", "postgres://u@h:99999/d", "postgres://u@h/", "postgres://u@/d", "postgres://u:pw@h/d?colour=red"] {
+        for bad in ["postgres://nouser", "postgres://u@h:99999/d", "postgres://u@h/", "postgres://u@/d", "postgres://u:pw@h/d?colour=red",
+                    "postgres://u@h/d?sslmode=prefer", "postgres://u@h/d?sslmode=require&sslrootcert=/ca.pem",
+                    "postgres://u@h/d?sslmode=verify-full&sslrootcert=ca.pem", "postgres://u@/d?host=/run/postgresql&sslmode=require"] {
             #expect(throws: CoreError.self, "\(bad)") { try PostgresURL(bad) }
         }
         let head = "[node]\nname = \"up\"\nkey = \"k\"\ndata = \"postgres://u:pw@h:0/d\"\n[api]\nsocket = \"a.sock\"\n"

@@ -11,6 +11,9 @@ public final class PostgresServer: @unchecked Sendable {
     public static let binaries = "/usr/lib/postgresql/15/bin"
     public let dir: String
     public let port: Int
+    /// The CA that signed the server's certificate (for the name `localhost`
+    /// only): the server takes TLS on its port, for `sslmode` tests.
+    public var caFile: String { "\(dir)/ca.pem" }
     private var process: ChildProcess?
     private var databases = 0
     private let lock = Lock()
@@ -44,7 +47,30 @@ public final class PostgresServer: @unchecked Sendable {
         let initdb = try PostgresServer.run("initdb", ["-D", "\(dir)/data", "-U", "spook", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"], stderr: "\(dir)/initdb.log")
         guard initdb.wait() == 0 else { throw ChildProcess.Failure("initdb failed: see \(dir)/initdb.log") }
         port = try PostgresServer.freePort()
+        try makeCertificates(owner: asRoot ? getpwnam("postgres")?.pointee : nil)
         try start()
+    }
+
+    /// A throwaway CA and the server's certificate and key (the key readable
+    /// by the server's user only, as PostgreSQL insists).
+    private func makeCertificates(owner: passwd?) throws {
+        func openssl(_ arguments: [String]) throws {
+            let p = try ChildProcess("/usr/bin/openssl", arguments, stderrPath: "\(dir)/openssl.log")
+            guard p.wait() == 0 else { throw ChildProcess.Failure("openssl \(arguments.first ?? "") failed: see \(dir)/openssl.log") }
+        }
+        let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        try openssl(["req", "-x509"] + curve + ["-keyout", "\(dir)/ca.key", "-out", caFile, "-days", "2", "-subj", "/CN=spook test database CA"])
+        try openssl(["req"] + curve + ["-keyout", "\(dir)/server.key", "-out", "\(dir)/server.csr", "-subj", "/CN=localhost"])
+        let ext = "\(dir)/server.ext"
+        let fd = open(ext, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = "subjectAltName=DNS:localhost\n".withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        try openssl(["x509", "-req", "-in", "\(dir)/server.csr", "-CA", caFile, "-CAkey", "\(dir)/ca.key", "-CAcreateserial",
+                     "-out", "\(dir)/server.pem", "-days", "2", "-extfile", ext])
+        for file in ["server.key", "server.pem", "ca.pem"] {
+            if let owner { chown("\(dir)/\(file)", owner.pw_uid, owner.pw_gid) }
+            chmod("\(dir)/\(file)", file == "server.key" ? 0o600 : 0o644)
+        }
     }
 
     /// Starts the server (again) on its folder and port; returns once it accepts connections.
@@ -54,7 +80,8 @@ public final class PostgresServer: @unchecked Sendable {
         // Started from a thread that lives as long as the process: the server's
         // parent-death signal follows the thread that spawned it.
         process = try PostgresServer.onLastingThread { try PostgresServer.run("postgres", ["-D", "\(dir)/data", "-k", dir, "-p", "\(port)", "-c", "listen_addresses=127.0.0.1",
-                                       "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB"], stderr: "\(dir)/server.log") }
+                                       "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB",
+                                       "-c", "ssl=on", "-c", "ssl_cert_file=\(dir)/server.pem", "-c", "ssl_key_file=\(dir)/server.key"], stderr: "\(dir)/server.log") }
         try waitUntil("PostgreSQL to accept connections (log: \(dir)/server.log)", seconds: 30, everyMs: 50) {
             let check = try ChildProcess("/usr/bin/pg_isready", ["-q", "-h", dir, "-p", "\(port)", "-U", "spook", "-d", "postgres"])
             return check.wait() == 0

@@ -1,0 +1,53 @@
+import Logging
+import SpookPostgres
+import SpookStore
+import SpookTestSupport
+import Testing
+
+/// `sslmode` means what it means to libpq, against the test server (TLS on,
+/// its certificate for `localhost`, signed by a throwaway CA no system trusts).
+@Suite struct PostgresTLSTests {
+    static func open(_ url: String) throws -> PostgresBackend {
+        try PostgresBackend(url: try PostgresURL(url), sync: .full, logger: Logger(label: "test.tls"))
+    }
+
+    /// Whether the backend's own session is encrypted, as the server sees it.
+    static func encrypted(_ backend: PostgresBackend) throws -> Bool {
+        defer { backend.close() }
+        let s = try backend.prepare("SELECT ssl::int FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        guard try s.step() else { return false }
+        return s.int64(0) == 1
+    }
+
+    /// The message of the error `body` throws (a StoreError), or nil.
+    static func refusal(_ body: () throws -> Void) -> String? {
+        do { try body() } catch let e as StoreError { return e.description } catch { return "not a StoreError: \(error)" }
+        return nil
+    }
+
+    @Test func sslModesDoWhatTheySay() throws {
+        let pg = try PostgresServer.shared()
+        let socketURL = try pg.createDatabase("tls")
+        let database = String(socketURL.split(separator: "/")[2].prefix { $0 != "?" })
+        let byAddress = "postgres://spook@127.0.0.1:\(pg.port)/\(database)"
+        let byName = "postgres://spook@localhost:\(pg.port)/\(database)"
+
+        // disable (and no sslmode): in clear.
+        #expect(try !Self.encrypted(Self.open(byAddress)))
+        #expect(try !Self.encrypted(Self.open(byAddress + "?sslmode=disable")))
+        // require: encrypted, whatever certificate the server shows.
+        #expect(try Self.encrypted(Self.open(byAddress + "?sslmode=require")))
+        // verify-full with the CA that signed it, under the name it was issued for: encrypted.
+        #expect(try Self.encrypted(Self.open(byName + "?sslmode=verify-full&sslrootcert=\(pg.caFile)")))
+
+        // verify-full against the system's CAs: refused, saying why.
+        let untrusted = Self.refusal { _ = try Self.open(byName + "?sslmode=verify-full") }
+        #expect(untrusted?.contains("database-unavailable") == true && untrusted?.contains("CERTIFICATE_VERIFY_FAILED") == true, "\(untrusted ?? "connected")")
+        // verify-full with the right CA but another name (the address): refused.
+        let wrongName = Self.refusal { _ = try Self.open(byAddress + "?sslmode=verify-full&sslrootcert=\(pg.caFile)") }
+        #expect(wrongName?.contains("database-unavailable") == true && wrongName?.contains("failedToValidateHostname") == true, "\(wrongName ?? "connected")")
+        // A CA file that is not there: refused, naming it.
+        let missing = Self.refusal { _ = try Self.open(byName + "?sslmode=verify-full&sslrootcert=\(pg.dir)/nope.pem") }
+        #expect(missing?.contains("sslrootcert \(pg.dir)/nope.pem") == true, "\(missing ?? "connected")")
+    }
+}
