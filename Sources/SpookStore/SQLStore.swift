@@ -71,6 +71,13 @@ public final class SQLStore: Store {
     /// History rows appended since the last trim.
     private var historyUntrimmed = 0
 
+    /// Log pages (4 KiB) past which SQLite checkpoints: 32 MiB. SQLite's
+    /// default, 1,000, checkpointed after nearly every group commit of a
+    /// fleet's daemon, each time with a second fsync (docs/benchmarks.md).
+    public static let walCheckpointPages = 8_192
+    /// Bytes of log file kept after a checkpoint (reused, not regrown).
+    public static let walBytesKept = 32 << 20
+
     /// SQLite's page cache per store, in KiB (memory, not disk: a bound on RSS).
     public static let pageCacheKiB = 8 << 10
 
@@ -84,8 +91,12 @@ public final class SQLStore: Store {
         let db = try SQLiteConnection(path: path, vfs: options.vfs)
         try db.exec("PRAGMA journal_mode=WAL")
         try db.exec("PRAGMA synchronous=\(options.sync.rawValue.uppercased())")
-        // Keep the WAL file from growing without bound between checkpoints.
-        try db.exec("PRAGMA journal_size_limit=\(4 << 20)")
+        // SQLite checkpoints the log into the database file once it holds
+        // `walCheckpointPages` pages, on the committing thread; a checkpoint
+        // writes each page once however often it changed since the last one.
+        // After a checkpoint the file is cut back to `walBytesKept`.
+        try db.exec("PRAGMA wal_autocheckpoint=\(SQLStore.walCheckpointPages)")
+        try db.exec("PRAGMA journal_size_limit=\(SQLStore.walBytesKept)")
         // SQLite's default page cache (2 MiB) is smaller than a daemon's hot
         // indexes: under a fleet's load a third of a commit's time was preads.
         try db.exec("PRAGMA cache_size=-\(SQLStore.pageCacheKiB)")
@@ -370,7 +381,12 @@ public final class SQLStore: Store {
         let result = try commitBlock(local: false) {
             let (r, batch) = try stamp(requests, origin: origin, physicalMs: physicalMs)
             results = r
-            return batch + received.sorted { $0.id < $1.id }
+            var all = batch
+            all.reserveCapacity(batch.count + received.count)
+            all.append(contentsOf: received)
+            // Frames of one origin from two links may have arrived out of order: hold it in order.
+            if !SQLStore.inOrder(all[batch.count...]) { all[batch.count...].sort { $0.id < $1.id } }
+            return all
         }
         return (result, results)
     }
@@ -440,7 +456,10 @@ public final class SQLStore: Store {
             nextVector = vector
             nextState = state
             nextHigh = hlcHigh
-            var held: [(delta: Delta, body: [UInt8], refusal: CoreError?)] = []
+            // What the log holds of each delta (not the delta: a fleet's commit holds tens of thousands).
+            var held: [(id: DeltaID, body: [UInt8], refusal: CoreError?)] = []
+            held.reserveCapacity(deltas.count)
+            result.held.reserveCapacity(deltas.count)
             // Each changed register's state before this block (for history and C3).
             var before: [QRegisterName: RegisterState?] = [:]
 
@@ -478,7 +497,7 @@ public final class SQLStore: Store {
                     refusal = e
                     result.refused.append((delta.id, e))
                 }
-                held.append((delta, delta.encoded, refusal))
+                held.append((delta.id, delta.encoded, refusal))
                 result.held.append(delta.id)
             }
             guard !held.isEmpty else {
@@ -495,8 +514,9 @@ public final class SQLStore: Store {
                 }
             }
 
-            let ordered = held.sorted { $0.delta.id < $1.delta.id }
-            let checksum = ordered.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+            // The block's checksum covers its deltas in id order (local writes may lead the received ones).
+            if !SQLStore.inOrder(held.lazy.map(\.id)) { held.sort { $0.id < $1.id } }
+            let checksum = held.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
             let b = try db.prepare("INSERT INTO blocks(count, checksum) VALUES (?, ?) RETURNING id")
             b.bind(1, Int64(held.count))
             b.bind(2, Int64(checksum))
@@ -504,8 +524,8 @@ public final class SQLStore: Store {
             let id = b.int64(0)
             b.reset()
             try insertRows("INSERT INTO deltas(origin, seq, block, body, refused) VALUES", columns: 5, held) { d, at, h in
-                d.bind(at, h.delta.origin.rawValue)
-                d.bind(at + 1, h.delta.seq)
+                d.bind(at, h.id.origin.rawValue)
+                d.bind(at + 1, h.id.seq)
                 d.bind(at + 2, id)
                 d.bind(at + 3, h.body)
                 if let r = h.refusal { d.bind(at + 4, r.code.rawValue) }
@@ -529,6 +549,13 @@ public final class SQLStore: Store {
         if !result.changed.isEmpty { onChange?(result.changed, result.changes) }
         return result
     }
+
+    /// Ids strictly ascending: a group's received deltas usually already are, and need no sort.
+    static func inOrder<C: Collection>(_ ids: C) -> Bool where C.Element == DeltaID {
+        zip(ids, ids.dropFirst()).allSatisfy { $0 < $1 }
+    }
+
+    static func inOrder(_ deltas: ArraySlice<Delta>) -> Bool { inOrder(deltas.lazy.map(\.id)) }
 
     static func notOlder(_ new: RegisterState, than old: RegisterState) -> Bool {
         func ok(_ n: Versioned?, _ o: Versioned?) -> Bool {

@@ -74,6 +74,14 @@ public struct CommitResult: Sendable {
     /// which of its deltas were held and which conflicted (the sets are
     /// built once for the whole group).
     public func shares(of frames: [[Delta]]) -> [CommitResult] {
+        // No duplicate and no gap: every delta the commit was given is held (refused ones too).
+        if duplicates == 0 && gaps.isEmpty && conflicts.isEmpty {
+            return frames.map { deltas in
+                var part = CommitResult()
+                part.held = deltas.map(\.id)
+                return part
+            }
+        }
         let held = Set(self.held), conflicts = Set(self.conflicts)
         return frames.map { deltas in
             var part = CommitResult()

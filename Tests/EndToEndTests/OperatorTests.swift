@@ -44,7 +44,7 @@ import Testing
         c.edges["gw1"]?.signal(SIGHUP)
         // A config that changes the node's name cannot be applied live: refused too.
         try rewriteEdge(c, deviceSchema + Self.device("a", dir.file("ttyA")))
-        try c.write("gw1.toml", String(try String(contentsOfFile: dir.file("gw1.toml")).replacingOccurrences(of: "name = \"gw1\"", with: "name = \"gw9\"")))
+        try c.write("gw1.toml", String(try String(contentsOfFile: dir.file("gw1.toml"), encoding: .utf8).replacingOccurrences(of: "name = \"gw1\"", with: "name = \"gw9\"")))
         c.edges["gw1"]?.signal(SIGHUP)
         try c.set("gw1", "site1.l1/after/reload", .int(1))
         try c.waitFor("the agent still serves and syncs") { c.value("spookd", "site1.l1/after/reload") == .int(1) }
@@ -92,7 +92,7 @@ import Testing
         let log = c.dir.file("second.stderr")
         let second = try ChildProcess(Cluster.binary("spook-edge"), ["run", "-c", c.dir.file("gw1.toml")], stderrPath: log)
         #expect(second.exitCode() == 73)
-        let text = (try? String(contentsOfFile: log)) ?? ""
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(text.contains("is in use by another spook-edge (pid \(c.edges["gw1"]!.pid)"), "\(text)")
         try c.set("gw1", "site1.l1/still/here", .int(1))
         try c.waitFor("the first agent still serves") { c.value("spookd", "site1.l1/still/here") == .int(1) }
@@ -123,16 +123,16 @@ import Testing
                                     environment: ["JOURNAL_STREAM": "\(info.st_dev):\(info.st_ino)"], stderrPath: log)
         #expect(try edge.readLine(timeoutMs: 20_000)?.contains("ready") == true)
         // No daemon is up: the agent logs its failed connects (info) and debug lines.
-        try waitUntil("journal lines") { ((try? String(contentsOfFile: log)) ?? "").contains("<7>debug") }
+        try waitUntil("journal lines") { ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("<7>debug") }
         edge.signal(SIGTERM)
         #expect(edge.wait() == 0)
-        let lines = ((try? String(contentsOfFile: log)) ?? "").split(separator: "\n")
+        let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
         #expect(!lines.isEmpty && lines.allSatisfy { $0.hasPrefix("<") }, "every line has a priority: \(lines.prefix(3))")
         #expect(lines.contains { $0.hasPrefix("<5>notice") }, "stopping is a notice")
         let bad = try ChildProcess(Cluster.binary("spook-edge"), ["run", "-c", c.dir.file("gw1.toml"), "--log-level", "loud"],
                                    stderrPath: c.dir.file("bad.stderr"))
         #expect(bad.exitCode() == 78)
-        #expect(((try? String(contentsOfFile: c.dir.file("bad.stderr"))) ?? "").contains("unknown log level \"loud\""))
+        #expect(((try? String(contentsOfFile: c.dir.file("bad.stderr"), encoding: .utf8)) ?? "").contains("unknown log level \"loud\""))
     }
 }
 
@@ -156,7 +156,7 @@ import Testing
         #expect(ctl.exitCode() == 75)
         let elapsed = monotonicMs() - started
         #expect(elapsed < 10_000, "spookctl attach took \(elapsed) ms")
-        #expect(((try? String(contentsOfFile: dir.file("ctl.stderr"))) ?? "").contains("no answer from the agent"))
+        #expect(((try? String(contentsOfFile: dir.file("ctl.stderr"), encoding: .utf8)) ?? "").contains("no answer from the agent"))
     }
 
     /// `spookctl watch` exits 69 with a sentence when the node goes away
@@ -174,7 +174,7 @@ import Testing
         #expect(try watch.readLine()?.contains("\"ok\":true") == true)
         c.stopEdge()
         #expect(watch.exitCode() == 69)
-        #expect(((try? String(contentsOfFile: c.dir.file("watch.stderr"))) ?? "").contains("the node closed the connection"))
+        #expect(((try? String(contentsOfFile: c.dir.file("watch.stderr"), encoding: .utf8)) ?? "").contains("the node closed the connection"))
     }
 
     /// A [[peer]] may write its own status registers (spook.<name>) without
@@ -220,7 +220,7 @@ import Testing
         try c.waitFor("both agents upstream") {
             c.value("spookd", "spook.gw1/primary/$state") == .string("coherent") && c.value("spookd", "spook.gw2/primary/$state") == .string("coherent")
         }
-        let full = try String(contentsOfFile: c.dir.file("spookd.toml"))
+        let full = try String(contentsOfFile: c.dir.file("spookd.toml"), encoding: .utf8)
         // The config without gw2's [[peer]] table.
         let gw2Key = c.edgeKeys["gw2"]!.publicKey.hex
         let tables = full.components(separatedBy: "[[peer]]")
