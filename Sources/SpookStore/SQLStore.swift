@@ -646,73 +646,110 @@ public final class SQLStore: Store {
             h.bind(at + 2, w.bytes)
         }
         historyUntrimmed += changes.count
+        historyAppendedSinceStep += changes.count
     }
 
     /// Cuts every register's history back to its newest `historyLength`
     /// entries once the rows appended since the last cut reach the size of a
-    /// full history, so the table stays within about twice its bound and each
-    /// appended row pays for its own removal once (amortised O(1)).
+    /// full history, so the table stays within a small multiple of its bound
+    /// and each appended row pays for its own removal once (amortised O(1)).
     private func trimHistoryIfDue() throws {
-        guard historyUntrimmed >= max(1_024, state.registers.count * options.historyLength) else { return }
-        var keepAfter = Int64.max
-        if let hold = historyHold {
-            // Rows a reader has not consumed stay, up to rowsMax of them.
-            let head = try historyHead()
-            keepAfter = max(hold.after, head - Int64(hold.rowsMax))
-            if keepAfter > hold.after {
-                let c = try db.prepare("SELECT COUNT(*) FROM history WHERE id > ? AND id <= ?")
-                c.bind(1, hold.after)
-                c.bind(2, keepAfter)
-                _ = try c.step()
-                historyHoldOverrun += Int(c.int64(0))
-                logger.warning("history rows a reader holds exceed its bound: the oldest are trimmed like any other", metadata: [
-                    "rows_max": "\(hold.rowsMax)", "reader_at": "\(hold.after)", "trimmed_from": "\(keepAfter)",
-                ])
-            }
-        }
-        try transaction {
-            if db.shared {
+        if trimScan == nil {
+            guard historyUntrimmed >= max(1_024, state.registers.count * options.historyLength) else { return }
+            historyUntrimmed = 0
+            historyTrims += 1
+            let keepAfter = try trimBoundForReader(warn: true)
+            guard !db.shared else {
                 // PostgreSQL ranks the rows itself, on its (name, id) index, without sending them here.
-                let s = try db.prepare("""
-                    DELETE FROM history WHERE id IN (
-                        SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS newer FROM history) AS ranked
-                        WHERE newer > ? AND id <= ?)
-                    """)
-                s.bind(1, Int64(options.historyLength))
-                s.bind(2, keepAfter)
-                try s.step()
-            } else {
-                try trimHistoryInOnePass(keepAfter: keepAfter)
+                try transaction {
+                    let s = try db.prepare("""
+                        DELETE FROM history WHERE id IN (
+                            SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS newer FROM history) AS ranked
+                            WHERE newer > ? AND id <= ?)
+                        """)
+                    s.bind(1, Int64(options.historyLength))
+                    s.bind(2, keepAfter)
+                    try s.step()
+                }
+                return
             }
+            var scan = TrimScan(keepAfter: keepAfter)
+            scan.rows.reserveCapacity(state.registers.count)
+            trimScan = scan
+            historyAppendedSinceStep = 0
         }
-        historyUntrimmed = 0
+        // Each step reads at least four times the rows appended since the
+        // last one, so a trim ends long before the next is due.
+        let limit = max(1, options.historyTrimRowsPerStep, 4 * historyAppendedSinceStep)
+        guard var scan = trimScan else { return }
+        scan.keepAfter = min(scan.keepAfter, try trimBoundForReader(warn: false))
+        let done = try transaction { try trimStep(&scan, limit: limit) }
+        historyAppendedSinceStep = 0
+        historyTrimSteps += 1
+        trimScan = done ? nil : scan
     }
 
-    /// SQLite: one pass over the rows newest first (the table's own order:
-    /// nothing to sort), counting each register's rows; those past its
-    /// newest `historyLength`, and not held for a reader (`id <= keepAfter`),
-    /// are deleted, a run of such rows (no row kept between them) at a time:
-    /// once a history is full the doomed rows are mostly one long run of the
-    /// oldest. The ranking query PostgreSQL runs sorted the whole table by
-    /// name on SQLite: 1.6 s for 640,000 rows, a stall of the node loop each
-    /// time a fleet's history filled up (docs/benchmarks.md).
-    private func trimHistoryInOnePass(keepAfter: Int64) throws {
+    /// The newest history row a trim may delete: rows a reader has not
+    /// consumed stay, up to its `rowsMax` of them (`warn`: log and count
+    /// the rows past that bound, once per trim).
+    private func trimBoundForReader(warn: Bool) throws -> Int64 {
+        guard let hold = historyHold else { return Int64.max }
+        let head = try historyHead()
+        let keepAfter = max(hold.after, head - Int64(hold.rowsMax))
+        if warn && keepAfter > hold.after {
+            let c = try db.prepare("SELECT COUNT(*) FROM history WHERE id > ? AND id <= ?")
+            c.bind(1, hold.after)
+            c.bind(2, keepAfter)
+            _ = try c.step()
+            historyHoldOverrun += Int(c.int64(0))
+            logger.warning("history rows a reader holds exceed its bound: the oldest are trimmed like any other", metadata: [
+                "rows_max": "\(hold.rowsMax)", "reader_at": "\(hold.after)", "trimmed_from": "\(keepAfter)",
+            ])
+        }
+        return keepAfter
+    }
+
+    /// A SQLite trim in progress: the rows below `below` are still to be
+    /// read, newest first; `rows` counts each register's rows read so far.
+    struct TrimScan {
+        var below = Int64.max
         var rows: [String: Int] = [:]
-        rows.reserveCapacity(state.registers.count)
+        var keepAfter: Int64
+        init(keepAfter: Int64) { self.keepAfter = keepAfter }
+    }
+
+    /// SQLite: the next `limit` rows below `scan.below`, newest first (the
+    /// table's own order: nothing to sort), counting each register's rows;
+    /// those past its newest `historyLength`, and not held for a reader
+    /// (`id <= keepAfter`), are deleted, a run of such rows (no row kept
+    /// between them) at a time: once a history is full the doomed rows are
+    /// mostly one long run of the oldest. Returns whether the scan reached
+    /// the oldest row. Rows appended between steps are newer than any the
+    /// scan reads and are not counted, so a register keeps at least its
+    /// newest `historyLength`. One pass over the whole table in one go
+    /// stalled a fleet's node loop for a third of a second; the ranking query
+    /// PostgreSQL runs, for 1.5 s (docs/benchmarks.md).
+    private func trimStep(_ scan: inout TrimScan, limit: Int) throws -> Bool {
         var runs: [(from: Int64, through: Int64)] = []
         var run: (from: Int64, through: Int64)?
-        let scan = try db.prepare("SELECT id, name FROM history ORDER BY id DESC")
-        while try scan.step() {
-            let id = scan.int64(0), name = scan.text(1)
-            let n = (rows[name] ?? 0) + 1
-            rows[name] = n
-            if n > options.historyLength && id <= keepAfter {
+        let read = try db.prepare("SELECT id, name FROM history WHERE id < ? ORDER BY id DESC LIMIT ?")
+        read.bind(1, scan.below)
+        read.bind(2, Int64(limit))
+        var count = 0
+        while try read.step() {
+            let id = read.int64(0), name = read.text(1)
+            count += 1
+            scan.below = id
+            let n = (scan.rows[name] ?? 0) + 1
+            scan.rows[name] = n
+            if n > options.historyLength && id <= scan.keepAfter {
                 run = (id, run?.through ?? id)
             } else if let r = run {
                 runs.append(r)
                 run = nil
             }
         }
+        read.reset()
         if let run { runs.append(run) }
         let delete = try db.prepare("DELETE FROM history WHERE id BETWEEN ? AND ?")
         for r in runs {
@@ -721,7 +758,16 @@ public final class SQLStore: Store {
             delete.bind(2, r.through)
             try delete.step()
         }
+        return count < limit
     }
+
+    private var trimScan: TrimScan?
+    /// A trim has steps left (SQLite).
+    public var historyTrimming: Bool { trimScan != nil }
+    private var historyAppendedSinceStep = 0
+    /// History trims started, and the steps they took (each its own transaction).
+    public private(set) var historyTrims = 0
+    public private(set) var historyTrimSteps = 0
 
     /// A reader of the history (MQTT store-and-forward) that has consumed
     /// the rows through `after`: newer rows are not trimmed to the

@@ -20,6 +20,9 @@ public struct StoreOptions: Sendable {
     public var compactionBlocksMax: Int = 10_000
     /// Deltas removed per `compact()` call at most (whole blocks: at least one).
     public var compactionDeltasMax: Int = Int.max
+    /// History rows a trim reads per step at least (SQLite; each step is a
+    /// transaction after a commit, so a trim never stalls writers for long).
+    public var historyTrimRowsPerStep: Int = 32_768
     /// Largest catch-up batch `catchUp(for:limit:)` accepts.
     public static let catchUpLimitMax = 100_000
 

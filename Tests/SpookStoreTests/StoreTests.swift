@@ -256,6 +256,52 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(rows.filter { $0.id <= head }.isEmpty, "rows the reader had consumed were not trimmed")
     }
 
+    /// SQLite trims in steps, each a transaction after a commit, so no
+    /// commit waits for a whole table's pass: the same rows go, a register
+    /// keeps its newest values, the table stays bounded, and rows a reader
+    /// starts holding in the middle of a trim are kept.
+    @Test func aTrimInStepsKeepsEachRegistersNewestAndWhatAReaderHolds() throws {
+        let shelf = StoreShelf(.sqlite)
+        var o = options(history: 4)
+        o.historyTrimRowsPerStep = 50
+        let store = try shelf.open("s", o)
+        let groups = try (0..<20).map { try QGroupName("plant.l\($0)/a") }
+        var seq: UInt64 = 0
+        try Self.writeHistory(store, groups, from: &seq, count: 6) { _ in 0 }
+        var written = 0
+        while !store.historyTrimming && written < 2_000 {
+            try Self.writeHistory(store, groups, from: &seq, count: 10) { 1 + ($0 + written) % 19 }
+            written += 10
+        }
+        #expect(store.historyTrims == 1 && store.historyTrimming, "no trim began, or it ended in its first step")
+        // The rows the trim reads; rows appended while it runs wait for the next one.
+        let trimmed = try store.historyHead()
+        try Self.writeHistory(store, groups, from: &seq, count: 10) { 1 + $0 % 19 }
+        #expect(store.historyTrimming, "a trim of about 1,030 rows in steps of 50 ended within two commits")
+        // Two steps have read the newest 100 rows. A reader far behind
+        // starts holding the 300 rows below them, mid-trim.
+        let reader = trimmed - 400
+        store.historyHold = (after: reader, rowsMax: 100_000)
+        try Self.writeHistory(store, groups, from: &seq, count: 400) { 1 + $0 % 19 }
+        #expect(!store.historyTrimming, "the trim did not end")
+        #expect(store.historyTrimSteps >= 1_000 / 50, "\(store.historyTrimSteps) steps")
+        var rows = try store.historyRows(after: 0, limit: 1_000_000)
+        #expect(rows.filter { $0.id > reader && $0.id <= trimmed - 100 }.count == 300, "rows the reader holds were trimmed")
+        let old = Dictionary(grouping: rows.filter { $0.id <= reader }, by: { $0.change.name })
+        #expect(old.values.allSatisfy { $0.count <= 4 }, "a register kept more than its newest four of the rows the reader consumed")
+        let rare = try groups[0].register("n")
+        #expect(try store.history(rare).map(\.versioned.value) == (2...5).reversed().map { Value.int(Int64($0)) })
+        // Without a reader, more trims: each register keeps at least four, the table stays bounded.
+        store.historyHold = nil
+        try Self.writeHistory(store, groups, from: &seq, count: 3_000) { 1 + $0 % 19 }
+        rows = try store.historyRows(after: 0, limit: 1_000_000)
+        #expect(store.historyTrims >= 3)
+        #expect(rows.count <= 2 * 1_024 + 20 * 4, "the table outgrew its bound: \(rows.count) rows")
+        let byRegister = Dictionary(grouping: rows, by: { $0.change.name })
+        #expect(byRegister.count == 20)
+        for (name, kept) in byRegister { #expect(kept.count >= 4, "\(name) kept \(kept.count) rows") }
+    }
+
     @Test(arguments: SyncLevel.allCases)
     func theConfiguredSyncLevelIsInEffect(_ level: SyncLevel) throws {
         let shelf = StoreShelf(.sqlite)

@@ -195,15 +195,18 @@ for (sync, batch, count) in [(SyncLevel.full, 1, 2_000), (.full, 100, 50_000), (
 // MARK: history trim
 
 /// The trim of a full history: `registers` registers, `historyLength` 32,
-/// filled twice over (the trim runs once the rows appended reach
-/// registers × 32). Result: the extra time of the commit that trims (the
-/// store's one pass, rows deleted a run at a time), over the median of the
-/// commits before it. Baseline: the ranking query the store ran on SQLite
-/// before (PostgreSQL still runs it), on a copy of the same rows.
-if runs("store") {
+/// filled twice over (a trim starts once the rows appended reach
+/// registers × 32). Result: the longest extra time of a commit while the
+/// trim runs (in steps of `historyTrimRowsPerStep` rows, each after a
+/// commit), over the median commit before it. Baseline: the same with the
+/// whole table read in one step, as the store did before.
+func trimStall(rowsPerStep: Int, in path: String) throws -> (before: Int, after: Int, stallMs: Double, steps: Int) {
     let registers = 10_000 / scale, length = 32, blockSize = 1_000
     let names = (0..<registers).map { i in (try! QGroupName("bench.h\(i % 1_000)/g"), "r\(i / 1_000)") }
-    let store = try SQLStore(path: "\(dir)/trim.db", options: StoreOptions(sync: .off, historyLength: length))
+    var options = StoreOptions(sync: .off, historyLength: length)
+    options.historyTrimRowsPerStep = rowsPerStep
+    let store = try SQLStore(path: path, options: options)
+    defer { store.close() }
     var seq: UInt64 = 0
     func block() -> [Delta] {
         (0..<blockSize).map { _ in
@@ -212,43 +215,35 @@ if runs("store") {
             return try! Delta(origin: Origin(1), seq: seq, hlc: HLCTimestamp(rawValue: seq << 8), group: g, writes: [Write(r, .set, .int(Int64(seq)))])
         }
     }
-    // Up to one block short of the trim, timing each commit.
+    // Fill twice, up to one block short of the second trim, timing each commit.
     var times: [Double] = []
-    for _ in 0..<(registers * length / blockSize - 1) {
+    for _ in 0..<(2 * registers * length / blockSize - 1) {
         let b = block()
         let t = now()
         _ = try store.commit(b)
         times.append(now() - t)
     }
-    // Fill once more so the trim has a full table's worth to keep and drop (it ran at the end of the first fill).
-    for _ in 0..<(registers * length / blockSize) {
-        let b = block()
-        let t = now()
-        _ = try store.commit(b)
-        times.append(now() - t)
-    }
-    // The ranking query on a copy of the file as it is now.
-    _ = system("cp '\(dir)/trim.db' '\(dir)/trim-copy.db'; cp '\(dir)/trim.db-wal' '\(dir)/trim-copy.db-wal' 2>/dev/null")
-    var copy: OpaquePointer?
-    sqlite3_open("\(dir)/trim-copy.db", &copy)
-    var t = now()
-    sqlite3_exec(copy, """
-        DELETE FROM history WHERE id IN (
-            SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY name ORDER BY id DESC) AS newer FROM history) AS ranked WHERE newer > \(length))
-        """, nil, nil, nil)
-    let ranking = now() - t
-    sqlite3_close(copy)
-    let rowsBefore = try store.historyRows(after: 0, limit: Int.max).count
-    let trimming = block()
-    t = now()
-    _ = try store.commit(trimming)
-    let trimmed = now() - t
-    let rowsAfter = try store.historyRows(after: 0, limit: Int.max).count
-    store.close()
-    precondition(rowsAfter < rowsBefore, "the trim did not run")
+    while store.historyTrimming { _ = try store.commit(block()) }
     let median = times.sorted()[times.count / 2]
-    rows.append(Row(name: "history trim, \(rowsBefore) rows of \(registers) registers → \(rowsAfter)", value: (trimmed - median) * 1000, unit: "ms",
-                    baseline: "ranking query (SQLite, before)", baselineValue: ranking * 1000))
+    let rowsBefore = try store.historyRows(after: 0, limit: Int.max).count
+    let trims = store.historyTrims, steps = store.historyTrimSteps
+    var longest = 0.0
+    repeat {
+        let b = block()
+        let t = now()
+        _ = try store.commit(b)
+        longest = max(longest, now() - t)
+    } while store.historyTrimming
+    precondition(store.historyTrims == trims + 1, "no trim ran")
+    let rowsAfter = try store.historyRows(after: 0, limit: Int.max).count
+    return (rowsBefore, rowsAfter, (longest - median) * 1000, store.historyTrimSteps - steps)
+}
+
+if runs("store") {
+    let stepped = try trimStall(rowsPerStep: StoreOptions().historyTrimRowsPerStep, in: "\(dir)/trim.db")
+    let whole = try trimStall(rowsPerStep: Int.max, in: "\(dir)/trim-whole.db")
+    rows.append(Row(name: "history trim, \(stepped.before) rows of \(10_000 / scale) registers → \(stepped.after): longest commit stall, \(stepped.steps) steps",
+                    value: stepped.stallMs, unit: "ms", baseline: "one step (before)", baselineValue: whole.stallMs))
 }
 
 // MARK: the WebAssembly core (wasm/, under Node) against the Swift core, same deltas
