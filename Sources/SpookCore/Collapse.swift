@@ -194,18 +194,26 @@ public struct CollapseState: Sendable {
     /// their previous state), or throws the refusal and changes nothing.
     @discardableResult
     public mutating func apply(_ delta: Delta) throws -> [Change] {
+        var changed = [Change]()
+        try apply(delta) { name, previous, _ in changed.append(Change(name: name, previous: previous)) }
+        return changed
+    }
+
+    /// Applies one delta, calling `changed` with each register whose state
+    /// changed (its name, previous and new state) as it changes; throws the
+    /// refusal and changes nothing. A store applies tens of thousands of
+    /// deltas a commit: no array per delta.
+    public mutating func apply(_ delta: Delta, changed: (QRegisterName, RegisterState?, RegisterState) -> Void) throws {
         try schema.check(delta)
         let stamp = delta.stamp
-        var changed = [Change]()
         for (write, name) in zip(delta.writes, delta.names) {
             let policy = schema.spec(for: name).policy
             let current = registers[name]
             if let next = rule.merge(current, write: write, stamp: stamp, policy: policy) {
                 registers[name] = next
-                changed.append(Change(name: name, previous: current))
+                changed(name, current, next)
             }
         }
-        return changed
     }
 
     /// Merges a snapshot (another replica's collapsed registers); returns what changed.

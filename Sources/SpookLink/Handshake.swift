@@ -42,7 +42,7 @@ public struct Authorisation: Sendable {
                 guard d.origin == origin || relay else {
                     throw WireError(.forbidden, "\(origin) sent delta \(d.id) of another origin that this node does not hold")
                 }
-                let writer = d.origin == origin ? "\(origin)" : "\(d.origin) (relayed by \(origin))"
+                var writer: String { d.origin == origin ? "\(origin)" : "\(d.origin) (relayed by \(origin))" }
                 if !mayWrite(d.group.domain) {
                     let hint = d.group.domain.description.hasPrefix("spook.")
                         ? ": an agent's own status registers are granted when its [[peer]] name equals its [node] name, else add \"\(d.group.domain)\" to the peer's write"

@@ -744,7 +744,10 @@ public final class Node: @unchecked Sendable {
         guard !frames.isEmpty || !local.isEmpty else { return }
         let started = ContinuousClock.now
         do {
-            let (result, results) = try store.commitGroup(frames.flatMap(\.deltas), local: local.map(\.write), origin: origin, physicalMs: clock.nowMs())
+            // Frames in order of their first delta: a fleet's frames (each one
+            // origin's run) then arrive at the store in order, with no sort of their deltas.
+            let inOrder = frames.filter { !$0.deltas.isEmpty }.sorted { $0.deltas[0].id < $1.deltas[0].id }
+            let (result, results) = try store.commitGroup(inOrder.flatMap(\.deltas), local: local.map(\.write), origin: origin, physicalMs: clock.nowMs())
             metrics.commitSeconds.record(ContinuousClock.now - started)
             metrics.groupCommits.increment()
             metrics.groupCommitFrames.increment(by: Int64(frames.count))

@@ -381,12 +381,10 @@ public final class SQLStore: Store {
         let result = try commitBlock(local: false) {
             let (r, batch) = try stamp(requests, origin: origin, physicalMs: physicalMs)
             results = r
-            var all = batch
-            all.reserveCapacity(batch.count + received.count)
-            all.append(contentsOf: received)
             // Frames of one origin from two links may have arrived out of order: hold it in order.
-            if !SQLStore.inOrder(all[batch.count...]) { all[batch.count...].sort { $0.id < $1.id } }
-            return all
+            var sorted = received
+            if !SQLStore.inOrder(sorted.lazy.map(\.id)) { sorted.sort { $0.id < $1.id } }
+            return batch.isEmpty ? sorted : batch + sorted
         }
         return (result, results)
     }
@@ -482,15 +480,12 @@ public final class SQLStore: Store {
                 nextHigh = max(nextHigh, delta.hlc)
                 var refusal: CoreError?
                 do {
-                    for change in try nextState.apply(delta) {
-                        if before[change.name] == nil {
-                            before[change.name] = .some(change.previous)
-                            result.changed.append(change.name)
+                    try nextState.apply(delta) { name, previous, now in
+                        if before[name] == nil {
+                            before[name] = .some(previous)
+                            result.changed.append(name)
                         }
-                        guard let now = nextState.registers[change.name] else { continue }
-                        for (side, v) in SQLStore.changedSides(old: change.previous, new: now) {
-                            result.changes.append(RegisterChange(name: change.name, entry: HistoryEntry(side: side, versioned: v)))
-                        }
+                        SQLStore.appendChanges(of: name, old: previous, new: now, to: &result.changes)
                     }
                 } catch let e as CoreError {
                     precondition(!local, "a local delta was checked before stamping: \(e)")
@@ -555,8 +550,6 @@ public final class SQLStore: Store {
         zip(ids, ids.dropFirst()).allSatisfy { $0 < $1 }
     }
 
-    static func inOrder(_ deltas: ArraySlice<Delta>) -> Bool { inOrder(deltas.lazy.map(\.id)) }
-
     static func notOlder(_ new: RegisterState, than old: RegisterState) -> Bool {
         func ok(_ n: Versioned?, _ o: Versioned?) -> Bool {
             guard let o else { return true }
@@ -603,8 +596,8 @@ public final class SQLStore: Store {
         }
     }
 
-    /// Rows per multi-row INSERT (5 columns × 32 = 160 parameters, well inside both engines' limits).
-    static let insertChunk = 32
+    /// Rows per multi-row INSERT (5 columns × 64 = 320 parameters, well inside both engines' limits).
+    static let insertChunk = 64
 
     private func writeVector(table: String, old: QStateVector, new: QStateVector) throws {
         let g = genColumn
@@ -776,17 +769,17 @@ public final class SQLStore: Store {
     /// Rows a reader held that were trimmed anyway (its `rowsMax` reached).
     public private(set) var historyHoldOverrun = 0
 
-    static func changedSides(old: RegisterState?, new: RegisterState) -> [(HistoryEntry.Side, Versioned)] {
+    /// Appends to `changes` each side of `name` that differs between `old` and `new`.
+    static func appendChanges(of name: QRegisterName, old: RegisterState?, new: RegisterState, to changes: inout [RegisterChange]) {
+        func add(_ side: HistoryEntry.Side, _ v: Versioned) { changes.append(RegisterChange(name: name, entry: HistoryEntry(side: side, versioned: v))) }
         switch (old, new) {
-        case (.lww(let o)?, .lww(let n)) where o == n: return []
-        case (_, .lww(let n)): return [(.value, n)]
+        case (.lww(let o)?, .lww(let n)) where o == n: return
+        case (_, .lww(let n)): add(.value, n)
         case (_, .device(let nr, let nd)):
-            var out: [(HistoryEntry.Side, Versioned)] = []
             var oldReported: Versioned?, oldDesired: Versioned?
             if case .device(let r, let d)? = old { (oldReported, oldDesired) = (r, d) }
-            if let nr, nr != oldReported { out.append((.reported, nr)) }
-            if let nd, nd != oldDesired { out.append((.desired, nd)) }
-            return out
+            if let nr, nr != oldReported { add(.reported, nr) }
+            if let nd, nd != oldDesired { add(.desired, nd) }
         }
     }
 
@@ -953,9 +946,7 @@ public final class SQLStore: Store {
             snapshotChanges = []
             for name in changed {
                 guard let new = nextState.registers[name] else { continue }
-                for (side, v) in SQLStore.changedSides(old: state.registers[name], new: new) {
-                    snapshotChanges.append(RegisterChange(name: name, entry: HistoryEntry(side: side, versioned: v)))
-                }
+                SQLStore.appendChanges(of: name, old: state.registers[name], new: new, to: &snapshotChanges)
             }
             // Seqs the snapshot covers but we never held as deltas can no longer be
             // served to others: they join our horizon.

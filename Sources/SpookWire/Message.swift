@@ -287,11 +287,11 @@ public enum Message: Hashable, Sendable {
         w.write(contentsOf: utf8)
     }
 
-    static func readText(_ r: inout ByteReader, _ what: String, max: Int) throws -> String {
-        let length = Int(try r.read(UInt16.self, "\(what) length"))
-        guard length <= max else { throw CoreError(.malformed, "\(what) is \(length) bytes, the limit is \(max)") }
-        guard let text = String(validating: try r.readBytes(length, what), as: UTF8.self) else {
-            throw CoreError(.malformed, "\(what) is not valid UTF-8")
+    static func readText(_ r: inout ByteReader, _ what: @autoclosure () -> String, max: Int) throws -> String {
+        let length = Int(try r.read(UInt16.self, "\(what()) length"))
+        guard length <= max else { throw CoreError(.malformed, "\(what()) is \(length) bytes, the limit is \(max)") }
+        guard let text = String(validating: try r.readBytes(length, what()), as: UTF8.self) else {
+            throw CoreError(.malformed, "\(what()) is not valid UTF-8")
         }
         return text
     }
