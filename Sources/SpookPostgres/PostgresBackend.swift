@@ -211,6 +211,10 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         if let first { throw first }
     }
 
+    /// Each statement is a round trip to the server: 1,000 rows (at most
+    /// 5,000 parameters of PostgreSQL's 65,535) a statement.
+    public var insertRowsMax: Int { 1_000 }
+
     public func prepare(_ sql: String) throws -> any SQLStatement {
         let n = numbered[sql] ?? PostgresBackend.number(sql)
         numbered[sql] = n

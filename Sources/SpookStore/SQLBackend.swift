@@ -16,6 +16,8 @@ public protocol SQLBackend: AnyObject {
     var shared: Bool { get }
     /// The tables, created when missing (one or more statements).
     var schemaSQL: String { get }
+    /// Rows per multi-row INSERT the store writes (at most 5 columns each).
+    var insertRowsMax: Int { get }
 
     /// Runs statements without parameters or results.
     func exec(_ sql: String) throws
@@ -52,6 +54,12 @@ public protocol SQLStatement {
     func text(_ column: Int32) -> String
     func blob(_ column: Int32) -> [UInt8]
     func isNull(_ column: Int32) -> Bool
+}
+
+extension SQLBackend {
+    /// SQLite: each statement is a call into the library, not a round trip;
+    /// 64 rows (320 parameters) a statement.
+    public var insertRowsMax: Int { 64 }
 }
 
 extension SQLStatement {

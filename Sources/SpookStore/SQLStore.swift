@@ -570,34 +570,30 @@ public final class SQLStore: Store {
         try s.step()
     }
 
-    /// Inserts `rows` with multi-row VALUES, `insertChunk` rows a statement
-    /// (one cached statement for full chunks, one for the rest row by row):
-    /// a server round trip per chunk instead of per row. `bind` binds one
-    /// row's columns from the given first index. Each chunk holds distinct
-    /// keys (an upsert may not touch a row twice in one statement).
+    /// Inserts `rows` with multi-row VALUES, `db.insertRowsMax` rows a
+    /// statement, the rest in statements of halving sizes (a power of two
+    /// each): a server round trip per chunk instead of per row, and at most
+    /// a dozen cached statements per table. `bind` binds one row's columns
+    /// from the given first index. Each chunk holds distinct keys (an
+    /// upsert may not touch a row twice in one statement).
     private func insertRows<Row>(_ head: String, columns: Int, tail: String = "", _ rows: [Row], bind: (any SQLStatement, Int32, Row) -> Void) throws {
         let tuple = "(" + Array(repeating: "?", count: columns).joined(separator: ", ") + ")"
         var i = 0
-        if rows.count >= SQLStore.insertChunk {
-            let s = try db.prepare("\(head) \(Array(repeating: tuple, count: SQLStore.insertChunk).joined(separator: ", "))\(tail)")
-            while i + SQLStore.insertChunk <= rows.count {
+        var size = db.insertRowsMax
+        while i < rows.count {
+            if rows.count - i < size {
+                // The largest power of two not above what is left.
+                size = 1 << (Int.bitWidth - 1 - (rows.count - i).leadingZeroBitCount)
+            }
+            let s = try db.prepare("\(head) \(Array(repeating: tuple, count: size).joined(separator: ", "))\(tail)")
+            while i + size <= rows.count {
                 s.reset()
-                for j in 0..<SQLStore.insertChunk { bind(s, Int32(j * columns + 1), rows[i + j]) }
+                for j in 0..<size { bind(s, Int32(j * columns + 1), rows[i + j]) }
                 try s.step()
-                i += SQLStore.insertChunk
+                i += size
             }
         }
-        guard i < rows.count else { return }
-        let s = try db.prepare("\(head) \(tuple)\(tail)")
-        for row in rows[i...] {
-            s.reset()
-            bind(s, 1, row)
-            try s.step()
-        }
     }
-
-    /// Rows per multi-row INSERT (5 columns × 64 = 320 parameters, well inside both engines' limits).
-    static let insertChunk = 64
 
     private func writeVector(table: String, old: QStateVector, new: QStateVector) throws {
         let g = genColumn

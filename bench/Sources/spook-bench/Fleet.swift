@@ -149,7 +149,9 @@ enum FleetBench {
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
         }
         guard ok else {
+            let e = errno
             close(fd)
+            errno = e
             return -1
         }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
@@ -163,8 +165,16 @@ enum FleetBench {
         var agents: [Agent] = []
         for (i, k) in keys.enumerated() {
             let a = try Agent(identity: k, index: i, daemonKey: daemonKey.publicKey)
-            a.fd = connect("\(dir)/link\(i % daemons.count).sock")
-            guard a.fd >= 0 else { throw APIClientError("agent \(i) could not connect") }
+            // The socket file appears at bind(2), a moment before listen(2):
+            // a refusal then is retried, for up to 10 s.
+            let path = "\(dir)/link\(i % daemons.count).sock"
+            let deadline = now() + 10
+            a.fd = connect(path)
+            while a.fd < 0 && (errno == ECONNREFUSED || errno == EAGAIN) && now() < deadline {
+                usleep(10_000)
+                a.fd = connect(path)
+            }
+            guard a.fd >= 0 else { throw APIClientError("agent \(i) could not connect to \(path): \(String(cString: strerror(errno)))") }
             a.queue(a.handshake.start())
             agents.append(a)
         }
