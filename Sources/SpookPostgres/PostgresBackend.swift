@@ -123,7 +123,7 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
 
     /// Waits for `future`, at most `answerTimeout`. Past it the connection is
     /// dropped (see `answerTimeout`) and the wait throws.
-    private func wait<T>(_ future: EventLoopFuture<T>) throws -> T {
+    private func wait<T: Sendable>(_ future: EventLoopFuture<T>) throws -> T {
         guard let value = try future.block(within: PostgresBackend.answerTimeout) else {
             let seconds = PostgresBackend.answerTimeout.components.seconds
             logger.error("PostgreSQL did not answer: closing the connection; the next call opens another", metadata: [
@@ -479,7 +479,7 @@ extension EventLoopFuture {
     /// called on the node's loop, which does nothing else while a commit is
     /// in progress (as with SQLite), and the connection runs on the
     /// backend's own loop, so this cannot deadlock.
-    func block(within timeout: Duration) throws -> Value? {
+    func block(within timeout: Duration) throws -> Value? where Value: Sendable {
         let done = ConditionLock(value: 0)
         let result = NIOLockedValueBox<Result<Value, Error>?>(nil)
         whenComplete { r in

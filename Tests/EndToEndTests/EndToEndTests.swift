@@ -355,20 +355,8 @@ enum RawSocket {
 
     /// A throwaway CA and a certificate for "localhost" signed by it, made with openssl.
     static func certificates(in dir: TemporaryDirectory, caName: String = "ca") throws {
-        func openssl(_ arguments: [String]) throws {
-            let p = try ChildProcess("/usr/bin/openssl", arguments)
-            guard p.wait() == 0 else { throw APIClientError("openssl \(arguments.first ?? "") failed") }
-        }
-        let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-        try openssl(["req", "-x509"] + curve + ["-keyout", dir.file("\(caName).key"), "-out", dir.file("\(caName).pem"), "-days", "2", "-subj", "/CN=spook test \(caName)"])
-        if caName != "ca" { return }
-        try openssl(["req"] + curve + ["-keyout", dir.file("server.key"), "-out", dir.file("server.csr"), "-subj", "/CN=localhost"])
-        let ext = dir.file("ext.cnf")
-        let fd = open(ext, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        _ = "subjectAltName=DNS:localhost\n".withCString { write(fd, $0, strlen($0)) }
-        close(fd)
-        try openssl(["x509", "-req", "-in", dir.file("server.csr"), "-CA", dir.file("ca.pem"), "-CAkey", dir.file("ca.key"), "-CAcreateserial",
-                     "-out", dir.file("server.pem"), "-days", "2", "-extfile", ext])
+        try TestCertificates.ca(in: dir.path, name: caName, commonName: "spook test \(caName)")
+        if caName == "ca" { try TestCertificates.server(in: dir.path) }
     }
 
     static func cluster(_ transport: Transport, trust ca: String = "ca", edgeExtra: String = "") throws -> Cluster {

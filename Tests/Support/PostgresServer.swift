@@ -54,19 +54,8 @@ public final class PostgresServer: @unchecked Sendable {
     /// A throwaway CA and the server's certificate and key (the key readable
     /// by the server's user only, as PostgreSQL insists).
     private func makeCertificates(owner: passwd?) throws {
-        func openssl(_ arguments: [String]) throws {
-            let p = try ChildProcess("/usr/bin/openssl", arguments, stderrPath: "\(dir)/openssl.log")
-            guard p.wait() == 0 else { throw ChildProcess.Failure("openssl \(arguments.first ?? "") failed: see \(dir)/openssl.log") }
-        }
-        let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-        try openssl(["req", "-x509"] + curve + ["-keyout", "\(dir)/ca.key", "-out", caFile, "-days", "2", "-subj", "/CN=spook test database CA"])
-        try openssl(["req"] + curve + ["-keyout", "\(dir)/server.key", "-out", "\(dir)/server.csr", "-subj", "/CN=localhost"])
-        let ext = "\(dir)/server.ext"
-        let fd = open(ext, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        _ = "subjectAltName=DNS:localhost\n".withCString { write(fd, $0, strlen($0)) }
-        close(fd)
-        try openssl(["x509", "-req", "-in", "\(dir)/server.csr", "-CA", caFile, "-CAkey", "\(dir)/ca.key", "-CAcreateserial",
-                     "-out", "\(dir)/server.pem", "-days", "2", "-extfile", ext])
+        try TestCertificates.ca(in: dir, commonName: "spook test database CA")
+        try TestCertificates.server(in: dir)
         for file in ["server.key", "server.pem", "ca.pem"] {
             if let owner { chown("\(dir)/\(file)", owner.pw_uid, owner.pw_gid) }
             chmod("\(dir)/\(file)", file == "server.key" ? 0o600 : 0o644)

@@ -4,7 +4,7 @@
 //
 //     bench/run              (release build, then this)
 //     bench/run --quick      (smaller counts, for a smoke run)
-//     bench/run --only P     one part: core, store, wasm, link, fleet, longrun, devices, mqtt, page or footprint
+//     bench/run --only P     one part (bench/run --help lists them)
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,39 +21,46 @@ let usage = """
       --fleet-sqlite-only  the fleet without its PostgreSQL set-ups
 
     """
-/// Every argument is checked before anything runs: a typo must not start a
-/// run of many minutes that measures something else.
-func checkArguments() {
-    var args = CommandLine.arguments.dropFirst()
-    func refuse(_ why: String) -> Never {
-        let text = Array("spook-bench: \(why)\n\(usage)".utf8)
-        _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-        exit(2)
-    }
-    while let arg = args.popFirst() {
-        switch arg {
-        case "--help", "-h":
-            print(usage, terminator: "")
-            exit(0)
-        case "--quick", "--fleet-sqlite-only": continue
-        case "--only":
-            guard let part = args.popFirst() else { refuse("--only needs a part") }
-            guard parts.contains(part) else { refuse("--only \(part): no such part") }
-        case "--fleet-rate":
-            guard let r = args.popFirst().flatMap(Double.init), r > 0 else { refuse("--fleet-rate needs a positive number of updates/s") }
-        default:
-            refuse("unknown argument \(arg)")
+/// The command line, every argument checked before anything runs: a typo
+/// must not start a run of many minutes that measures something else.
+struct Arguments {
+    var quick = false
+    var only: String?
+    /// The fleet's updates/s per agent (the issue's load; lower shows latency below saturation).
+    var fleetRate = 100.0
+    var fleetSQLiteOnly = false
+
+    init(_ list: ArraySlice<String>) {
+        var args = list
+        func refuse(_ why: String) -> Never {
+            let text = Array("spook-bench: \(why)\n\(usage)".utf8)
+            _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            exit(2)
+        }
+        while let arg = args.popFirst() {
+            switch arg {
+            case "--help", "-h":
+                print(usage, terminator: "")
+                exit(0)
+            case "--quick": quick = true
+            case "--fleet-sqlite-only": fleetSQLiteOnly = true
+            case "--only":
+                guard let part = args.popFirst() else { refuse("--only needs a part") }
+                guard parts.contains(part) else { refuse("--only \(part): no such part") }
+                only = part
+            case "--fleet-rate":
+                guard let r = args.popFirst().flatMap(Double.init), r > 0 else { refuse("--fleet-rate needs a positive number of updates/s") }
+                fleetRate = r
+            default:
+                refuse("unknown argument \(arg)")
+            }
         }
     }
 }
-checkArguments()
-
-let quick = CommandLine.arguments.contains("--quick")
+let arguments = Arguments(CommandLine.arguments.dropFirst())
+let quick = arguments.quick
 let scale = quick ? 10 : 1
-/// `--only core`, `store`, `wasm`, `link`, `fleet`, `longrun`, `devices`, `mqtt`, `page` or `footprint` runs one part.
-let only: String? = CommandLine.arguments.firstIndex(of: "--only").flatMap { i in
-    i + 1 < CommandLine.arguments.count ? CommandLine.arguments[i + 1] : nil
-}
+let only = arguments.only
 func runs(_ part: String) -> Bool { only == nil || only == part }
 
 func now() -> Double {
@@ -303,14 +310,8 @@ if runs("link") {
 if runs("fleet") {
     let fleetDir = "\(dir)/fleet"
     mkdir(fleetDir, 0o700)
-    // `--fleet-rate R`: updates/s per agent (default 100, the issue's load; lower shows latency below saturation).
-    let fleetRate = CommandLine.arguments.firstIndex(of: "--fleet-rate").flatMap { i in
-        i + 1 < CommandLine.arguments.count ? Double(CommandLine.arguments[i + 1]) : nil
-    } ?? 100
-    // `--fleet-sqlite-only`: skip the PostgreSQL set-ups (a quicker look while tuning).
-    let sqliteOnly = CommandLine.arguments.contains("--fleet-sqlite-only")
-    rows += try FleetBench.run(dir: fleetDir, binaries: binaries, agents: quick ? 100 : 1_000, rate: fleetRate, seconds: quick ? 3 : 10,
-                               postgres: !sqliteOnly)
+    rows += try FleetBench.run(dir: fleetDir, binaries: binaries, agents: quick ? 100 : 1_000, rate: arguments.fleetRate, seconds: quick ? 3 : 10,
+                               postgres: !arguments.fleetSQLiteOnly)
 }
 
 // MARK: the long run (a million writes, a watcher, compaction)

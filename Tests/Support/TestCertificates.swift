@@ -1,0 +1,29 @@
+import Glibc
+
+/// Throwaway X.509 material for TLS tests, made with openssl(1): a
+/// self-signed CA, and a server certificate for `DNS:localhost` it signs.
+/// P-256 keys, valid two days; openssl's output goes to `<dir>/openssl.log`.
+public enum TestCertificates {
+    /// `<dir>/<name>.key` and `<dir>/<name>.pem`.
+    public static func ca(in dir: String, name: String = "ca", commonName: String) throws {
+        try openssl(["req", "-x509"] + curve + ["-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).pem", "-days", "2", "-subj", "/CN=\(commonName)"], in: dir)
+    }
+
+    /// `<dir>/server.key` and `<dir>/server.pem` for `localhost`, signed by the CA `<dir>/<ca>.pem`.
+    public static func server(in dir: String, ca: String = "ca") throws {
+        try openssl(["req"] + curve + ["-keyout", "\(dir)/server.key", "-out", "\(dir)/server.csr", "-subj", "/CN=localhost"], in: dir)
+        let ext = "\(dir)/server.ext"
+        let fd = open(ext, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = "subjectAltName=DNS:localhost\n".withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        try openssl(["x509", "-req", "-in", "\(dir)/server.csr", "-CA", "\(dir)/\(ca).pem", "-CAkey", "\(dir)/\(ca).key", "-CAcreateserial",
+                     "-out", "\(dir)/server.pem", "-days", "2", "-extfile", ext], in: dir)
+    }
+
+    static let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+
+    static func openssl(_ arguments: [String], in dir: String) throws {
+        let p = try ChildProcess("/usr/bin/openssl", arguments, stderrPath: "\(dir)/openssl.log")
+        guard p.wait() == 0 else { throw ChildProcess.Failure("openssl \(arguments.first ?? "") failed: see \(dir)/openssl.log") }
+    }
+}
