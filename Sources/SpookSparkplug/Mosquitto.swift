@@ -95,12 +95,17 @@ final class MosquittoConnection: @unchecked Sendable {
         return rc == MOSQ_ERR_SUCCESS.rawValue ? mid : nil
     }
 
-    /// Sends DISCONNECT after whatever is queued, waits for the network thread to end, frees the client.
+    /// Sends DISCONNECT after whatever is queued, waits for the network
+    /// thread to end, frees the client. The thread ends by itself only once
+    /// DISCONNECT is written; when there is no connection to write it on
+    /// (libmosquitto between its own reconnect attempts), it is cancelled:
+    /// waiting for it hung the agent's MQTT connects and its shutdown for
+    /// good when the broker was cut off.
     func close() {
         guard !closed else { return }
         closed = true
-        _ = mosquitto_disconnect(mosq)
-        _ = mosquitto_loop_stop(mosq, false)
+        let rc = mosquitto_disconnect(mosq)
+        _ = mosquitto_loop_stop(mosq, rc != MOSQ_ERR_SUCCESS.rawValue)
         mosquitto_destroy(mosq)
     }
 

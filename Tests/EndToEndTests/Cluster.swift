@@ -132,8 +132,7 @@ final class Cluster {
     func startEdge(_ name: String = "gw1") throws { edges[name] = try launch("spook-edge", "\(name).toml") }
 
     func stopEdge(_ name: String = "gw1", signal: Int32 = SIGTERM) {
-        edges[name]?.signal(signal)
-        edges[name]?.wait()
+        if let e = edges[name], !e.stop(signal) { Issue.record("\(name) did not exit within 30 s of signal \(signal)") }
         edges[name] = nil
     }
 
@@ -173,9 +172,12 @@ final class Cluster {
         return links.contains { $0["state"]?.string == "coherent" }
     }
 
+    /// Every process is asked to stop (SIGTERM) and must within 30 s: a
+    /// shutdown that hangs is a failure, not a hung test run.
     deinit {
-        for e in edges.values { e.signal(SIGTERM); e.wait() }
-        daemon?.signal(SIGTERM)
-        daemon?.wait()
+        for (name, e) in edges.sorted(by: { $0.key < $1.key }) where !e.stop() {
+            Issue.record("spook-edge \(name) did not exit within 30 s of SIGTERM")
+        }
+        if let daemon, !daemon.stop() { Issue.record("spookd did not exit within 30 s of SIGTERM") }
     }
 }

@@ -257,13 +257,7 @@ import Testing
         }
         // A certificate for localhost from the CA the agent trusts, moved over the daemon's files.
         let dir = c.dir
-        func openssl(_ arguments: [String]) throws {
-            let p = try ChildProcess("/usr/bin/openssl", arguments)
-            guard p.wait() == 0 else { throw APIClientError("openssl \(arguments.first ?? "") failed") }
-        }
-        try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", dir.file("renewed.key"), "-out", dir.file("renewed.csr"), "-subj", "/CN=localhost"])
-        try openssl(["x509", "-req", "-in", dir.file("renewed.csr"), "-CA", dir.file("otherca.pem"), "-CAkey", dir.file("otherca.key"), "-CAcreateserial",
-                     "-out", dir.file("renewed.pem"), "-days", "2", "-extfile", dir.file("ext.cnf")])
+        try TestCertificates.server(in: dir.path, ca: "otherca", name: "renewed")
         #expect(rename(dir.file("renewed.key"), dir.file("server.key")) == 0 && rename(dir.file("renewed.pem"), dir.file("server.pem")) == 0)
         c.daemon?.signal(SIGHUP)
         try c.waitFor("the agent links with the renewed certificate", seconds: 40) { c.value("spookd", "site1.l1/tls/after-renewal") == .int(1) }

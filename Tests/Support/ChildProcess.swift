@@ -126,6 +126,27 @@ public final class ChildProcess {
         return status & 0x7f == 0 ? (status >> 8) & 0xff : -1
     }
 
+    /// Sends `signal` and waits up to `seconds` for the child to end; past
+    /// that, SIGKILL. Returns whether it ended in time: a process that does
+    /// not stop when asked fails its test instead of hanging the whole run.
+    public func stop(_ signal: Int32 = SIGTERM, within seconds: Double = 30) -> Bool {
+        guard !exited else { return true }
+        kill(pid, signal)
+        let deadline = monotonicMs() + UInt64(seconds * 1000)
+        var status: Int32 = 0
+        while monotonicMs() < deadline {
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid || (r < 0 && errno == ECHILD) {
+                exited = true
+                return true
+            }
+            usleep(20_000)
+        }
+        kill(pid, SIGKILL)
+        _ = wait()
+        return false
+    }
+
     /// Waits for the child to end; returns its wait status.
     @discardableResult
     public func wait() -> Int32 {

@@ -9,15 +9,15 @@ public enum TestCertificates {
         try openssl(["req", "-x509"] + curve + ["-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).pem", "-days", "2", "-subj", "/CN=\(commonName)"], in: dir)
     }
 
-    /// `<dir>/server.key` and `<dir>/server.pem` for `localhost`, signed by the CA `<dir>/<ca>.pem`.
-    public static func server(in dir: String, ca: String = "ca") throws {
-        try openssl(["req"] + curve + ["-keyout", "\(dir)/server.key", "-out", "\(dir)/server.csr", "-subj", "/CN=localhost"], in: dir)
-        let ext = "\(dir)/server.ext"
+    /// `<dir>/<name>.key` and `<dir>/<name>.pem` for `localhost`, signed by the CA `<dir>/<ca>.pem`.
+    public static func server(in dir: String, ca: String = "ca", name: String = "server") throws {
+        try openssl(["req"] + curve + ["-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).csr", "-subj", "/CN=localhost"], in: dir)
+        let ext = "\(dir)/\(name).ext"
         let fd = open(ext, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         _ = "subjectAltName=DNS:localhost\n".withCString { write(fd, $0, strlen($0)) }
         close(fd)
-        try openssl(["x509", "-req", "-in", "\(dir)/server.csr", "-CA", "\(dir)/\(ca).pem", "-CAkey", "\(dir)/\(ca).key", "-CAcreateserial",
-                     "-out", "\(dir)/server.pem", "-days", "2", "-extfile", ext], in: dir)
+        try openssl(["x509", "-req", "-in", "\(dir)/\(name).csr", "-CA", "\(dir)/\(ca).pem", "-CAkey", "\(dir)/\(ca).key", "-CAcreateserial",
+                     "-out", "\(dir)/\(name).pem", "-days", "2", "-extfile", ext], in: dir)
     }
 
     static let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
