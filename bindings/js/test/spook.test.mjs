@@ -2,7 +2,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync, existsSync } from "node:fs";
+import { mkdtempSync, writeFileSync, existsSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -10,11 +10,11 @@ import { connect, float, SpookError, decodeValue } from "../spook.mjs";
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../../..");
 const binary = process.env.SPOOK_EDGE ?? path.join(root, ".build/debug/spook-edge");
-let node, socket;
+let node, socket, dir;
 
 before(async () => {
   if (!existsSync(binary)) throw new Error(`${binary} is not built: run swift build, or set SPOOK_EDGE`);
-  const dir = mkdtempSync(path.join(tmpdir(), "spook-js-"));
+  dir = mkdtempSync(path.join(tmpdir(), "spook-js-"));
   socket = path.join(dir, "edge.sock");
   writeFileSync(path.join(dir, "edge.toml"), `
 [node]
@@ -41,7 +41,14 @@ type = "int"
   });
 });
 
-after(() => node?.kill("SIGTERM"));
+after(async () => {
+  if (node && node.exitCode === null) {
+    const exited = new Promise((resolve) => node.once("exit", resolve));
+    node.kill("SIGTERM");
+    await exited;
+  }
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
 
 test("set and get every value type", async () => {
   const c = await connect(socket);

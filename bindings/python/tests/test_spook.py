@@ -1,6 +1,7 @@
 """The Python binding against a real spook-edge (the build's binary, or
 $SPOOK_EDGE), started in a temporary folder and stopped after the tests."""
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,7 @@ policy = "device"
     yield socket_path
     process.terminate()
     process.wait(timeout=20)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_set_and_get_every_value_type(node):
