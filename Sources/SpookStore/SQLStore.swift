@@ -645,9 +645,8 @@ public final class SQLStore: Store {
     private func trimHistoryIfDue() throws {
         if trimScan == nil {
             guard historyUntrimmed >= max(1_024, state.registers.count * options.historyLength) else { return }
-            historyUntrimmed = 0
-            historyTrims += 1
             let keepAfter = try trimBoundForReader(warn: true)
+            historyTrims += 1
             guard !db.shared else {
                 // PostgreSQL ranks the rows itself, on its (name, id) index, without sending them here.
                 try transaction {
@@ -660,8 +659,11 @@ public final class SQLStore: Store {
                     s.bind(2, keepAfter)
                     try s.step()
                 }
+                historyUntrimmed = 0
                 return
             }
+            // Rows appended from here on count towards the next trim.
+            historyUntrimmed = 0
             var scan = TrimScan(keepAfter: keepAfter)
             scan.rows.reserveCapacity(state.registers.count)
             trimScan = scan

@@ -132,19 +132,19 @@ public final class ChildProcess {
     public func stop(_ signal: Int32 = SIGTERM, within seconds: Double = 30) -> Bool {
         guard !exited else { return true }
         kill(pid, signal)
-        let deadline = monotonicMs() + UInt64(seconds * 1000)
         var status: Int32 = 0
-        while monotonicMs() < deadline {
-            let r = waitpid(pid, &status, WNOHANG)
-            if r == pid || (r < 0 && errno == ECHILD) {
-                exited = true
-                return true
+        do {
+            try waitUntil("process \(pid) to exit", seconds: seconds) {
+                let r = waitpid(pid, &status, WNOHANG)
+                return r == pid || (r < 0 && errno == ECHILD)
             }
-            usleep(20_000)
+            exited = true
+            return true
+        } catch {
+            kill(pid, SIGKILL)
+            _ = wait()
+            return false
         }
-        kill(pid, SIGKILL)
-        _ = wait()
-        return false
     }
 
     /// Waits for the child to end; returns its wait status.
