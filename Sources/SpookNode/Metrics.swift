@@ -136,6 +136,14 @@ package final class NodeMetrics: @unchecked Sendable {
         registry.makeCounter(descriptor: NodeMetrics.mqttTrimmedName).increment(by: Int64(rows))
     }
 
+    static var mqttLostName: MetricNameDescriptor {
+        name("mqtt_connections_lost", "total", "MQTT connections lost, or attempts that failed before the node was born (each is retried after the backoff)")
+    }
+
+    package func mqttLost() {
+        registry.makeCounter(descriptor: NodeMetrics.mqttLostName).increment()
+    }
+
     package func mqttState(connected: Bool, backlogRows: Int64) {
         registry.makeGauge(descriptor: NodeMetrics.mqttConnectedName).set(to: connected ? 1 : 0)
         registry.makeGauge(descriptor: NodeMetrics.mqttBacklogName).set(to: Double(backlogRows))
@@ -184,6 +192,7 @@ package final class NodeMetrics: @unchecked Sendable {
             for r in MQTTSpec.refusalReasons { _ = registry.makeCounter(descriptor: NodeMetrics.mqttRefusedName, labels: [("reason", r)]) }
             for t in MQTTSpec.messageTypes { _ = registry.makeCounter(descriptor: NodeMetrics.mqttPublishedName, labels: [("type", t)]) }
             _ = registry.makeGauge(descriptor: NodeMetrics.mqttConnectedName)
+            _ = registry.makeCounter(descriptor: NodeMetrics.mqttLostName)
             _ = registry.makeGauge(descriptor: NodeMetrics.mqttBacklogName)
             _ = registry.makeCounter(descriptor: NodeMetrics.mqttTrimmedName)
         }

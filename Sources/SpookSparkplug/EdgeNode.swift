@@ -12,7 +12,7 @@ import SwiftProtobuf
 
 /// The agent as a Sparkplug B edge node (docs/mqtt.md).
 ///
-/// Everything here runs on the node loop but libmosquitto's network thread,
+/// Everything here runs on the node loop but each connection's network thread,
 /// whose callbacks only hop over. What is published comes from the store's
 /// register history, read from a cursor that advances only when the broker
 /// has acknowledged a DDATA (QoS 1): while the broker is away the history is
@@ -32,9 +32,9 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
     var retry: Scheduled<Void>?
     var connackDeadline: Scheduled<Void>?
     var stopped = false
-    /// Where connecting (name resolution, the TCP connect) and closing (joining
-    /// the network thread) happen: never on the node loop. One thread, so a
-    /// connection's close always follows its connect.
+    /// Where a connection is closed (its network thread joined, bounded by
+    /// `MosquittoConnection.closeFlushMs`): never on the node loop. Connecting
+    /// happens on each connection's own network thread.
     let blocking = NIOThreadPool(numberOfThreads: 1)
     /// CONNACK received and NBIRTH published: DBIRTH, DDATA and DDEATH may follow.
     var born = false
@@ -114,12 +114,8 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
             let c = try MosquittoConnection(spec: spec, owner: self, generation: generation, will: (topic(.ndeath), will.bytes))
             connection = c
             logger.info("MQTT connecting", metadata: ["broker": "\(spec.host):\(spec.port)", "bdSeq": "\(bdSeq)"])
+            try c.start()
             let gen = generation
-            blocking.submit { [self] _ in
-                do { try c.connect() } catch {
-                    node.loop.execute { [self] in if gen == generation { lost("\(error)") } }
-                }
-            }
             // Keepalive and a half: the broker's own deadline for a silent client.
             connackDeadline = node.loop.scheduleTask(in: .milliseconds(Int64(spec.keepaliveS) * 1_500)) { [self] in
                 if gen == generation, !born { lost("no CONNACK within \(spec.keepaliveS * 3 / 2) s") }
@@ -143,6 +139,7 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
         bdSeq &+= 1
         report()
         guard !stopped else { return }
+        node.metrics.mqttLost()
         let delay = backoff.delayMs(origin: node.origin, attempt: attempt)
         attempt += 1
         node.limitLog.warning("mqtt-lost", "MQTT connection \(wasBorn ? "lost" : "failed"): \(why); retrying in \(delay) ms", nowMs: nowMs)
@@ -163,9 +160,15 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
         birth()
     }
 
+    /// Both the disconnect callback and the network thread's end report a
+    /// loss: the first one counts (`connection` is nil after it).
     func disconnected(_ gen: Int, _ rc: Int32) {
-        guard gen == generation, !stopped else { return }
-        lost(rc == 0 ? "disconnected" : String(cString: mosquitto_strerror(rc)))
+        failed(gen, rc == 0 ? "disconnected" : MosquittoConnection.describe(rc))
+    }
+
+    func failed(_ gen: Int, _ why: String) {
+        guard gen == generation, connection != nil, !stopped else { return }
+        lost(why)
     }
 
     // MARK: births and deaths

@@ -2,20 +2,34 @@
 import Glibc
 #endif
 import CMosquitto
+import NIOConcurrencyHelpers
 import NIOCore
 import SpookNode
 
-/// One MQTT 3.1.1 connection through libmosquitto, with its network loop
-/// on a thread of its own. Each connection attempt gets a new one (so each
-/// carries its own NDEATH will, with its own bdSeq, and nothing queued for
-/// an old connection is ever sent on a new one). Callbacks hop to the node
-/// loop, tagged with the connection's generation.
+/// One MQTT 3.1.1 connection through libmosquitto, on a network thread of
+/// its own that this type starts, drives and ends: it connects, runs
+/// `mosquitto_loop` until the connection is lost or closed, and never
+/// reconnects (each attempt gets a new connection, so each carries its own
+/// NDEATH will with its own bdSeq, and nothing queued for an old connection
+/// is ever sent on a new one). libmosquitto's own thread (`mosquitto_loop_start`)
+/// is not used: after a loss it sleeps its reconnect delay in a call that
+/// only `pthread_cancel` interrupts, and a cancel that lands in a callback
+/// leaves the agent's locks held. Callbacks hop to the node loop, tagged
+/// with the connection's generation.
 final class MosquittoConnection: @unchecked Sendable {
     let mosq: OpaquePointer
     let spec: MQTTSpec
     unowned let owner: SparkplugEdgeNode
     let generation: Int
+    /// Set by `close`: the network thread ends once DISCONNECT is out or this deadline passes.
+    private let closeBy = NIOLockedValueBox<NIODeadline?>(nil)
+    private var thread: pthread_t?
     private var closed = false
+
+    /// How long a closing connection may take to write what is queued and DISCONNECT.
+    static let closeFlushMs: Int64 = 2_000
+    /// The network thread's longest wait in `mosquitto_loop` (it is woken at once by anything queued).
+    static let loopWaitMs: Int32 = 200
 
     private static let library: Int32 = mosquitto_lib_init()
     static func initialiseLibrary() { _ = library }
@@ -31,8 +45,8 @@ final class MosquittoConnection: @unchecked Sendable {
         _ = mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311)
         // libmosquitto's own window of unacknowledged QoS 1 messages: ours is the same bound.
         _ = mosquitto_max_inflight_messages_set(m, UInt32(spec.inflightMax))
-        // We reconnect ourselves (a new client per attempt): the library's own retry waits for good.
-        _ = mosquitto_reconnect_delay_set(m, 3_600, 3_600, false)
+        // Publishing (node loop) and the network loop (our thread) run at once: libmosquitto must lock.
+        _ = mosquitto_threaded_set(m, true)
         try check(will.payload.withUnsafeBytes { mosquitto_will_set(m, will.topic, Int32($0.count), $0.baseAddress, 1, false) }, "will")
         if let user = spec.username {
             var password: String?
@@ -78,10 +92,53 @@ final class MosquittoConnection: @unchecked Sendable {
         guard rc == MOSQ_ERR_SUCCESS.rawValue else { throw APIError("[mqtt] \(what): \(String(cString: mosquitto_strerror(rc)))") }
     }
 
-    /// Starts connecting (CONNACK arrives through the connect callback) and the network thread.
-    func connect() throws {
-        try check(mosquitto_connect_async(mosq, spec.host, Int32(spec.port), Int32(spec.keepaliveS)), "connect to \(spec.host):\(spec.port)")
-        try check(mosquitto_loop_start(mosq), "network thread")
+    /// Starts the network thread, which connects (name resolution and the
+    /// TCP connect happen there, never on the node loop; CONNACK arrives
+    /// through the connect callback) and then runs the network loop.
+    func start() throws {
+        precondition(thread == nil, "a connection is started once")
+        var tid = pthread_t()
+        // The thread holds the connection until it ends: `close` joins it before the client is freed.
+        let this = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&tid, nil, { arg in
+            let c = Unmanaged<MosquittoConnection>.fromOpaque(arg!).takeRetainedValue()
+            c.run()
+            return nil
+        }, this)
+        guard rc == 0 else {
+            Unmanaged<MosquittoConnection>.fromOpaque(this).release()
+            throw APIError("[mqtt]: cannot start the network thread (\(String(cString: strerror(rc))))")
+        }
+        thread = tid
+    }
+
+    /// The network thread: connect, then loop until lost or closed. A loss
+    /// is reported to the owner (which also hears it through the disconnect
+    /// callback when libmosquitto saw it; the owner takes the first).
+    private func run() {
+        let rc = mosquitto_connect_async(mosq, spec.host, Int32(spec.port), Int32(spec.keepaliveS))
+        guard rc == MOSQ_ERR_SUCCESS.rawValue else {
+            if closeBy.withLockedValue({ $0 }) == nil {
+                let why = "connect to \(spec.host):\(spec.port): \(MosquittoConnection.describe(rc))"
+                owner.node.loop.execute { [self] in owner.failed(generation, why) }
+            }
+            return
+        }
+        while true {
+            let deadline = closeBy.withLockedValue { $0 }
+            if let deadline, NIODeadline.now() >= deadline { return }
+            let rc = mosquitto_loop(mosq, MosquittoConnection.loopWaitMs, 1)
+            guard rc == MOSQ_ERR_SUCCESS.rawValue else {
+                // Closing: DISCONNECT went out and the socket is closed (or there never was one).
+                guard closeBy.withLockedValue({ $0 }) == nil else { return }
+                owner.node.loop.execute { [self] in owner.disconnected(generation, rc) }
+                return
+            }
+        }
+    }
+
+    static func describe(_ rc: Int32) -> String {
+        rc == MOSQ_ERR_ERRNO.rawValue ? String(cString: strerror(errno)) : String(cString: mosquitto_strerror(rc))
     }
 
     func subscribe(_ topic: String) {
@@ -96,16 +153,22 @@ final class MosquittoConnection: @unchecked Sendable {
     }
 
     /// Sends DISCONNECT after whatever is queued, waits for the network
-    /// thread to end, frees the client. The thread ends by itself only once
-    /// DISCONNECT is written; when there is no connection to write it on
-    /// (libmosquitto between its own reconnect attempts), it is cancelled:
-    /// waiting for it hung the agent's MQTT connects and its shutdown for
-    /// good when the broker was cut off.
+    /// thread to end (at most `closeFlushMs` and one loop wait: a broker cut
+    /// off mid-write cannot hold it longer), frees the client. Never on the
+    /// node loop: the owner closes on its blocking pool.
     func close() {
         guard !closed else { return }
         closed = true
-        let rc = mosquitto_disconnect(mosq)
-        _ = mosquitto_loop_stop(mosq, rc != MOSQ_ERR_SUCCESS.rawValue)
+        if let thread {
+            closeBy.withLockedValue { $0 = .now() + .milliseconds(MosquittoConnection.closeFlushMs) }
+            // Queues DISCONNECT and wakes the loop; with no connection it only marks the client disconnecting.
+            _ = mosquitto_disconnect(mosq)
+            if pthread_equal(thread, pthread_self()) != 0 {
+                pthread_detach(thread)  // the last reference dropped on the thread itself, as it ended
+            } else {
+                pthread_join(thread, nil)
+            }
+        }
         mosquitto_destroy(mosq)
     }
 

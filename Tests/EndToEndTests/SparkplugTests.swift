@@ -268,6 +268,35 @@ extension JSONValue {
         #expect(host.violations.isEmpty, "\(host.violationReport)\nthe broker's log:\n\((try? String(contentsOfFile: dir.file("mosquitto.log"), encoding: .utf8)) ?? "-")")
     }
 
+    /// A network that completes TCP handshakes and then carries nothing:
+    /// each attempt ends without CONNACK and is closed with its DISCONNECT
+    /// written into the void. Neither holds up the next attempt, the birth
+    /// once the broker answers, or the agent's stop (before 2026-12-02 a
+    /// close could wait on libmosquitto's reconnecting thread for good).
+    @Test func aSilentBrokerHoldsNothingUp() throws {
+        let dir = TemporaryDirectory()
+        let brokerPort = try CuttableProxy.freePort(), metrics = try CuttableProxy.freePort(), noDevice = try CuttableProxy.freePort()
+        let broker = try MosquittoBroker(port: brokerPort, dir: dir)
+        defer { broker.stop() }
+        let proxy = try CuttableProxy(to: brokerPort)
+        proxy.blackhole()
+        let host = try SparkplugHost(port: brokerPort, group: "plant", node: "gw1")
+        defer { host.stop() }
+        let c = try Self.cluster(devicePort: noDevice, broker: proxy.port, metrics: metrics)
+        try c.startDaemon()
+        try c.startEdge()
+        func sample(_ name: String) throws -> Double? { MetricsTests.sample(try MetricsTests.get(metrics, "/metrics"), name) }
+        try c.waitFor("two attempts given up on the silent broker", seconds: 40) { try sample("spook_mqtt_connections_lost_total") ?? 0 >= 2 }
+        #expect(host.of("NBIRTH").isEmpty, "nothing reached the broker through the blackhole")
+        #expect(try sample("spook_mqtt_connected") == 0)
+        proxy.heal()
+        try c.waitFor("born once the broker answers", seconds: 40) { try sample("spook_mqtt_connected") == 1 && !host.of("NBIRTH").isEmpty }
+        let bdSeq = Self.bdSeq(host.of("NBIRTH").last)
+        c.stopEdge()  // an Issue unless the agent exits within 30 s of SIGTERM
+        try c.waitFor("the agent's own NDEATH") { host.of("NDEATH").contains { Self.bdSeq($0) == bdSeq && $0["current"] == .bool(true) } }
+        #expect(host.violations.isEmpty, "\(host.violationReport)")
+    }
+
     /// A broker that takes the agent only over TLS, with a user name and
     /// password: the node connects with the CA, the credentials from
     /// password_file, and is born. The host listens on a plain listener.
