@@ -26,6 +26,7 @@ static pc_file *open_files;
 static long countdown = -1;
 static long ops_seen;
 static int cut;
+static long subjournals;
 
 static void forget(pc_file *f) {
     while (f->pending) {
@@ -156,6 +157,7 @@ static const sqlite3_io_methods methods = {
 static int pc_open(sqlite3_vfs *v, const char *name, sqlite3_file *file, int flags, int *out_flags) {
     (void)v;
     pc_file *f = (pc_file *)file;
+    if (flags & SQLITE_OPEN_SUBJOURNAL) subjournals++;
     memset(f, 0, sizeof *f);
     f->real = (sqlite3_file *)(f + 1);
     int rc = real_vfs->xOpen(real_vfs, name, f->real, flags, out_flags);
@@ -208,6 +210,7 @@ void powercut_arm(long ops) {
 
 int powercut_happened(void) { return cut; }
 long powercut_ops(void) { return ops_seen; }
+long powercut_subjournals(void) { return subjournals; }
 
 void powercut_reset(void) {
     cut = 0;

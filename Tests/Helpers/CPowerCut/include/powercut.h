@@ -17,6 +17,8 @@ void powercut_arm(long ops);
 int powercut_happened(void);
 /* Writes, truncates and syncs seen since the last arm (to pick cut points). */
 long powercut_ops(void);
+/* Statement journals SQLite opened as files through this VFS, ever. */
+long powercut_subjournals(void);
 /* Power back on: forgets the cut and every remembered write. */
 void powercut_reset(void);
 
