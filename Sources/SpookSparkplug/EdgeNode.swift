@@ -160,12 +160,9 @@ package final class SparkplugEdgeNode: NodeService, @unchecked Sendable {
         birth()
     }
 
-    /// Both the disconnect callback and the network thread's end report a
-    /// loss: the first one counts (`connection` is nil after it).
-    func disconnected(_ gen: Int, _ rc: Int32) {
-        failed(gen, rc == 0 ? "disconnected" : MosquittoConnection.describe(rc))
-    }
-
+    /// The connection `gen` is gone. Both the disconnect callback and the
+    /// network thread's end report a loss: the first one counts
+    /// (`connection` is nil after it).
     func failed(_ gen: Int, _ why: String) {
         guard gen == generation, connection != nil, !stopped else { return }
         lost(why)

@@ -62,7 +62,7 @@ final class MosquittoConnection: @unchecked Sendable {
         }
         mosquitto_disconnect_callback_set(m) { _, obj, rc in
             let c = Unmanaged<MosquittoConnection>.fromOpaque(obj!).takeUnretainedValue()
-            c.owner.node.loop.execute { c.owner.disconnected(c.generation, rc) }
+            c.lost(rc)
         }
         mosquitto_publish_callback_set(m) { _, obj, mid in
             let c = Unmanaged<MosquittoConnection>.fromOpaque(obj!).takeUnretainedValue()
@@ -131,10 +131,16 @@ final class MosquittoConnection: @unchecked Sendable {
             guard rc == MOSQ_ERR_SUCCESS.rawValue else {
                 // Closing: DISCONNECT went out and the socket is closed (or there never was one).
                 guard closeBy.withLockedValue({ $0 }) == nil else { return }
-                owner.node.loop.execute { [self] in owner.disconnected(generation, rc) }
+                lost(rc)
                 return
             }
         }
+    }
+
+    /// Tells the owner the connection is gone (network thread: errno is this thread's).
+    private func lost(_ rc: Int32) {
+        let why = rc == 0 ? "disconnected" : MosquittoConnection.describe(rc)
+        owner.node.loop.execute { [self] in owner.failed(generation, why) }
     }
 
     static func describe(_ rc: Int32) -> String {
