@@ -177,6 +177,7 @@ public final class Node: @unchecked Sendable {
         self.identity = identity
         if created { logger.notice("created a new key", metadata: ["path": "\(config.keyPath)", "public": "\(identity.publicKey.hex)"]) }
         var storeOptions = StoreOptions(sync: config.sync, historyLength: config.historyLength, schema: config.schema)
+        storeOptions.walBytes = config.logMiB << 20
         // An ACK costs no transaction of its own: it is written with the next
         // commit or compaction step (at most [compaction] interval_ms later).
         storeOptions.lazyAcks = true

@@ -123,6 +123,8 @@ public struct NodeConfig: Sendable {
     public var dataPath = ""
     public var sync: SyncLevel = .full
     public var historyLength = 32
+    /// `[node] log_mib`: the SQLite log's bound (StoreOptions.walBytes), in MiB.
+    public var logMiB = StoreOptions.walBytesDefault >> 20
     public var apiSocket = ""
     /// `[api] fifo`: a named pipe that takes `set REGISTER VALUE` lines (nil: none).
     public var apiFifo: String?
@@ -228,7 +230,7 @@ extension ConfigReader {
     func nodeConfig(_ doc: Table) -> NodeConfig {
         var c = NodeConfig()
         if let node = doc.table("node") {
-            node.rejectUnknownKeys(["name", "key", "data", "sync", "history"])
+            node.rejectUnknownKeys(["name", "key", "data", "sync", "history", "log_mib"])
             c.name = node.string("name") ?? c.name
             if c.name.utf8.count > 64 { fail("node.name", "\"name\" is \(c.name.utf8.count) bytes, the limit is 64") }
             c.keyPath = node.string("key", required: true) ?? ""
@@ -240,6 +242,7 @@ extension ConfigReader {
             }
             c.sync = node.choice("sync", SyncLevel.allCases.map { ($0.rawValue, $0) }) ?? c.sync
             c.historyLength = node.int("history", in: 1...4096) ?? c.historyLength
+            c.logMiB = node.int("log_mib", in: 1...1024) ?? c.logMiB
         } else {
             fail("", "the [node] table is missing (it names the key and data files)")
         }

@@ -71,12 +71,8 @@ public final class SQLStore: Store {
     /// History rows appended since the last trim.
     private var historyUntrimmed = 0
 
-    /// Log pages (4 KiB) past which SQLite checkpoints: 32 MiB. SQLite's
-    /// default, 1,000, checkpointed after nearly every group commit of a
-    /// fleet's daemon, each time with a second fsync (docs/benchmarks.md).
-    public static let walCheckpointPages = 8_192
-    /// Bytes of log file kept after a checkpoint (reused, not regrown).
-    public static let walBytesKept = 32 << 20
+    /// SQLite's page size (its default): the unit of the log.
+    static let pageBytes = 4_096
 
     /// SQLite's page cache per store, in KiB (memory, not disk: a bound on RSS).
     public static let pageCacheKiB = 8 << 10
@@ -92,11 +88,11 @@ public final class SQLStore: Store {
         try db.exec("PRAGMA journal_mode=WAL")
         try db.exec("PRAGMA synchronous=\(options.sync.rawValue.uppercased())")
         // SQLite checkpoints the log into the database file once it holds
-        // `walCheckpointPages` pages, on the committing thread; a checkpoint
-        // writes each page once however often it changed since the last one.
-        // After a checkpoint the file is cut back to `walBytesKept`.
-        try db.exec("PRAGMA wal_autocheckpoint=\(SQLStore.walCheckpointPages)")
-        try db.exec("PRAGMA journal_size_limit=\(SQLStore.walBytesKept)")
+        // `walBytes`, on the committing thread; a checkpoint writes each page
+        // once however often it changed since the last one. After a
+        // checkpoint the file is cut back to `walBytes` (reused, not regrown).
+        try db.exec("PRAGMA wal_autocheckpoint=\(max(1, options.walBytes / SQLStore.pageBytes))")
+        try db.exec("PRAGMA journal_size_limit=\(options.walBytes)")
         // SQLite's default page cache (2 MiB) is smaller than a daemon's hot
         // indexes: under a fleet's load a third of a commit's time was preads.
         try db.exec("PRAGMA cache_size=-\(SQLStore.pageCacheKiB)")
@@ -148,7 +144,7 @@ public final class SQLStore: Store {
     }
 
     /// Copies the WAL into the database file and truncates the WAL (SQLite
-    /// also does this on its own every `walCheckpointPages` pages; this is for backups and
+    /// also does this on its own every `StoreOptions.walBytes`; this is for backups and
     /// measurements).
     public func checkpoint() throws {
         try sqlite().exec("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1204,7 +1200,7 @@ public final class SQLStore: Store {
         guard done else { return CompactionReport(blocksRemoved: 0, deltasRemoved: 0, horizon: horizon) }
         lazyWritten()
         horizon = nextHorizon
-        // SQLite checkpoints the WAL on its own (every `walCheckpointPages` pages); a checkpoint
+        // SQLite checkpoints the WAL on its own (every `StoreOptions.walBytes`); a checkpoint
         // per step would cost every step an fsync.
         logger.debug("compacted", metadata: ["blocks": "\(blocksRemoved)", "deltas": "\(removed)", "horizon": "\(horizon)"])
         return CompactionReport(blocksRemoved: blocksRemoved, deltasRemoved: removed, horizon: horizon, more: more)

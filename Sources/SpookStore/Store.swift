@@ -23,6 +23,14 @@ public struct StoreOptions: Sendable {
     /// History rows a trim reads per step at least (SQLite; each step is a
     /// transaction after a commit, so a trim never stalls writers for long).
     public var historyTrimRowsPerStep: Int = 32_768
+    /// SQLite: the log (WAL) is checkpointed into the database file once it
+    /// holds this many bytes, and cut back to it afterwards (`[node]
+    /// log_mib`). SQLite's default, 1,000 pages (4 MiB), checkpointed after
+    /// nearly every group commit of a fleet's daemon, each time with a
+    /// second fsync (docs/benchmarks.md); an agent on a small board may
+    /// want less disk. At `sync = normal` a power cut may lose up to this much.
+    public var walBytes: Int = StoreOptions.walBytesDefault
+    public static let walBytesDefault = 32 << 20
     /// Largest catch-up batch `catchUp(for:limit:)` accepts.
     public static let catchUpLimitMax = 100_000
 

@@ -11,7 +11,7 @@ import Testing
 
     @Test func theShippedExamplesAreValid() throws {
         let edge = try EdgeConfig.load(path: Self.repo.appendingPathComponent("configs/edge.toml").path, checkFiles: false)
-        #expect(edge.node.name == "gw-17" && edge.node.sync == .full && edge.node.historyLength == 32)
+        #expect(edge.node.name == "gw-17" && edge.node.sync == .full && edge.node.historyLength == 32 && edge.node.logMiB == 8)
         #expect(edge.upstreams.map(\.endpoint) == [.tcp(host: "127.0.0.1", port: 7400)])
         #expect(edge.upstreams.first?.domains.map(\.description) == ["site1.*"])
         #expect(edge.node.schema.spec(for: try QRegisterName("site1.line3/pump7/speed")) == RegisterSpec(type: .int, policy: .device))
@@ -67,7 +67,7 @@ import Testing
             "edge.toml:2:1: with [[upstream]], \"name\" must be a domain label (a-z, 0-9, \"-\"): the links' own registers live in spook.<name>",
             "edge.toml:5:1: \"sync\" = \"sometimes\" is not one of \"off\", \"normal\", \"full\", \"extra\"",
             "edge.toml:6:1: \"history\" = 0 is out of range 1…4096",
-            "edge.toml:7:1: unknown key \"colour\" in [node]; known keys: name, key, data, sync, history",
+            "edge.toml:7:1: unknown key \"colour\" in [node]; known keys: name, key, data, sync, history, log_mib",
             "edge.toml:10:1: \"socket\" must be a string, not integer",
             "edge.toml:13:1: pattern \"Site1.*\": label \"Site1\" has \"S\" at offset 0; labels use only a-z, 0-9 and \"-\"",
             "edge.toml:14:1: \"type\" = \"integer\" is not one of \"bool\", \"int\", \"float\", \"string\", \"bytes\"",
@@ -78,6 +78,20 @@ import Testing
             "edge.toml:25:1: domains[0]: pattern \"site1.*.x\": \"*\" may only stand alone or as the last label (\"site1.*\")",
         ]
         #expect(lines == expected, "got:\n\(lines.joined(separator: "\n"))")
+    }
+
+    /// `[node] log_mib` bounds the SQLite log: 32 MiB unless set, 1 … 1024.
+    @Test func theLogBoundIsAChoiceWithinLimits() throws {
+        let text = try String(contentsOf: Self.repo.appendingPathComponent("configs/edge.toml"), encoding: .utf8)
+        #expect(text.contains("log_mib = 8\n"))
+        #expect(try EdgeConfig.parse(file: "e.toml", text: text.replacingOccurrences(of: "log_mib = 8\n", with: "")).node.logMiB == 32)
+        for bad in ["0", "1025", "\"big\""] {
+            let error = #expect(throws: ConfigError.self) {
+                try EdgeConfig.parse(file: "e.toml", text: text.replacingOccurrences(of: "log_mib = 8\n", with: "log_mib = \(bad)\n"))
+            }
+            let lines = error?.diagnostics.map(\.description) ?? []
+            #expect(lines.count == 1 && lines[0].contains("\"log_mib\""), "log_mib = \(bad): \(lines)")
+        }
     }
 
     @Test func deviceProblemsAreReportedWithTheirPositions() throws {

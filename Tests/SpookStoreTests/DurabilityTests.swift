@@ -36,6 +36,29 @@ import Testing
         return (warm, store.diskBytes(), store.horizon[Origin(1)], log)
     }
 
+    /// SQLite's log file stays within `walBytes` (`[node] log_mib`) and one
+    /// commit, however much is written: 300 commits of about 100 KiB each
+    /// against a bound of 1 MiB.
+    @Test func theSQLiteLogStaysWithinItsBound() throws {
+        let dir = TemporaryDirectory()
+        var o = StoreOptions(sync: .off, historyLength: 4)
+        o.walBytes = 1 << 20
+        let store = try SQLStore(path: dir.file("log.db"), options: o)
+        defer { store.close() }
+        var random = SplitMix64(seed: 9)
+        var largest = 0
+        for round in 0..<300 {
+            let requests = (0..<100).map { i in
+                LocalWrite(group: [groupA, groupB][i % 2], writes: [Write("r\(random.next() % 64)", .set, .string(String(repeating: "x", count: 200) + "\(round)"))])
+            }
+            for case .failure(let e) in try store.commitLocal(requests, origin: Origin(1), physicalMs: 1_000 + UInt64(round)) { throw e }
+            var info = stat()
+            if stat(dir.file("log.db-wal"), &info) == 0 { largest = max(largest, Int(info.st_size)) }
+        }
+        #expect(largest >= 512 << 10, "the log never came near its bound (\(largest) bytes): the test wrote too little")
+        #expect(largest <= (1 << 20) + (512 << 10), "the log grew to \(largest) bytes against a bound of 1 MiB")
+    }
+
     /// The log holds what a peer has not acknowledged, no more: on SQLite the
     /// file stays flat too (on PostgreSQL the space of deleted rows is
     /// autovacuum's to reuse; docs/deployment.md).
