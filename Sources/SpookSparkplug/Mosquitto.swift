@@ -14,8 +14,8 @@ import SpookNode
 /// is ever sent on a new one). libmosquitto's own thread (`mosquitto_loop_start`)
 /// is not used: after a loss it sleeps its reconnect delay in a call that
 /// only `pthread_cancel` interrupts, and a cancel that lands in a callback
-/// leaves the agent's locks held. Callbacks hop to the node loop, tagged
-/// with the connection's generation.
+/// abandons the agent's own code half-way. Callbacks hop to the node loop,
+/// tagged with the connection's generation.
 final class MosquittoConnection: @unchecked Sendable {
     let mosq: OpaquePointer
     let spec: MQTTSpec
