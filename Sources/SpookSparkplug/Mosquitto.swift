@@ -23,6 +23,7 @@ final class MosquittoConnection: @unchecked Sendable {
     let generation: Int
     /// Set by `close`: the network thread ends once DISCONNECT is out or this deadline passes.
     private let closeBy = NIOLockedValueBox<NIODeadline?>(nil)
+    private var closingBy: NIODeadline? { closeBy.withLockedValue { $0 } }
     private var thread: pthread_t?
     private var closed = false
 
@@ -118,19 +119,18 @@ final class MosquittoConnection: @unchecked Sendable {
     private func run() {
         let rc = mosquitto_connect_async(mosq, spec.host, Int32(spec.port), Int32(spec.keepaliveS))
         guard rc == MOSQ_ERR_SUCCESS.rawValue else {
-            if closeBy.withLockedValue({ $0 }) == nil {
+            if closingBy == nil {
                 let why = "connect to \(spec.host):\(spec.port): \(MosquittoConnection.describe(rc))"
                 owner.node.loop.execute { [self] in owner.failed(generation, why) }
             }
             return
         }
         while true {
-            let deadline = closeBy.withLockedValue { $0 }
-            if let deadline, NIODeadline.now() >= deadline { return }
+            if let deadline = closingBy, NIODeadline.now() >= deadline { return }
             let rc = mosquitto_loop(mosq, MosquittoConnection.loopWaitMs, 1)
             guard rc == MOSQ_ERR_SUCCESS.rawValue else {
                 // Closing: DISCONNECT went out and the socket is closed (or there never was one).
-                guard closeBy.withLockedValue({ $0 }) == nil else { return }
+                guard closingBy == nil else { return }
                 lost(rc)
                 return
             }

@@ -73,9 +73,8 @@ import Testing
         // per commit, so every multi-row statement spans many pages.
         let groups = try (0..<500).map { try QGroupName("plant.l\($0)/a") }
         for round in 1...12 {
-            let batch = try (0..<500).map { k in
-                try Delta(origin: Origin(UInt64(k + 1)), seq: UInt64(round), hlc: HLCTimestamp(ms: 1_700_000_000_000 + UInt64(round), counter: 0),
-                          group: groups[k], writes: [Write("r\(round % 3)", .set, .int(Int64(round)))])
+            let batch = (0..<500).map { k in
+                delta(UInt64(k + 1), UInt64(round), 1_700_000_000_000 + UInt64(round), groups[k], [Write("r\(round % 3)", .set, .int(Int64(round)))])
             }
             #expect(try store.commitGroup(batch, local: [], origin: Self.origin, physicalMs: 1_700_000_000_100).result.held.count == 500)
         }
