@@ -533,6 +533,8 @@ public final class SQLStore: Store {
             // Acknowledgements kept in memory ride along: no transaction of their own.
             try writeDirtyAcks()
             try also?()
+            // So does a step of a history trim (SQLite).
+            if !db.shared { try trimHistoryIfDue() }
             return id
         }
         guard let blockID else { return result }
@@ -541,7 +543,7 @@ public final class SQLStore: Store {
         state = nextState
         hlcHigh = nextHigh
         result.block = blockID
-        try trimHistoryIfDue()
+        if db.shared { try trimHistoryIfDue() }
         if !result.changed.isEmpty { onChange?(result.changed, result.changes) }
         return result
     }
@@ -643,6 +645,10 @@ public final class SQLStore: Store {
     /// entries once the rows appended since the last cut reach the size of a
     /// full history, so the table stays within a small multiple of its bound
     /// and each appended row pays for its own removal once (amortised O(1)).
+    /// SQLite: called inside each commit's transaction, where it takes one
+    /// step of the trim, so a step costs no sync of its own (a step rolled
+    /// back with its commit leaves its rows to the next trim). A shared
+    /// backend: called after the commit, and trims in a transaction of its own.
     private func trimHistoryIfDue() throws {
         if trimScan == nil {
             guard historyUntrimmed >= max(1_024, state.registers.count * options.historyLength) else { return }
@@ -675,7 +681,7 @@ public final class SQLStore: Store {
         let limit = max(1, options.historyTrimRowsPerStep, 4 * historyAppendedSinceStep)
         guard var scan = trimScan else { return }
         scan.keepAfter = min(scan.keepAfter, try trimBoundForReader(warn: false))
-        let done = try transaction { try trimStep(&scan, limit: limit) }
+        let done = try trimStep(&scan, limit: limit)
         historyAppendedSinceStep = 0
         historyTrimSteps += 1
         trimScan = done ? nil : scan
@@ -757,7 +763,7 @@ public final class SQLStore: Store {
     /// A trim has steps left (SQLite).
     public var historyTrimming: Bool { trimScan != nil }
     private var historyAppendedSinceStep = 0
-    /// History trims started, and the steps they took (each its own transaction).
+    /// History trims started, and the steps they took (each inside a commit).
     public private(set) var historyTrims = 0
     public private(set) var historyTrimSteps = 0
 
@@ -969,11 +975,12 @@ public final class SQLStore: Store {
             try writeVector(table: "horizon", old: horizon, new: nextHorizon)
             try writeRegisters(changed, state: nextState)
             try appendHistory(snapshotChanges)
+            if !db.shared { try trimHistoryIfDue() }
         }
         state = nextState
         vector = nextVector
         horizon = nextHorizon
-        try trimHistoryIfDue()
+        if db.shared { try trimHistoryIfDue() }
         if !changed.isEmpty { onChange?(changed, snapshotChanges) }
         return changed
     }

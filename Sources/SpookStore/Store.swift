@@ -20,8 +20,8 @@ public struct StoreOptions: Sendable {
     public var compactionBlocksMax: Int = 10_000
     /// Deltas removed per `compact()` call at most (whole blocks: at least one).
     public var compactionDeltasMax: Int = Int.max
-    /// History rows a trim reads per step at least (SQLite; each step is a
-    /// transaction after a commit, so a trim never stalls writers for long).
+    /// History rows a trim reads per step at least (SQLite; each step runs
+    /// inside a commit, so a trim never stalls writers for long).
     public var historyTrimRowsPerStep: Int = 32_768
     /// SQLite: the log (WAL) is checkpointed into the database file once it
     /// holds this many bytes, and cut back to it afterwards (`[node]

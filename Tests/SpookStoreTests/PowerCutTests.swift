@@ -82,6 +82,45 @@ import Testing
         #expect(store.state.registers[try groups[499].register("r0")]?.value == .int(12))
     }
 
+    /// A step of a history trim runs inside the commit that takes it, so a
+    /// trim adds no sync: as a transaction of its own after the commit, each
+    /// step cost one more (about 20 per trim at a fleet's bound). Counted by
+    /// this VFS, which sees every sync.
+    @Test func aHistoryTrimAddsNoSyncToTheCommitsThatCarryIt() throws {
+        #expect(powercut_register() == 0)
+        powercut_reset()
+        let dir = TemporaryDirectory()
+        var options = StoreOptions(sync: .full, historyLength: 4)
+        options.vfs = "powercut"
+        options.historyTrimRowsPerStep = 50
+        let store = try SQLStore(path: dir.file("trim.db"), options: options)
+        defer { store.close() }
+        let groups = try (0..<20).map { try QGroupName("plant.l\($0)/a") }
+        var round: UInt64 = 0
+        func commit() throws -> Int {  // the syncs this commit took
+            round += 1
+            let before = powercut_syncs()
+            let batch = (0..<20).map { k in
+                delta(UInt64(k + 1), round, 1_700_000_000_000 + round, groups[k], [Write("r", .set, .int(Int64(round)))])
+            }
+            #expect(try store.commitGroup(batch, local: [], origin: Self.origin, physicalMs: 1_700_000_000_100).result.held.count == 20)
+            return powercut_syncs() - before
+        }
+        _ = try commit()  // the log's first commit writes its header too
+        var plain: [Int] = [], stepped: [Int] = []
+        while round < 300 && !(store.historyTrims == 1 && !store.historyTrimming) {
+            let steps = store.historyTrimSteps
+            let syncs = try commit()
+            if store.historyTrimSteps > steps { stepped.append(syncs) } else { plain.append(syncs) }
+        }
+        // 20 rows a commit: the trim starts at 1,024 rows and reads them 80
+        // at a time (four times the rows appended since its last step).
+        #expect(store.historyTrims == 1 && !store.historyTrimming, "no trim began and ended in \(round) commits")
+        #expect(stepped.count >= 10, "the trim took \(stepped.count) steps")
+        #expect(!plain.isEmpty && Set(plain).count == 1, "commits without a trim step synced \(Set(plain)) times")
+        #expect(Set(stepped) == Set(plain), "commits with a trim step synced \(Set(stepped)) times, others \(Set(plain))")
+    }
+
     /// At sync = "full" no acknowledged delta is lost at any cut point.
     @Test func fullLosesNothingAcknowledgedAtAnyCutPoint() throws {
         let dir = TemporaryDirectory()

@@ -27,6 +27,7 @@ static long countdown = -1;
 static long ops_seen;
 static int cut;
 static long subjournals;
+static long syncs;
 
 static void forget(pc_file *f) {
     while (f->pending) {
@@ -119,6 +120,7 @@ static int pc_sync(sqlite3_file *file, int flags) {
     pc_file *f = (pc_file *)file;
     (void)flags;
     if (tick()) return SQLITE_IOERR_FSYNC;
+    syncs++;
     /* The simulation decides what survives: a sync makes the writes so far
      * permanent; the real fsync is not needed (and would only slow the test). */
     forget(f);
@@ -211,6 +213,7 @@ void powercut_arm(long ops) {
 int powercut_happened(void) { return cut; }
 long powercut_ops(void) { return ops_seen; }
 long powercut_subjournals(void) { return subjournals; }
+long powercut_syncs(void) { return syncs; }
 
 void powercut_reset(void) {
     cut = 0;

@@ -204,7 +204,7 @@ for (sync, batch, count) in [(SyncLevel.full, 1, 2_000), (.full, 100, 50_000), (
 /// The trim of a full history: `registers` registers, `historyLength` 32,
 /// filled twice over (a trim starts once the rows appended reach
 /// registers × 32). Result: the longest extra time of a commit while the
-/// trim runs (in steps of `historyTrimRowsPerStep` rows, each after a
+/// trim runs (in steps of `historyTrimRowsPerStep` rows, each inside a
 /// commit), over the median commit before it. Baseline: the same with the
 /// whole table read in one step, as the store did before.
 func trimStall(rowsPerStep: Int, in path: String) throws -> (before: Int, after: Int, stallMs: Double, steps: Int) {

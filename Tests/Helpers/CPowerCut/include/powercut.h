@@ -19,6 +19,8 @@ int powercut_happened(void);
 long powercut_ops(void);
 /* Statement journals SQLite opened as files through this VFS, ever. */
 long powercut_subjournals(void);
+/* Syncs of any file through this VFS, ever. */
+long powercut_syncs(void);
 /* Power back on: forgets the cut and every remembered write. */
 void powercut_reset(void);
 
