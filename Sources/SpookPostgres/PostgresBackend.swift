@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -17,20 +20,22 @@ extension PostgresURL {
             switch self.tls {
             case .disable:
                 tls = .disable
-            case .require:
+            case .require, .verifyCA, .verifyFull:
+                var t = TLSConfiguration.makeClientConfiguration()
+                switch self.tls {
                 // libpq's `require`: encrypted, any certificate (no impostor check).
-                var t = TLSConfiguration.makeClientConfiguration()
-                t.certificateVerification = .none
-                tls = .require(try NIOSSLContext(configuration: t))
-            case .verifyFull:
-                var t = TLSConfiguration.makeClientConfiguration()
-                t.certificateVerification = .fullVerification
+                case .require: t.certificateVerification = .none
+                // `verify-ca`: the chain, not the name.
+                case .verifyCA: t.certificateVerification = .noHostnameVerification
+                default: t.certificateVerification = .fullVerification
+                }
                 if let rootCertificate {
-                    do {
-                        t.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(rootCertificate))
-                    } catch {
-                        throw StoreError(.unavailable, "\(self): sslrootcert \(rootCertificate): \(error)")
-                    }
+                    t.trustRoots = .certificates(try readPEM("sslrootcert", rootCertificate) { try NIOSSLCertificate.fromPEMFile($0) })
+                }
+                if let clientCertificate, let clientKey {
+                    try checkKeyMode(clientKey)
+                    t.certificateChain = try readPEM("sslcert", clientCertificate) { try NIOSSLCertificate.fromPEMFile($0) }.map { .certificate($0) }
+                    t.privateKey = .privateKey(try readPEM("sslkey", clientKey) { try NIOSSLPrivateKey(file: $0, format: .pem) })
                 }
                 tls = .require(try NIOSSLContext(configuration: t))
             }
@@ -38,6 +43,24 @@ extension PostgresURL {
         }
         c.options.connectTimeout = .seconds(5)
         return c
+    }
+
+    /// libpq's rule for a client key: no access for others, nor for the
+    /// group unless root owns it (then group read at most), so a key other
+    /// users could read is refused rather than used.
+    private func checkKeyMode(_ path: String) throws {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return }  // reading it names the error
+        let mode = info.st_mode & 0o777
+        let allowed: mode_t = info.st_uid == 0 ? 0o640 : 0o600
+        if mode & ~allowed != 0 {
+            throw StoreError(.unavailable, "\(self): sslkey \(path): mode \(String(mode, radix: 8)) lets others read the key; chmod it to \(String(allowed, radix: 8)) or less")
+        }
+    }
+
+    /// What `read` makes of the PEM file at `path`; a failure names the key and the file.
+    private func readPEM<T>(_ key: String, _ path: String, _ read: (String) throws -> T) throws -> T {
+        do { return try read(path) } catch { throw StoreError(.unavailable, "\(self): \(key) \(path): \(error)") }
     }
 }
 

@@ -2,18 +2,22 @@ import SpookCore
 
 /// `[node] data = "postgres://…"`: where the database is and who logs in.
 ///
-///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE[&sslrootcert=PATH]]
+///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE[&sslrootcert=PATH][&sslcert=PATH&sslkey=PATH]]
 ///     postgres://USER@/DATABASE?host=/run/postgresql[&port=5432]   (a Unix socket)
 ///
 /// `sslmode` means what it means to libpq: `disable` (the default) sends
 /// everything in clear; `require` encrypts but trusts any certificate the
-/// server shows (it stops eavesdropping, not an impostor); `verify-full`
-/// encrypts and checks the certificate against the system's CAs, or the
-/// CA file `sslrootcert` names, and its name against HOST.
+/// server shows (it stops eavesdropping, not an impostor); `verify-ca`
+/// encrypts and checks that the certificate chains to the system's CAs, or
+/// to the CA file `sslrootcert` names; `verify-full` checks that, and its
+/// name against HOST. `sslcert` and `sslkey` (together, with any mode but
+/// `disable`) are a client certificate and its key, for a server that asks
+/// for one (`cert` in its pg_hba.conf).
 public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
     public enum TLSMode: String, Sendable, Hashable {
         case disable
         case require
+        case verifyCA = "verify-ca"
         case verifyFull = "verify-full"
     }
     public var user: String
@@ -24,8 +28,11 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
     public var socketDirectory: String?
     public var database: String
     public var tls = TLSMode.disable
-    /// `sslrootcert=`: the CA certificate(s) (PEM) `verify-full` checks the server against.
+    /// `sslrootcert=`: the CA certificate(s) (PEM) `verify-ca` and `verify-full` check the server against.
     public var rootCertificate: String?
+    /// `sslcert=` and `sslkey=`: the client's certificate chain and private key (PEM).
+    public var clientCertificate: String?
+    public var clientKey: String?
 
     /// True for a string that names PostgreSQL rather than an SQLite path.
     public static func isPostgres(_ text: String) -> Bool {
@@ -77,16 +84,24 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
                 guard let p = Int(value), (1...65535).contains(p) else { throw bad("port= is not 1…65535") }
                 port = p
             case "sslmode":
-                guard let mode = TLSMode(rawValue: value) else { throw bad("sslmode must be disable, require or verify-full") }
+                guard let mode = TLSMode(rawValue: value) else { throw bad("sslmode must be disable, require, verify-ca or verify-full") }
                 tls = mode
             case "sslrootcert":
                 guard value.hasPrefix("/") else { throw bad("sslrootcert= must be the absolute path of a CA certificate file (PEM)") }
                 rootCertificate = value
+            case "sslcert":
+                guard value.hasPrefix("/") else { throw bad("sslcert= must be the absolute path of a client certificate file (PEM)") }
+                clientCertificate = value
+            case "sslkey":
+                guard value.hasPrefix("/") else { throw bad("sslkey= must be the absolute path of the client certificate's private key (PEM)") }
+                clientKey = value
             default:
-                throw bad("unknown query key \"\(key)\" (known: host, port, sslmode, sslrootcert)")
+                throw bad("unknown query key \"\(key)\" (known: host, port, sslmode, sslrootcert, sslcert, sslkey)")
             }
         }
-        if rootCertificate != nil && tls != .verifyFull { throw bad("sslrootcert= is only used with sslmode=verify-full") }
+        if rootCertificate != nil && tls != .verifyCA && tls != .verifyFull { throw bad("sslrootcert= is only used with sslmode=verify-ca or verify-full") }
+        if (clientCertificate == nil) != (clientKey == nil) { throw bad("sslcert= and sslkey= go together") }
+        if clientCertificate != nil && tls == .disable { throw bad("sslcert= and sslkey= need sslmode=require, verify-ca or verify-full") }
         if socketDirectory != nil && tls != .disable { throw bad("sslmode= is for TCP; a Unix socket is not encrypted") }
         guard host != nil || socketDirectory != nil else { throw bad("neither a host nor host=/socket/dir") }
         if socketDirectory != nil && host != nil { throw bad("both a host and host=/socket/dir") }
@@ -98,6 +113,7 @@ public struct PostgresURL: Sendable, Hashable, CustomStringConvertible {
         if let dir = socketDirectory { return "postgres://\(who)@/\(database)?host=\(dir)&port=\(port)" }
         var query = tls == .disable ? "" : "?sslmode=\(tls.rawValue)"
         if let rootCertificate { query += "&sslrootcert=\(rootCertificate)" }
+        if let clientCertificate, let clientKey { query += "&sslcert=\(clientCertificate)&sslkey=\(clientKey)" }
         return "postgres://\(who)@\(host ?? ""):\(port)/\(database)\(query)"
     }
 

@@ -316,13 +316,18 @@ import Testing
         #expect(verified.tls == .verifyFull && verified.rootCertificate == "/etc/spook/db-ca.pem")
         #expect(verified.description == "postgres://spook@db.example:5432/fleet?sslmode=verify-full&sslrootcert=/etc/spook/db-ca.pem")
         #expect(!tcp.description.contains("s3cret"))
+        let client = try PostgresURL("postgres://spook@db.example/fleet?sslmode=verify-ca&sslrootcert=/etc/spook/db-ca.pem&sslcert=/etc/spook/db.pem&sslkey=/etc/spook/db.key")
+        #expect(client.tls == .verifyCA && client.clientCertificate == "/etc/spook/db.pem" && client.clientKey == "/etc/spook/db.key")
+        #expect(try PostgresURL(client.description) == client)
         let socket = try PostgresURL("postgresql://spook@/fleet?host=/run/postgresql&port=5433")
         #expect(socket.socketDirectory == "/run/postgresql" && socket.port == 5433 && socket.host == nil)
         #expect(PostgresURL.redacted("postgres://u:pw@h/d") == "postgres://u:***@h/d")
         #expect(PostgresURL.redacted("/var/lib/spook/d.db") == "/var/lib/spook/d.db")
         for bad in ["postgres://nouser", "postgres://u@h:99999/d", "postgres://u@h/", "postgres://u@/d", "postgres://u:pw@h/d?colour=red",
                     "postgres://u@h/d?sslmode=prefer", "postgres://u@h/d?sslmode=require&sslrootcert=/ca.pem",
-                    "postgres://u@h/d?sslmode=verify-full&sslrootcert=ca.pem", "postgres://u@/d?host=/run/postgresql&sslmode=require"] {
+                    "postgres://u@h/d?sslmode=verify-full&sslrootcert=ca.pem", "postgres://u@/d?host=/run/postgresql&sslmode=require",
+                    "postgres://u@h/d?sslmode=require&sslcert=/c.pem", "postgres://u@h/d?sslmode=require&sslkey=/c.key",
+                    "postgres://u@h/d?sslcert=/c.pem&sslkey=/c.key", "postgres://u@h/d?sslmode=require&sslcert=c.pem&sslkey=/c.key"] {
             #expect(throws: CoreError.self, "\(bad)") { try PostgresURL(bad) }
         }
         let head = "[node]\nname = \"up\"\nkey = \"k\"\ndata = \"postgres://u:pw@h:0/d\"\n[api]\nsocket = \"a.sock\"\n"

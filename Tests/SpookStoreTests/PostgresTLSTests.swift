@@ -1,4 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
+import SpookCore
 import SpookPostgres
 import SpookStore
 import SpookTestSupport
@@ -49,5 +53,44 @@ import Testing
         // A CA file that is not there: refused, naming it.
         let missing = Self.refusal { _ = try Self.open(byName + "?sslmode=verify-full&sslrootcert=\(pg.dir)/nope.pem") }
         #expect(missing?.contains("sslrootcert \(pg.dir)/nope.pem") == true, "\(missing ?? "connected")")
+    }
+
+    /// `verify-ca` checks the chain, not the name. A server that asks for a
+    /// client certificate (pg_hba's `cert`, for `PostgresServer.certificateUser`)
+    /// takes the one `sslcert` and `sslkey` name, and a store works through it.
+    @Test func verifyCAAndAClientCertificate() throws {
+        let pg = try PostgresServer.shared()
+        let socketURL = try pg.createDatabase("tlsclient")
+        let database = String(socketURL.split(separator: "/")[2].prefix { $0 != "?" })
+        let byAddress = "postgres://spook@127.0.0.1:\(pg.port)/\(database)"
+
+        // verify-ca with the CA that signed it, by address (not the name it was issued for): encrypted.
+        #expect(try Self.encrypted(Self.open(byAddress + "?sslmode=verify-ca&sslrootcert=\(pg.caFile)")))
+        // verify-ca against the system's CAs: refused, saying why.
+        let untrusted = Self.refusal { _ = try Self.open(byAddress + "?sslmode=verify-ca") }
+        #expect(untrusted?.contains("CERTIFICATE_VERIFY_FAILED") == true, "\(untrusted ?? "connected")")
+
+        let user = PostgresServer.certificateUser
+        #expect(try pg.psql(database, "ALTER DATABASE \(database) OWNER TO \(user)") != nil)
+        let verified = "postgres://\(user)@localhost:\(pg.port)/\(database)?sslmode=verify-full&sslrootcert=\(pg.caFile)"
+        let client = "&sslcert=\(pg.clientCertificate)&sslkey=\(pg.clientKey)"
+        // The certificate's user without a certificate: refused by the server.
+        let without = Self.refusal { _ = try Self.open(verified) }
+        #expect(without?.contains("connection requires a valid client certificate") == true, "\(without ?? "connected")")
+        // A key file that is not there: refused, naming it.
+        let missing = Self.refusal { _ = try Self.open(verified + "&sslcert=\(pg.clientCertificate)&sslkey=\(pg.dir)/nope.key") }
+        #expect(missing?.contains("sslkey \(pg.dir)/nope.key") == true, "\(missing ?? "connected")")
+        // A key others may read: refused, saying so (libpq's rule).
+        let readable = "\(pg.dir)/readable.key"
+        #expect(try ChildProcess("/bin/cp", [pg.clientKey, readable]).wait() == 0 && chmod(readable, 0o644) == 0)
+        let loose = Self.refusal { _ = try Self.open(verified + "&sslcert=\(pg.clientCertificate)&sslkey=\(readable)") }
+        #expect(loose?.contains("sslkey \(readable): mode 644 lets others read the key") == true, "\(loose ?? "connected")")
+        // With its certificate: in, encrypted, and a store keeps a write there.
+        #expect(try Self.encrypted(Self.open(verified + client)))
+        let store = try SQLStore(backend: Self.open(verified + client), options: StoreOptions(sync: .full), logger: Logger(label: "test.tls"))
+        defer { store.close() }
+        let group = try QGroupName("plant.tls/a")
+        #expect(try store.commit([delta(1, 1, 1_700_000_000_000, group, [Write("r", .set, .int(7))])]).held.count == 1)
+        #expect(try pg.psql(database, "SELECT count(*) FROM deltas") == "1")
     }
 }

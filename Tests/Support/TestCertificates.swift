@@ -1,7 +1,7 @@
 import Glibc
 
 /// Throwaway X.509 material for TLS tests, made with openssl(1): a
-/// self-signed CA, and a server certificate for `DNS:localhost` it signs.
+/// self-signed CA, and server (`DNS:localhost`) and client certificates it signs.
 /// P-256 keys, valid two days; openssl's output goes to `<dir>/openssl.log`.
 public enum TestCertificates {
     /// `<dir>/<name>.key` and `<dir>/<name>.pem`.
@@ -11,10 +11,20 @@ public enum TestCertificates {
 
     /// `<dir>/<name>.key` and `<dir>/<name>.pem` for `localhost`, signed by the CA `<dir>/<ca>.pem`.
     public static func server(in dir: String, ca: String = "ca", name: String = "server") throws {
-        try openssl(["req"] + curve + ["-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).csr", "-subj", "/CN=localhost"], in: dir)
+        try signed(in: dir, ca: ca, name: name, commonName: "localhost", extensions: "subjectAltName=DNS:localhost")
+    }
+
+    /// `<dir>/<name>.key` and `<dir>/<name>.pem`, a client certificate for
+    /// `commonName` (a PostgreSQL user, for `cert` authentication), signed by the CA `<dir>/<ca>.pem`.
+    public static func client(in dir: String, ca: String = "ca", name: String = "client", commonName: String) throws {
+        try signed(in: dir, ca: ca, name: name, commonName: commonName, extensions: "extendedKeyUsage=clientAuth")
+    }
+
+    static func signed(in dir: String, ca: String, name: String, commonName: String, extensions: String) throws {
+        try openssl(["req"] + curve + ["-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).csr", "-subj", "/CN=\(commonName)"], in: dir)
         let ext = "\(dir)/\(name).ext"
         let fd = open(ext, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        _ = "subjectAltName=DNS:localhost\n".withCString { write(fd, $0, strlen($0)) }
+        _ = "\(extensions)\n".withCString { write(fd, $0, strlen($0)) }
         close(fd)
         try openssl(["x509", "-req", "-in", "\(dir)/\(name).csr", "-CA", "\(dir)/\(ca).pem", "-CAkey", "\(dir)/\(ca).key", "-CAcreateserial",
                      "-out", "\(dir)/\(name).pem", "-days", "2", "-extfile", ext], in: dir)
