@@ -51,6 +51,10 @@ LAYOUTS = {
         " body BLOB NOT NULL, refused TEXT, PRIMARY KEY(block, origin, seq)) WITHOUT ROWID",
     ],
 }
+# The same, with the staged rows also indexed by origin, so that reads by
+# origin (catch-up) find them without scanning the staging table.
+LAYOUTS[f"staged, merged every {MERGE_EVERY} commits, staged rows indexed by origin"] = \
+    LAYOUTS[f"staged, merged every {MERGE_EVERY} commits"] + ["CREATE UNIQUE INDEX staged_origin ON staged(origin, seq)"]
 
 
 def commit_bytes(layout, page, origins, per_commit, commits, rng):
