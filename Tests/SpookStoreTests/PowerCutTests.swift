@@ -20,13 +20,20 @@ import Testing
         var cut = false
     }
 
-    /// Commits up to 40 small batches with the power cut after `ops` VFS
-    /// operations; returns what was acknowledged and what the disk held.
-    static func run(_ sync: SyncLevel, cutAfter ops: Int, in dir: TemporaryDirectory) throws -> Run {
+    /// Options for a store on this VFS (registered, the power on, no cut
+    /// armed), each register's history four long.
+    static func powerCutOptions(_ sync: SyncLevel) -> StoreOptions {
         #expect(powercut_register() == 0)
         powercut_reset()
         var options = StoreOptions(sync: sync, historyLength: 4)
         options.vfs = "powercut"
+        return options
+    }
+
+    /// Commits up to 40 small batches with the power cut after `ops` VFS
+    /// operations; returns what was acknowledged and what the disk held.
+    static func run(_ sync: SyncLevel, cutAfter ops: Int, in dir: TemporaryDirectory) throws -> Run {
+        let options = powerCutOptions(sync)
         let path = dir.file("cut-\(sync)-\(ops).db")
         var run = Run()
         var store: SQLStore? = try SQLStore(path: path, options: options)
@@ -61,12 +68,8 @@ import Testing
     /// a fleet's commits wrote 16 MiB/s there beside the log. Counted by
     /// this VFS, which sees every file SQLite opens.
     @Test func aGroupCommitKeepsItsStatementJournalsInMemory() throws {
-        #expect(powercut_register() == 0)
-        powercut_reset()
         let dir = TemporaryDirectory()
-        var options = StoreOptions(sync: .normal, historyLength: 4)
-        options.vfs = "powercut"
-        let store = try SQLStore(path: dir.file("journals.db"), options: options)
+        let store = try SQLStore(path: dir.file("journals.db"), options: Self.powerCutOptions(.normal))
         defer { store.close() }
         let before = powercut_subjournals()
         // As a fleet: 500 origins, each writing its own group, a delta each
@@ -87,11 +90,8 @@ import Testing
     /// step cost one more (about 20 per trim at a fleet's bound). Counted by
     /// this VFS, which sees every sync.
     @Test func aHistoryTrimAddsNoSyncToTheCommitsThatCarryIt() throws {
-        #expect(powercut_register() == 0)
-        powercut_reset()
         let dir = TemporaryDirectory()
-        var options = StoreOptions(sync: .full, historyLength: 4)
-        options.vfs = "powercut"
+        var options = Self.powerCutOptions(.full)
         options.historyTrimRowsPerStep = 50
         let store = try SQLStore(path: dir.file("trim.db"), options: options)
         defer { store.close() }
