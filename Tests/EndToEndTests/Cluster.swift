@@ -26,12 +26,15 @@ final class Cluster {
     let edgeExtra: String
     /// Values kept per register history ([node] history).
     let history: Int
+    /// Every node's [heartbeat] interval_ms (a link is given up after 3 missed).
+    let heartbeatMs: Int
 
     init(edges names: [String] = ["gw1"], grants: [String: [String]] = [:], owns: [String: [String]] = [:], reads: [String: [String]] = [:],
          extraDaemonToml: String = "",
          daemonLink: String? = nil, edgeLink: String? = nil, listenExtra: String = "", upstreamExtra: String = "",
-         edgeExtra: String = "", directory: TemporaryDirectory? = nil, history: Int = 32) throws {
+         edgeExtra: String = "", directory: TemporaryDirectory? = nil, history: Int = 32, heartbeatMs: Int = 200) throws {
         self.history = history
+        self.heartbeatMs = heartbeatMs
         self.listenExtra = listenExtra
         self.upstreamExtra = upstreamExtra
         self.edgeExtra = edgeExtra
@@ -68,7 +71,7 @@ final class Cluster {
         [api]
         socket = "\(dir.file("\(file).sock"))"
         [heartbeat]
-        interval_ms = 200
+        interval_ms = \(heartbeatMs)
         missed_max = 3
 
         """
