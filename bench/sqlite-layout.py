@@ -21,40 +21,37 @@ import tempfile
 
 MERGE_EVERY = 16
 
+# The daemon's table (Sources/SpookStore/SQLite.swift).
+BY_ORIGIN = [
+    "CREATE TABLE deltas(origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,"
+    " body BLOB NOT NULL, refused TEXT, PRIMARY KEY(origin, seq)) WITHOUT ROWID",
+    "CREATE INDEX deltas_block ON deltas(block)",
+]
+
+
+def by_block(table):
+    """A table of the same rows in commit order."""
+    return (f"CREATE TABLE {table}(block INTEGER NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,"
+            " body BLOB NOT NULL, refused TEXT, PRIMARY KEY(block, origin, seq)) WITHOUT ROWID")
+
+
+STAGED = f"staged, merged every {MERGE_EVERY} commits"
 LAYOUTS = {
-    # The daemon's layout (Sources/SpookStore/SQLite.swift).
-    "by origin (spookd)": [
-        "CREATE TABLE deltas(origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,"
-        " body BLOB NOT NULL, refused TEXT, PRIMARY KEY(origin, seq)) WITHOUT ROWID",
-        "CREATE INDEX deltas_block ON deltas(block)",
-    ],
+    "by origin (spookd)": BY_ORIGIN,
     # Rows in commit order, found by origin through an index.
-    "by block, index by origin": [
-        "CREATE TABLE deltas(block INTEGER NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,"
-        " body BLOB NOT NULL, refused TEXT, PRIMARY KEY(block, origin, seq)) WITHOUT ROWID",
-        "CREATE UNIQUE INDEX deltas_origin ON deltas(origin, seq)",
-    ],
+    "by block, index by origin": [by_block("deltas"), "CREATE UNIQUE INDEX deltas_origin ON deltas(origin, seq)"],
     # Rows in commit order and nothing keyed by origin on disk: an origin's
     # deltas would be found through an index kept elsewhere.
-    "by block only": [
-        "CREATE TABLE deltas(block INTEGER NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,"
-        " body BLOB NOT NULL, refused TEXT, PRIMARY KEY(block, origin, seq)) WITHOUT ROWID",
-    ],
+    "by block only": [by_block("deltas")],
     # The daemon's table, fed through a staging table keyed by block: every
     # MERGE_EVERY commits the staged rows move into it in one statement, in
     # origin order, inside that commit (an LSM's first level).
-    f"staged, merged every {MERGE_EVERY} commits": [
-        "CREATE TABLE deltas(origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,"
-        " body BLOB NOT NULL, refused TEXT, PRIMARY KEY(origin, seq)) WITHOUT ROWID",
-        "CREATE INDEX deltas_block ON deltas(block)",
-        "CREATE TABLE staged(block INTEGER NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,"
-        " body BLOB NOT NULL, refused TEXT, PRIMARY KEY(block, origin, seq)) WITHOUT ROWID",
-    ],
+    STAGED: BY_ORIGIN + [by_block("staged")],
+    # The same, with the staged rows also indexed by origin, so that reads by
+    # origin (catch-up) find them without scanning the staging table.
+    f"{STAGED}, staged rows indexed by origin":
+        BY_ORIGIN + [by_block("staged"), "CREATE UNIQUE INDEX staged_origin ON staged(origin, seq)"],
 }
-# The same, with the staged rows also indexed by origin, so that reads by
-# origin (catch-up) find them without scanning the staging table.
-LAYOUTS[f"staged, merged every {MERGE_EVERY} commits, staged rows indexed by origin"] = \
-    LAYOUTS[f"staged, merged every {MERGE_EVERY} commits"] + ["CREATE UNIQUE INDEX staged_origin ON staged(origin, seq)"]
 
 
 def commit_bytes(layout, page, origins, per_commit, commits, rng):
@@ -76,7 +73,7 @@ def commit_bytes(layout, page, origins, per_commit, commits, rng):
                     seq[origin] += 1
                     rows.append((block, origin, seq[origin], rng.randbytes(60)))
             db.execute("BEGIN")
-            if layout.startswith("staged"):
+            if layout.startswith(STAGED):
                 db.executemany("INSERT INTO staged(block, origin, seq, body) VALUES (?, ?, ?, ?)", rows)
                 if block % MERGE_EVERY == 0:
                     db.execute("INSERT INTO deltas(origin, seq, block, body, refused)"

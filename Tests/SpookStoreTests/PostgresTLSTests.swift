@@ -23,6 +23,12 @@ import Testing
         return s.int64(0) == 1
     }
 
+    /// A new database on the test server: its name.
+    static func database(_ pg: PostgresServer, _ hint: String) throws -> String {
+        let socketURL = try pg.createDatabase(hint)
+        return String(socketURL.split(separator: "/")[2].prefix { $0 != "?" })
+    }
+
     /// The message of the error `body` throws (a StoreError), or nil.
     static func refusal(_ body: () throws -> Void) -> String? {
         do { try body() } catch let e as StoreError { return e.description } catch { return "not a StoreError: \(error)" }
@@ -31,8 +37,7 @@ import Testing
 
     @Test func sslModesDoWhatTheySay() throws {
         let pg = try PostgresServer.shared()
-        let socketURL = try pg.createDatabase("tls")
-        let database = String(socketURL.split(separator: "/")[2].prefix { $0 != "?" })
+        let database = try Self.database(pg, "tls")
         let byAddress = "postgres://spook@127.0.0.1:\(pg.port)/\(database)"
         let byName = "postgres://spook@localhost:\(pg.port)/\(database)"
 
@@ -60,8 +65,7 @@ import Testing
     /// takes the one `sslcert` and `sslkey` name, and a store works through it.
     @Test func verifyCAAndAClientCertificate() throws {
         let pg = try PostgresServer.shared()
-        let socketURL = try pg.createDatabase("tlsclient")
-        let database = String(socketURL.split(separator: "/")[2].prefix { $0 != "?" })
+        let database = try Self.database(pg, "tlsclient")
         let byAddress = "postgres://spook@127.0.0.1:\(pg.port)/\(database)"
 
         // verify-ca with the CA that signed it, by address (not the name it was issued for): encrypted.

@@ -53,32 +53,25 @@ public final class PostgresServer: @unchecked Sendable {
         guard initdb.wait() == 0 else { throw ChildProcess.Failure("initdb failed: see \(dir)/initdb.log") }
         port = try PostgresServer.freePort()
         try makeCertificates(owner: asRoot ? getpwnam("postgres")?.pointee : nil)
-        try requireClientCertificate()
+        writeHostRules()
         try start()
         guard try psql("postgres", "CREATE ROLE \(PostgresServer.certificateUser) LOGIN") != nil else {
             throw ChildProcess.Failure("CREATE ROLE \(PostgresServer.certificateUser) failed: see \(dir)/psql.log")
         }
     }
 
-    /// pg_hba.conf's first line: `certificateUser` logs in over TLS on the
-    /// loopback port with a client certificate the CA signed, or not at all
-    /// (everyone else as initdb's `trust` lines say).
-    private func requireClientCertificate() throws {
-        let path = "\(dir)/data/pg_hba.conf"
-        // Rewritten in place, so it keeps its owner (the server's user).
-        guard let file = fopen(path, "r+") else { throw ChildProcess.Failure("cannot open \(path): errno \(errno)") }
-        defer { fclose(file) }
-        var old: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, file)
-            if n == 0 { break }
-            old += chunk[..<n]
-        }
+    /// The server's pg_hba.conf (`hba_file`): `certificateUser` logs in over
+    /// TLS on the loopback port with a client certificate the CA signed, or
+    /// not at all; everyone else without a password, as initdb's `-A trust`.
+    private func writeHostRules() {
         let user = PostgresServer.certificateUser
-        let lines = Array("hostssl all \(user) 127.0.0.1/32 cert\nhost all \(user) 127.0.0.1/32 reject\n".utf8) + old
-        rewind(file)
-        guard fwrite(lines, 1, lines.count, file) == lines.count, fflush(file) == 0 else { throw ChildProcess.Failure("cannot write \(path)") }
+        TestCertificates.writeFile("\(dir)/hba.conf", """
+            hostssl all \(user) 127.0.0.1/32 cert
+            host all \(user) 127.0.0.1/32 reject
+            local all all trust
+            host all all 127.0.0.1/32 trust
+
+            """)
     }
 
     /// A throwaway CA and the server's certificate and key (the key readable
@@ -102,7 +95,7 @@ public final class PostgresServer: @unchecked Sendable {
         process = try PostgresServer.onLastingThread { try PostgresServer.run("postgres", ["-D", "\(dir)/data", "-k", dir, "-p", "\(port)", "-c", "listen_addresses=127.0.0.1",
                                        "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB",
                                        "-c", "ssl=on", "-c", "ssl_cert_file=\(dir)/server.pem", "-c", "ssl_key_file=\(dir)/server.key",
-                                       "-c", "ssl_ca_file=\(dir)/ca.pem"], stderr: "\(dir)/server.log") }
+                                       "-c", "ssl_ca_file=\(dir)/ca.pem", "-c", "hba_file=\(dir)/hba.conf"], stderr: "\(dir)/server.log") }
         try waitUntil("PostgreSQL to accept connections (log: \(dir)/server.log)", seconds: 30, everyMs: 50) {
             let check = try ChildProcess("/usr/bin/pg_isready", ["-q", "-h", dir, "-p", "\(port)", "-U", "spook", "-d", "postgres"])
             return check.wait() == 0

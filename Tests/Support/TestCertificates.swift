@@ -23,11 +23,16 @@ public enum TestCertificates {
     static func signed(in dir: String, ca: String, name: String, commonName: String, extensions: String) throws {
         try openssl(["req"] + curve + ["-keyout", "\(dir)/\(name).key", "-out", "\(dir)/\(name).csr", "-subj", "/CN=\(commonName)"], in: dir)
         let ext = "\(dir)/\(name).ext"
-        let fd = open(ext, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        _ = "\(extensions)\n".withCString { write(fd, $0, strlen($0)) }
-        close(fd)
+        writeFile(ext, "\(extensions)\n")
         try openssl(["x509", "-req", "-in", "\(dir)/\(name).csr", "-CA", "\(dir)/\(ca).pem", "-CAkey", "\(dir)/\(ca).key", "-CAcreateserial",
                      "-out", "\(dir)/\(name).pem", "-days", "2", "-extfile", ext], in: dir)
+    }
+
+    /// Writes `text` to `path` (created or emptied first), readable by everyone.
+    static func writeFile(_ path: String, _ text: String) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
     }
 
     static let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
