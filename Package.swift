@@ -182,7 +182,8 @@ let package = Package(
             dependencies: [
                 "SpookStore", "SpookPostgres", "SpookCore", "CSQLite", "CPowerCut", "SpookTestSupport", "SpookStoreTestSupport", "spook-crash-writer",
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "ConformanceTests",

@@ -200,6 +200,8 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
             body BYTEA NOT NULL, refused TEXT,
             PRIMARY KEY(origin, seq));
         CREATE INDEX IF NOT EXISTS deltas_block ON deltas(block);
+        CREATE TABLE IF NOT EXISTS runs(origin BIGINT NOT NULL, first BIGINT NOT NULL, block BIGINT NOT NULL,
+            PRIMARY KEY(origin, first));
         CREATE TABLE IF NOT EXISTS vector(origin BIGINT PRIMARY KEY, seq BIGINT NOT NULL, gen BIGINT NOT NULL DEFAULT 0);
         CREATE INDEX IF NOT EXISTS vector_gen ON vector(gen);
         CREATE TABLE IF NOT EXISTS horizon(origin BIGINT PRIMARY KEY, seq BIGINT NOT NULL, gen BIGINT NOT NULL DEFAULT 0);
@@ -213,6 +215,13 @@ public final class PostgresBackend: SQLBackend, @unchecked Sendable {
         CREATE INDEX IF NOT EXISTS history_name ON history(name, id);
         CREATE TABLE IF NOT EXISTS orphans(id BIGSERIAL PRIMARY KEY, origin BIGINT NOT NULL, seq BIGINT NOT NULL, body BYTEA NOT NULL);
         """
+    }
+
+    /// Format 1 had no runs (the log stays keyed by origin here: each
+    /// commit writes its runs at once, for the other daemons to read).
+    public func migrationSQL(fromFormat: Int64) -> String? {
+        guard fromFormat == 1 else { return nil }
+        return "INSERT INTO runs(origin, first, block) SELECT origin, MIN(seq), block FROM deltas GROUP BY origin, block"
     }
 
     /// Runs statements separated by ";" (none of ours has one in a literal), one by one.

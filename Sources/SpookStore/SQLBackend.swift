@@ -16,6 +16,10 @@ public protocol SQLBackend: AnyObject {
     var shared: Bool { get }
     /// The tables, created when missing (one or more statements).
     var schemaSQL: String { get }
+    /// Converts a store of an older format, after `schemaSQL` created the
+    /// tables that format lacked (inside the same transaction); nil when
+    /// this build cannot.
+    func migrationSQL(fromFormat: Int64) -> String?
     /// Rows per multi-row INSERT the store writes (at most 5 columns each).
     var insertRowsMax: Int { get }
 

@@ -11,12 +11,17 @@ import SpookCore
 /// default), or PostgreSQL (`SpookPostgres`), through an `SQLBackend`. Both
 /// run the same statements on the same tables.
 ///
-/// Tables (format 1):
+/// Tables (format 2):
 ///
 ///     meta(key, value)                       format version, hlc_high
 ///     blocks(id, count, checksum)            StateBlocks; checksum = CRC-32C of the
 ///                                            block's delta bodies in (origin, seq) order
-///     deltas(origin, seq, block, body, refused)   the delta log
+///     deltas(origin, seq, block, body, refused)   the delta log; SQLite keys it by
+///                                            (block, origin, seq), so a commit appends
+///     runs(origin, first, block)             where each origin's seqs lie: per StateBlock
+///                                            the first seq it holds of the origin (SQLite
+///                                            writes them a slice of origins per commit:
+///                                            `PendingRuns`)
 ///     vector(origin, seq)                    own QStateVector
 ///     horizon(origin, seq)                   compaction horizon
 ///     peers(peer, origin, seq)               acknowledged vector per peer
@@ -38,7 +43,7 @@ import SpookCore
 /// only then decides anything (seqs, collapse, compaction), so the caches it
 /// decides from are the database's.
 public final class SQLStore: Store {
-    public static let formatVersion: Int64 = 1
+    public static let formatVersion: Int64 = 2
 
     public let path: String
     public let options: StoreOptions
@@ -70,6 +75,10 @@ public final class SQLStore: Store {
     private var peerVectors: [String: QStateVector] = [:]
     /// History rows appended since the last trim.
     private var historyUntrimmed = 0
+    /// Runs committed but not yet in the `runs` table (SQLite only).
+    private var pendingRuns = PendingRuns()
+    /// Commits that wrote every pending run at once (`StoreOptions.pendingRunsMax` reached).
+    public private(set) var pendingRunsFlushedWhole = 0
 
     /// SQLite's page size (its default): the unit of the log.
     static let pageBytes = 4_096
@@ -178,7 +187,13 @@ public final class SQLStore: Store {
             var created = false
             if try s.step() {
                 let found = s.int64(0)
-                guard found == SQLStore.formatVersion else {
+                if found < SQLStore.formatVersion, let sql = db.migrationSQL(fromFormat: found) {
+                    try db.exec(sql)
+                    try setMeta("format", SQLStore.formatVersion)
+                    logger.notice("store converted to this build's format", metadata: [
+                        "path": "\(path)", "from": "\(found)", "to": "\(SQLStore.formatVersion)",
+                    ])
+                } else if found != SQLStore.formatVersion {
                     throw StoreError(.wrongFormat, "\(path): store format \(found), this build reads format \(SQLStore.formatVersion)")
                 }
             } else {
@@ -223,6 +238,29 @@ public final class SQLStore: Store {
         if db.shared {
             seenGeneration = Int64(bitPattern: try meta("generation") ?? 0)
             historySeen = try historyHead()
+        } else {
+            try loadPendingRuns()
+        }
+    }
+
+    /// Finds the runs of the last `PendingRuns.slices` blocks that the
+    /// `runs` table does not hold yet (no older run can be pending).
+    private func loadPendingRuns() throws {
+        pendingRuns = PendingRuns()
+        let top = try db.prepare("SELECT MAX(id) FROM blocks")
+        guard try top.step(), !top.isNull(0) else { return }
+        let newest = top.int64(0)
+        top.reset()
+        let s = try db.prepare("SELECT block, origin, MIN(seq) FROM deltas WHERE block > ? GROUP BY block, origin ORDER BY block")
+        s.bind(1, newest - Int64(PendingRuns.slices))
+        var found: [(origin: Origin, run: Run)] = []
+        while try s.step() { found.append((Origin(s.uint64(1)), Run(first: s.uint64(2), block: s.int64(0)))) }
+        let held = try db.prepare("SELECT 1 FROM runs WHERE origin = ? AND first = ?")
+        for (o, run) in found {
+            held.reset()
+            held.bind(1, o.rawValue)
+            held.bind(2, run.first)
+            if try !held.step() { pendingRuns.reload(o, run) }
         }
     }
 
@@ -425,9 +463,11 @@ public final class SQLStore: Store {
 
     /// The body held at (origin, seq), nil when not in the log.
     private func heldBody(_ origin: Origin, _ seq: UInt64) throws -> [UInt8]? {
-        let s = try db.prepare("SELECT body FROM deltas WHERE origin = ? AND seq = ?")
-        s.bind(1, origin.rawValue)
-        s.bind(2, seq)
+        guard let block = try blocks(of: origin, seq...seq).last else { return nil }
+        let s = try db.prepare("SELECT body FROM deltas WHERE block = ? AND origin = ? AND seq = ?")
+        s.bind(1, block)
+        s.bind(2, origin.rawValue)
+        s.bind(3, seq)
         return try s.step() ? s.blob(0) : nil
     }
 
@@ -450,6 +490,8 @@ public final class SQLStore: Store {
         var nextVector = QStateVector()
         var nextState = state
         var nextHigh = HLCTimestamp.zero
+        var newRuns: [(origin: Origin, run: Run)] = []
+        var runSlicesWritten: [Int] = []
         let blockID: Int64? = try transaction {
             let deltas = try make()
             nextVector = vector
@@ -526,6 +568,8 @@ public final class SQLStore: Store {
                 d.bind(at + 3, h.body)
                 if let r = h.refusal { d.bind(at + 4, r.code.rawValue) }
             }
+            newRuns = PendingRuns.runs(of: held.lazy.map(\.id), block: id)
+            runSlicesWritten = try writeRuns(newRuns, block: id)
             try writeVector(table: "vector", old: vector, new: nextVector)
             try writeRegisters(result.changed, state: nextState)
             try appendHistory(result.changes)
@@ -539,6 +583,15 @@ public final class SQLStore: Store {
         }
         guard let blockID else { return result }
         lazyWritten()
+        if !db.shared {
+            if runSlicesWritten.count == PendingRuns.slices {
+                pendingRunsFlushedWhole += 1
+                logger.notice("pending runs reached their bound; this commit wrote them all", metadata: [
+                    "runs": "\(pendingRuns.count + newRuns.count)", "bound": "\(options.pendingRunsMax)",
+                ])
+            }
+            pendingRuns.committed(newRuns, written: runSlicesWritten)
+        }
         vector = nextVector
         state = nextState
         hlcHigh = nextHigh
@@ -596,6 +649,51 @@ public final class SQLStore: Store {
                 i += size
             }
         }
+    }
+
+    /// Writes a new block's runs: at once on a shared backend (the other
+    /// daemons read them); otherwise the runs pending in the slices this
+    /// block's commit is due to write, this block's among them. Returns
+    /// those slices (none on a shared backend).
+    private func writeRuns(_ runs: [(origin: Origin, run: Run)], block: Int64) throws -> [Int] {
+        var rows = runs, slices: [Int] = []
+        if !db.shared {
+            slices = pendingRuns.due(block: block, adding: runs.count, limit: options.pendingRunsMax)
+            rows = pendingRuns.rows(in: slices) + runs.filter { slices.contains(PendingRuns.slice(of: $0.origin)) }
+        }
+        try insertRows("INSERT INTO runs(origin, first, block) VALUES", columns: 3, rows) { s, at, row in
+            s.bind(at, row.origin.rawValue)
+            s.bind(at + 1, row.run.first)
+            s.bind(at + 2, row.run.block)
+        }
+        return slices
+    }
+
+    /// The StateBlocks holding seqs `seqs` of `origin`, oldest first.
+    private func blocks(of origin: Origin, _ seqs: ClosedRange<UInt64>) throws -> [Int64] {
+        let s = try db.prepare("""
+            SELECT first, block FROM runs WHERE origin = ? AND first <= ?
+                AND first >= COALESCE((SELECT MAX(first) FROM runs WHERE origin = ? AND first <= ?), 0) ORDER BY first
+            """)
+        s.bind(1, origin.rawValue)
+        s.bind(2, seqs.upperBound)
+        s.bind(3, origin.rawValue)
+        s.bind(4, seqs.lowerBound)
+        var runs: [Run] = []
+        while try s.step() { runs.append(Run(first: s.uint64(0), block: s.int64(1))) }
+        // Pending runs are newer than every run in the table.
+        runs += pendingRuns.runs(of: origin).lazy.filter { $0.first <= seqs.upperBound }
+        if let start = runs.lastIndex(where: { $0.first <= seqs.lowerBound }) { runs.removeFirst(start) }
+        return runs.map(\.block)
+    }
+
+    /// Removes the runs of `origin` that start after seq `seq` from the table
+    /// (the caller drops the pending ones once its transaction committed).
+    private func dropRuns(of origin: Origin, after seq: UInt64) throws {
+        let s = try db.prepare("DELETE FROM runs WHERE origin = ? AND first > ?")
+        s.bind(1, origin.rawValue)
+        s.bind(2, seq)
+        try s.step()
     }
 
     private func writeVector(table: String, old: QStateVector, new: QStateVector) throws {
@@ -808,21 +906,22 @@ public final class SQLStore: Store {
             nextEpoch = epoch == UInt32.max ? 1 : epoch + 1
             nextPeers = peerVectors
             if vector[origin] > keep {
-                var touched = Set<Int64>()
-                let b = try db.prepare("SELECT DISTINCT block FROM deltas WHERE origin = ? AND seq > ?")
-                b.bind(1, origin.rawValue)
-                b.bind(2, keep)
-                while try b.step() { touched.insert(b.int64(0)) }
-                let copy = try db.prepare("INSERT INTO orphans(origin, seq, body) SELECT origin, seq, body FROM deltas WHERE origin = ? AND seq > ? ORDER BY seq")
-                copy.bind(1, origin.rawValue)
-                copy.bind(2, keep)
-                try copy.step()
-                let d = try db.prepare("DELETE FROM deltas WHERE origin = ? AND seq > ?")
-                d.bind(1, origin.rawValue)
-                d.bind(2, keep)
-                try d.step()
+                // Oldest block first, so the orphans keep the seqs' order.
+                let touched = try blocks(of: origin, keep + 1...vector[origin])
+                let copy = try db.prepare("INSERT INTO orphans(origin, seq, body) SELECT origin, seq, body FROM deltas WHERE block = ? AND origin = ? AND seq > ? ORDER BY seq")
+                let d = try db.prepare("DELETE FROM deltas WHERE block = ? AND origin = ? AND seq > ?")
+                for block in touched {
+                    for s in [copy, d] {
+                        s.reset()
+                        s.bind(1, block)
+                        s.bind(2, origin.rawValue)
+                        s.bind(3, keep)
+                        try s.step()
+                    }
+                }
+                try dropRuns(of: origin, after: keep)
                 moved = Int(vector[origin] - keep)
-                for block in touched.sorted() { try resealBlock(block) }
+                for block in touched { try resealBlock(block) }
                 let gen = db.shared ? ", gen = ?" : ""
                 let v = try db.prepare("UPDATE vector SET seq = ?\(gen) WHERE origin = ?")
                 v.bind(1, keep)
@@ -843,6 +942,7 @@ public final class SQLStore: Store {
             try setMeta("orphans_wait", Int64(bitPattern: waitThrough))
         }
         vector[origin] = keep
+        if !db.shared { pendingRuns.remove(of: origin) { $0.first > keep } }
         peerVectors = nextPeers
         epoch = nextEpoch
         orphanCount += moved
@@ -919,21 +1019,25 @@ public final class SQLStore: Store {
     }
 
     public func deltas(origin: Origin, seqs: ClosedRange<UInt64>) throws -> [Delta] {
-        let s = try db.prepare("SELECT seq, body FROM deltas WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY seq")
-        s.bind(1, origin.rawValue)
-        s.bind(2, seqs.lowerBound)
-        s.bind(3, seqs.upperBound)
         var out: [Delta] = []
-        while try s.step() {
-            let seq = s.uint64(0)
-            do {
-                let d = try Delta.decode(s.blob(1))
-                guard d.origin == origin, d.seq == seq else {
-                    throw CoreError(.malformed, "row key \(origin)#\(seq) holds delta \(d.id)")
+        let s = try db.prepare("SELECT seq, body FROM deltas WHERE block = ? AND origin = ? AND seq BETWEEN ? AND ? ORDER BY seq")
+        for block in try blocks(of: origin, seqs) {
+            s.reset()
+            s.bind(1, block)
+            s.bind(2, origin.rawValue)
+            s.bind(3, seqs.lowerBound)
+            s.bind(4, seqs.upperBound)
+            while try s.step() {
+                let seq = s.uint64(0)
+                do {
+                    let d = try Delta.decode(s.blob(1))
+                    guard d.origin == origin, d.seq == seq else {
+                        throw CoreError(.malformed, "row key \(origin)#\(seq) holds delta \(d.id)")
+                    }
+                    out.append(d)
+                } catch let e as CoreError {
+                    throw StoreError(.corrupt, "\(path): delta \(origin)#\(seq) cannot be read back: \(e.message)")
                 }
-                out.append(d)
-            } catch let e as CoreError {
-                throw StoreError(.corrupt, "\(path): delta \(origin)#\(seq) cannot be read back: \(e.message)")
             }
         }
         return out
@@ -943,6 +1047,7 @@ public final class SQLStore: Store {
         var nextState = state, nextHorizon = horizon, nextVector = vector
         var changed: [QRegisterName] = []
         var snapshotChanges: [RegisterChange] = []
+        var dropped: [Origin] = []
         try transaction {
             nextState = state
             changed = nextState.merge(snapshot: snapshot.registers)
@@ -962,13 +1067,17 @@ public final class SQLStore: Store {
             for o in jumped { nextHorizon[o] = snapshot.vector[o] }
             nextVector = vector.merged(snapshot.vector)
             var touched = Set<Int64>()
-            for o in jumped where vector[o] > horizon[o] {
-                let b = try db.prepare("SELECT DISTINCT block FROM deltas WHERE origin = ?")
-                b.bind(1, o.rawValue)
-                while try b.step() { touched.insert(b.int64(0)) }
-                let d = try db.prepare("DELETE FROM deltas WHERE origin = ?")
-                d.bind(1, o.rawValue)
-                try d.step()
+            dropped = jumped.filter { vector[$0] > horizon[$0] }
+            let d = try db.prepare("DELETE FROM deltas WHERE block = ? AND origin = ?")
+            for o in dropped {
+                for block in try blocks(of: o, horizon[o] + 1...vector[o]) {
+                    d.reset()
+                    d.bind(1, block)
+                    d.bind(2, o.rawValue)
+                    try d.step()
+                    touched.insert(block)
+                }
+                try dropRuns(of: o, after: 0)
             }
             for block in touched.sorted() { try resealBlock(block) }
             try writeVector(table: "vector", old: vector, new: nextVector)
@@ -980,6 +1089,7 @@ public final class SQLStore: Store {
         state = nextState
         vector = nextVector
         horizon = nextHorizon
+        if !db.shared { for o in dropped { pendingRuns.remove(of: o) { _ in true } } }
         if db.shared { try trimHistoryIfDue() }
         if !changed.isEmpty { onChange?(changed, snapshotChanges) }
         return changed
@@ -988,14 +1098,9 @@ public final class SQLStore: Store {
     /// Recomputes a StateBlock's count and checksum after some of its deltas
     /// were dropped (by a snapshot), or removes it when none are left.
     private func resealBlock(_ id: Int64) throws {
-        let s = try db.prepare("SELECT body FROM deltas WHERE block = ? ORDER BY origin, seq")
-        s.bind(1, id)
-        var crc: UInt32 = 0
-        var count: Int64 = 0
-        while try s.step() {
-            crc = CRC32C.update(crc, s.blob(0))
-            count += 1
-        }
+        let held = try blockRows(id)
+        let crc = held.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+        let count = Int64(held.count)
         if count == 0 {
             let d = try db.prepare("DELETE FROM blocks WHERE id = ?")
             d.bind(1, id)
@@ -1007,6 +1112,17 @@ public final class SQLStore: Store {
             u.bind(3, id)
             try u.step()
         }
+    }
+
+    /// A StateBlock's rows in the order its checksum covers them: by
+    /// (origin, seq) as unsigned numbers (the table holds origins as signed
+    /// integers, so SQL's order differs for origins from 2^63 on).
+    private func blockRows(_ id: Int64) throws -> [(id: DeltaID, body: [UInt8])] {
+        let s = try db.prepare("SELECT origin, seq, body FROM deltas WHERE block = ?")
+        s.bind(1, id)
+        var rows: [(id: DeltaID, body: [UInt8])] = []
+        while try s.step() { rows.append((DeltaID(origin: Origin(s.uint64(0)), seq: s.uint64(1)), s.blob(2))) }
+        return rows.sorted { $0.id < $1.id }
     }
 
     // MARK: peers and compaction
@@ -1161,6 +1277,7 @@ public final class SQLStore: Store {
     public func compact() throws -> CompactionReport {
         var removed = 0, blocksRemoved = 0, more = false
         var nextHorizon = horizon
+        var compactedThrough: Int64 = 0
         // Decided under the writer lock: on a shared database another daemon's peers count too.
         let done: Bool = try transaction {
             // Everything every peer acknowledged; with no peers, everything held
@@ -1196,6 +1313,15 @@ public final class SQLStore: Store {
             let d = try db.prepare("DELETE FROM deltas WHERE block <= ?")
             d.bind(1, lastBlock)
             try d.step()
+            // An origin's runs in the blocks removed are those up to its new horizon.
+            let r = try db.prepare("DELETE FROM runs WHERE origin = ? AND first <= ?")
+            for o in nextHorizon.origins where nextHorizon[o] != horizon[o] {
+                r.reset()
+                r.bind(1, o.rawValue)
+                r.bind(2, nextHorizon[o])
+                try r.step()
+            }
+            compactedThrough = lastBlock
             let b = try db.prepare("DELETE FROM blocks WHERE id <= ?")
             b.bind(1, lastBlock)
             try b.step()
@@ -1206,6 +1332,11 @@ public final class SQLStore: Store {
         }
         guard done else { return CompactionReport(blocksRemoved: 0, deltasRemoved: 0, horizon: horizon) }
         lazyWritten()
+        if !db.shared {
+            for o in nextHorizon.origins where nextHorizon[o] != horizon[o] {
+                pendingRuns.remove(of: o) { $0.block <= compactedThrough }
+            }
+        }
         horizon = nextHorizon
         // SQLite checkpoints the WAL on its own (every `StoreOptions.walBytes`); a checkpoint
         // per step would cost every step an fsync.
@@ -1248,19 +1379,13 @@ public final class SQLStore: Store {
         var rows: [(Int64, Int64, UInt32)] = []
         while try blocks.step() { rows.append((blocks.int64(0), blocks.int64(1), UInt32(truncatingIfNeeded: blocks.int64(2)))) }
         for (id, count, checksum) in rows {
-            let s = try db.prepare("SELECT origin, seq, body FROM deltas WHERE block = ? ORDER BY origin, seq")
-            s.bind(1, id)
-            var crc: UInt32 = 0
-            var n: Int64 = 0
-            while try s.step() {
-                let body = s.blob(2)
-                crc = CRC32C.update(crc, body)
-                n += 1
+            let held = try blockRows(id)
+            let crc = held.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+            let n = Int64(held.count)
+            for (key, body) in held {
                 do {
                     let d = try Delta.decode(body)
-                    guard d.origin == Origin(s.uint64(0)), d.seq == s.uint64(1) else {
-                        throw CoreError(.malformed, "row key \(Origin(s.uint64(0)))#\(s.uint64(1)) holds \(d.id)")
-                    }
+                    guard d.id == key else { throw CoreError(.malformed, "row key \(key) holds \(d.id)") }
                 } catch let e as CoreError {
                     throw StoreError(.corrupt, "\(path): StateBlock \(id): \(e.message)")
                 }
@@ -1283,6 +1408,26 @@ public final class SQLStore: Store {
         }
         for o in vector.origins where !seen.contains(o) && vector[o] != horizon[o] {
             throw StoreError(.corrupt, "\(path): origin \(o) has vector \(vector[o]) but no deltas above horizon \(horizon[o])")
+        }
+        // Each origin's part of each StateBlock has its run, in the table or pending.
+        func describe(_ runs: [(origin: Origin, run: Run)], _ i: Int) -> String {
+            i < runs.count ? "\(runs[i].origin) from \(runs[i].run.first) in StateBlock \(runs[i].run.block)" : "nothing"
+        }
+        var expected: [(origin: Origin, run: Run)] = []
+        let parts = try db.prepare("SELECT origin, MIN(seq), block FROM deltas GROUP BY origin, block")
+        while try parts.step() { expected.append((Origin(parts.uint64(0)), Run(first: parts.uint64(1), block: parts.int64(2)))) }
+        var found = pendingRuns.rows(in: Array(0..<PendingRuns.slices))
+        let table = try db.prepare("SELECT origin, first, block FROM runs")
+        while try table.step() { found.append((Origin(table.uint64(0)), Run(first: table.uint64(1), block: table.int64(2)))) }
+        let order: ((origin: Origin, run: Run), (origin: Origin, run: Run)) -> Bool = {
+            $0.origin != $1.origin ? $0.origin < $1.origin : $0.run.first < $1.run.first
+        }
+        expected.sort(by: order)
+        found.sort(by: order)
+        for i in 0..<max(expected.count, found.count) {
+            guard i < expected.count, i < found.count, expected[i].origin == found[i].origin, expected[i].run == found[i].run else {
+                throw StoreError(.corrupt, "\(path): the runs do not match the log: the log needs \(describe(expected, i)), the runs say \(describe(found, i))")
+            }
         }
         return VerifyReport(blocks: blockCount, deltas: deltaCount, registers: state.registers.count)
     }

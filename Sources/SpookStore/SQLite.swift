@@ -108,11 +108,9 @@ final class SQLiteConnection: SQLBackend {
         """
         CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS blocks(id INTEGER PRIMARY KEY, count INTEGER NOT NULL, checksum INTEGER NOT NULL);
-        CREATE TABLE IF NOT EXISTS deltas(
-            origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,
-            body BLOB NOT NULL, refused TEXT,
-            PRIMARY KEY(origin, seq)) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS deltas_block ON deltas(block);
+        CREATE TABLE IF NOT EXISTS deltas(\(SQLiteConnection.deltasColumns)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS runs(origin INTEGER NOT NULL, first INTEGER NOT NULL, block INTEGER NOT NULL,
+            PRIMARY KEY(origin, first)) WITHOUT ROWID;
         CREATE TABLE IF NOT EXISTS vector(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS horizon(origin INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
         CREATE TABLE IF NOT EXISTS peers(peer TEXT NOT NULL, origin INTEGER NOT NULL, seq INTEGER NOT NULL,
@@ -122,6 +120,26 @@ final class SQLiteConnection: SQLBackend {
         CREATE TABLE IF NOT EXISTS orphans(id INTEGER PRIMARY KEY, origin INTEGER NOT NULL, seq INTEGER NOT NULL, body BLOB NOT NULL);
 
         """
+    }
+
+    /// The log, keyed by StateBlock: a commit's rows go to one place (by
+    /// origin they went to one page per origin; `runs` finds an origin's).
+    private static let deltasColumns = """
+        origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,
+                body BLOB NOT NULL, refused TEXT, PRIMARY KEY(block, origin, seq)
+        """
+
+    /// Format 1 keyed the log by (origin, seq) and had no runs.
+    func migrationSQL(fromFormat: Int64) -> String? {
+        guard fromFormat == 1 else { return nil }
+        return """
+            CREATE TABLE deltas_by_block(\(SQLiteConnection.deltasColumns)) WITHOUT ROWID;
+            INSERT INTO deltas_by_block(origin, seq, block, body, refused)
+                SELECT origin, seq, block, body, refused FROM deltas ORDER BY block, origin, seq;
+            INSERT INTO runs(origin, first, block) SELECT origin, MIN(seq), block FROM deltas GROUP BY origin, block;
+            DROP TABLE deltas;
+            ALTER TABLE deltas_by_block RENAME TO deltas
+            """
     }
 
     func prepare(_ sql: String) throws -> any SQLStatement { try statement(sql) }

@@ -31,6 +31,12 @@ public struct StoreOptions: Sendable {
     /// want less disk. At `sync = normal` a power cut may lose up to this much.
     public var walBytes: Int = StoreOptions.walBytesDefault
     public static let walBytesDefault = 32 << 20
+    /// SQLite: runs (where each origin's seqs lie in the log) kept in
+    /// memory until their slice of origins is written (16 bytes each, and
+    /// an array per origin); past it a commit writes them all (counted,
+    /// `SQLStore.pendingRunsFlushedWhole`, and logged). A fleet's daemon
+    /// holds about 64 runs per origin (`PendingRuns.slices`).
+    public var pendingRunsMax: Int = 262_144
     /// Largest catch-up batch `catchUp(for:limit:)` accepts.
     public static let catchUpLimitMax = 100_000
 

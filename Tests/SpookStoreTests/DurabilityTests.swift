@@ -37,8 +37,10 @@ import Testing
     }
 
     /// SQLite's log file stays within `walBytes` (`[node] log_mib`) and one
-    /// commit, however much is written: 300 commits of about 100 KiB each
-    /// against a bound of 1 MiB.
+    /// commit, however much is written: 300 commits of about 140 KiB each
+    /// against a bound of 1 MiB (about 40 times the bound in all). A commit that
+    /// takes a step of a history trim writes about 570 KiB here, so one
+    /// commit is allowed 1 MiB.
     @Test func theSQLiteLogStaysWithinItsBound() throws {
         let dir = TemporaryDirectory()
         var o = StoreOptions(sync: .off, historyLength: 4)
@@ -56,7 +58,7 @@ import Testing
             if stat(dir.file("log.db-wal"), &info) == 0 { largest = max(largest, Int(info.st_size)) }
         }
         #expect(largest >= 512 << 10, "the log never came near its bound (\(largest) bytes): the test wrote too little")
-        #expect(largest <= (1 << 20) + (512 << 10), "the log grew to \(largest) bytes against a bound of 1 MiB")
+        #expect(largest <= (1 << 20) + (1 << 20), "the log grew to \(largest) bytes against a bound of 1 MiB")
     }
 
     /// The log holds what a peer has not acknowledged, no more: on SQLite the
