@@ -47,14 +47,23 @@ public struct QStateVector: Hashable, Sendable, CustomStringConvertible {
 
     /// Compares as a partial order: `ahead` when self holds everything other
     /// holds and more.
+    /// No set of origins is built: a daemon compares a thousand agents'
+    /// vectors of a thousand origins for each metrics scrape.
     public func compare(_ other: QStateVector) -> Order {
         var someAhead = false
         var someBehind = false
-        for o in Set(entries.keys).union(other.entries.keys) {
-            let a = self[o], b = other[o]
+        var shared = 0
+        for (o, a) in entries {
+            guard let b = other.entries[o] else {
+                someAhead = true
+                continue
+            }
+            shared += 1
             if a > b { someAhead = true }
             if a < b { someBehind = true }
         }
+        // No entry is zero, so an origin only `other` holds puts it ahead.
+        if other.entries.count > shared { someBehind = true }
         switch (someAhead, someBehind) {
         case (false, false): return .equal
         case (true, false): return .ahead

@@ -129,10 +129,10 @@ public struct SyncSession: Sendable {
     public func isCaughtUp(_ store: any StoreView) -> Bool {
         guard let ourStart, let theirStart else { return false }
         let acknowledged = recorded(store)
-        let received = store.vector.compare(theirStart) != .behind && store.vector.compare(theirStart) != .concurrent
+        let received = [.equal, .ahead].contains(store.vector.compare(theirStart))
         if publishOnly { return received }
         if let only = onlyOrigin { return received && acknowledged[only] >= ourStart[only] }
-        return received && acknowledged.compare(ourStart) != .behind && acknowledged.compare(ourStart) != .concurrent
+        return received && [.equal, .ahead].contains(acknowledged.compare(ourStart))
     }
 
     /// What is still unacknowledged, in deltas: what the peer lacks of ours.

@@ -19,6 +19,12 @@ import Testing
         #expect(QStateVector([a: 4]).compare(x) == .behind)
         #expect(x.compare(QStateVector([a: 4, b: 2])) == .concurrent)
         #expect(QStateVector().compare(QStateVector([a: 0])) == .equal)
+        // Origins only one side holds.
+        #expect(x.compare(QStateVector([a: 5, b: 1, c: 1])) == .behind)
+        #expect(QStateVector([a: 5, b: 1, c: 1]).compare(x) == .ahead)
+        #expect(x.compare(QStateVector([a: 6, c: 1])) == .concurrent)
+        #expect(QStateVector([c: 1]).compare(QStateVector([b: 1])) == .concurrent)
+        #expect(QStateVector().compare(x) == .behind && x.compare(QStateVector()) == .ahead)
     }
 
     @Test func lackingNamesExactlyTheMissingRuns() {
