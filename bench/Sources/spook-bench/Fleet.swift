@@ -28,6 +28,10 @@ enum FleetBench {
         var durablePerSecond: Double
         var p50Ms: Double
         var p99Ms: Double
+        /// A DELTAS frame's round trip: sent → its ACK (a write's latency
+        /// adds the wait for an earlier frame's ACK, by Nagle's rule).
+        var frameP50Ms: Double
+        var frameP99Ms: Double
         var cpuPercent: Double
         var rssMiB: Double
         /// The load generator's own CPU (this process), which shares the machine with the daemons.
@@ -93,6 +97,8 @@ enum FleetBench {
         var inFlight = 0
         /// Creation time of each seq after `acked` (index 0 is acked + 1).
         var made: [Double] = []
+        /// When each unacknowledged DELTAS frame was sent, oldest first.
+        var framesSent: [Double] = []
         var madeBase: UInt64 = 1
         var due = 0.0
         var lastSent = 0.0
@@ -180,6 +186,7 @@ enum FleetBench {
         }
         let interval = 1 / rate
         var latencies: [Double] = []
+        var frameTrips: [Double] = []
         latencies.reserveCapacity(Int(rate * Double(keys.count) * seconds))
         var ackedInWindow = 0
         let start = now()
@@ -272,6 +279,7 @@ enum FleetBench {
                     }
                     a.sentThrough = last
                     a.inFlight += 1
+                    a.framesSent.append(t)
                     a.queue(.deltas(batch))
                     a.lastSent = t
                 } else if t - a.lastSent > 0.5 {
@@ -313,12 +321,17 @@ enum FleetBench {
                     switch m {
                     case .ack(let v, _):
                         let through = v[a.origin]
+                        let at = now()
+                        // Each ACK answers the oldest unacknowledged frame.
+                        if through >= a.acked, !a.framesSent.isEmpty {
+                            let sent = a.framesSent.removeFirst()
+                            if at >= measureFrom && at < measureTo { frameTrips.append(at - sent) }
+                        }
                         guard through > a.acked else {
                             if through == a.acked { a.inFlight = max(0, a.inFlight - 1) }
                             continue
                         }
                         a.inFlight = max(0, a.inFlight - 1)
-                        let at = now()
                         let count = Int(through - a.acked)
                         if at >= measureFrom && at < measureTo {
                             ackedInWindow += count
@@ -336,7 +349,8 @@ enum FleetBench {
         }
         for a in agents { close(a.fd) }
         var r = Result(durablePerSecond: Double(ackedInWindow) / seconds, p50Ms: percentile(latencies, 0.5) * 1000,
-                       p99Ms: percentile(latencies, 0.99) * 1000, cpuPercent: cpuPercent, rssMiB: rss,
+                       p99Ms: percentile(latencies, 0.99) * 1000,
+                       frameP50Ms: percentile(frameTrips, 0.5) * 1000, frameP99Ms: percentile(frameTrips, 0.99) * 1000, cpuPercent: cpuPercent, rssMiB: rss,
                        generatorPercent: generatorPercent, agents: keys.count)
         for s in scrapes { s.done.wait() }
         guard scrapes.count == 2, let m0 = scrapes[0].result, let m1 = scrapes[1].result, m1.at > m0.at else { return r }
@@ -395,6 +409,7 @@ enum FleetBench {
             rows.append(Row(name: "\(label): durable updates/s", value: r.durablePerSecond, unit: "updates/s",
                             baseline: "the store alone, in-process, 100/block", baselineValue: ceiling))
             rows.append(Row(name: "\(label): write → durable at daemon p50", value: r.p50Ms, unit: "ms", baseline: "p99", baselineValue: r.p99Ms))
+            rows.append(Row(name: "\(label): DELTAS frame sent → ACK p50", value: r.frameP50Ms, unit: "ms", baseline: "p99", baselineValue: r.frameP99Ms))
             rows.append(Row(name: "\(label): daemon CPU (sum)", value: r.cpuPercent, unit: "% of a core", baseline: "daemon RSS (sum, MiB)", baselineValue: r.rssMiB))
             rows.append(Row(name: "\(label): load generator CPU", value: r.generatorPercent, unit: "% of a core", baseline: "daemon CPU (sum)", baselineValue: r.cpuPercent))
             guard let commitsPerSecond = r.commitsPerSecond else { return }
