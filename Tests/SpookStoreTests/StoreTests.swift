@@ -399,8 +399,9 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
     }
 
     /// A store written by the build before the log was keyed by StateBlock
-    /// (format 1: `Fixtures/format1.sqlite`, written by `spookd` at f18d5f3
-    /// through `spookctl set`) is converted when opened, and reads back whole.
+    /// (format 1: `Fixtures/format1.sqlite`, written through `spookctl set`
+    /// by a release `spookd` built from 7968c7c, whose store code is the
+    /// same through f18d5f3) is converted when opened, and reads back whole.
     @Test func aFormatOneStoreIsConvertedAndReadsBackWhole() throws {
         let dir = TemporaryDirectory()
         let path = dir.file("old.db")
