@@ -19,7 +19,7 @@ struct Run: Equatable, Sendable {
 /// and a store opened again finds its pending runs among the last `slices`
 /// blocks. Past `StoreOptions.pendingRunsMax` pending runs a commit
 /// writes all of them. (A fleet at 20 updates/s per agent: 16 slices gave
-/// a p50 of 55–76 ms, 64 slices 39–47 ms; docs/benchmarks.md.)
+/// a p50 of 54–76 ms, 64 slices 39–47 ms; docs/benchmarks.md.)
 struct PendingRuns: Sendable {
     static let slices = 64
 
