@@ -16,6 +16,12 @@ public protocol SQLBackend: AnyObject {
     var shared: Bool { get }
     /// The tables, created when missing (one or more statements).
     var schemaSQL: String { get }
+    /// The log is keyed by StateBlock, and the `runs` table says where each
+    /// origin's seqs lie (SQLite: a commit's rows go to one place of the
+    /// file). False: the log is keyed by (origin, seq) and read by origin
+    /// directly, with no `runs` (PostgreSQL: the pages are the server's,
+    /// and runs written at every commit cost more than they saved).
+    var logByBlock: Bool { get }
     /// Converts a store of an older format, after `schemaSQL` created the
     /// tables that format lacked (inside the same transaction); nil when
     /// this build cannot.

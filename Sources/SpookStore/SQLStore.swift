@@ -18,10 +18,10 @@ import SpookCore
 ///                                            block's delta bodies in (origin, seq) order
 ///     deltas(origin, seq, block, body, refused)   the delta log; SQLite keys it by
 ///                                            (block, origin, seq), so a commit appends
-///     runs(origin, first, block)             where each origin's seqs lie: per StateBlock
-///                                            the first seq it holds of the origin (SQLite
-///                                            writes them a slice of origins per commit:
-///                                            `PendingRuns`)
+///     runs(origin, first, block)             SQLite (`SQLBackend.logByBlock`): where each
+///                                            origin's seqs lie, per StateBlock the first seq
+///                                            it holds of the origin (written a slice of
+///                                            origins per commit: `PendingRuns`)
 ///     vector(origin, seq)                    own QStateVector
 ///     horizon(origin, seq)                   compaction horizon
 ///     peers(peer, origin, seq)               acknowledged vector per peer
@@ -188,7 +188,7 @@ public final class SQLStore: Store {
             if try s.step() {
                 let found = s.int64(0)
                 if found < SQLStore.formatVersion, let sql = db.migrationSQL(fromFormat: found) {
-                    try db.exec(sql)
+                    if !sql.isEmpty { try db.exec(sql) }
                     try setMeta("format", SQLStore.formatVersion)
                     logger.notice("store converted to this build's format", metadata: [
                         "path": "\(path)", "from": "\(found)", "to": "\(SQLStore.formatVersion)",
@@ -238,9 +238,8 @@ public final class SQLStore: Store {
         if db.shared {
             seenGeneration = Int64(bitPattern: try meta("generation") ?? 0)
             historySeen = try historyHead()
-        } else {
-            try loadPendingRuns()
         }
+        if db.logByBlock { try loadPendingRuns() }
     }
 
     /// Finds the runs of the last `PendingRuns.slices` blocks that the
@@ -568,8 +567,10 @@ public final class SQLStore: Store {
                 d.bind(at + 3, h.body)
                 if let r = h.refusal { d.bind(at + 4, r.code.rawValue) }
             }
-            newRuns = PendingRuns.runs(of: held.lazy.map(\.id), block: id)
-            runSlicesWritten = try writeRuns(newRuns, block: id)
+            if db.logByBlock {
+                newRuns = PendingRuns.runs(of: held.lazy.map(\.id), block: id)
+                runSlicesWritten = try writeRuns(newRuns, block: id)
+            }
             try writeVector(table: "vector", old: vector, new: nextVector)
             try writeRegisters(result.changed, state: nextState)
             try appendHistory(result.changes)
@@ -583,7 +584,7 @@ public final class SQLStore: Store {
         }
         guard let blockID else { return result }
         lazyWritten()
-        if !db.shared {
+        if db.logByBlock {
             if runSlicesWritten.count == PendingRuns.slices {
                 pendingRunsFlushedWhole += 1
                 logger.notice("pending runs reached their bound; this commit wrote them all", metadata: [
@@ -651,16 +652,11 @@ public final class SQLStore: Store {
         }
     }
 
-    /// Writes a new block's runs: at once on a shared backend (the other
-    /// daemons read them); otherwise the runs pending in the slices this
-    /// block's commit is due to write, this block's among them. Returns
-    /// those slices (none on a shared backend).
+    /// Writes the runs pending in the slices this block's commit is due to
+    /// write, the new block's among them, and returns those slices.
     private func writeRuns(_ runs: [(origin: Origin, run: Run)], block: Int64) throws -> [Int] {
-        var rows = runs, slices: [Int] = []
-        if !db.shared {
-            slices = pendingRuns.due(block: block, adding: runs.count, limit: options.pendingRunsMax)
-            rows = pendingRuns.rows(in: slices) + runs.filter { slices.contains(PendingRuns.slice(of: $0.origin)) }
-        }
+        let slices = pendingRuns.due(block: block, adding: runs.count, limit: options.pendingRunsMax)
+        let rows = pendingRuns.rows(in: slices) + runs.filter { slices.contains(PendingRuns.slice(of: $0.origin)) }
         try insertRows("INSERT INTO runs(origin, first, block) VALUES", columns: 3, rows) { s, at, row in
             s.bind(at, row.origin.rawValue)
             s.bind(at + 1, row.run.first)
@@ -671,6 +667,15 @@ public final class SQLStore: Store {
 
     /// The StateBlocks holding seqs `seqs` of `origin`, oldest first.
     private func blocks(of origin: Origin, _ seqs: ClosedRange<UInt64>) throws -> [Int64] {
+        guard db.logByBlock else {
+            let s = try db.prepare("SELECT DISTINCT block FROM deltas WHERE origin = ? AND seq BETWEEN ? AND ? ORDER BY block")
+            s.bind(1, origin.rawValue)
+            s.bind(2, seqs.lowerBound)
+            s.bind(3, seqs.upperBound)
+            var blocks: [Int64] = []
+            while try s.step() { blocks.append(s.int64(0)) }
+            return blocks
+        }
         let s = try db.prepare("""
             SELECT first, block FROM runs WHERE origin = ? AND first <= ?
                 AND first >= COALESCE((SELECT MAX(first) FROM runs WHERE origin = ? AND first <= ?), 0) ORDER BY first
@@ -690,6 +695,7 @@ public final class SQLStore: Store {
     /// Removes the runs of `origin` that start after seq `seq` from the table
     /// (the caller drops the pending ones once its transaction committed).
     private func dropRuns(of origin: Origin, after seq: UInt64) throws {
+        guard db.logByBlock else { return }
         let s = try db.prepare("DELETE FROM runs WHERE origin = ? AND first > ?")
         s.bind(1, origin.rawValue)
         s.bind(2, seq)
@@ -942,7 +948,7 @@ public final class SQLStore: Store {
             try setMeta("orphans_wait", Int64(bitPattern: waitThrough))
         }
         vector[origin] = keep
-        if !db.shared { pendingRuns.remove(of: origin) { $0.first > keep } }
+        if db.logByBlock { pendingRuns.remove(of: origin) { $0.first > keep } }
         peerVectors = nextPeers
         epoch = nextEpoch
         orphanCount += moved
@@ -1089,7 +1095,7 @@ public final class SQLStore: Store {
         state = nextState
         vector = nextVector
         horizon = nextHorizon
-        if !db.shared { for o in dropped { pendingRuns.remove(of: o) { _ in true } } }
+        if db.logByBlock { for o in dropped { pendingRuns.remove(of: o) { _ in true } } }
         if db.shared { try trimHistoryIfDue() }
         if !changed.isEmpty { onChange?(changed, snapshotChanges) }
         return changed
@@ -1315,7 +1321,7 @@ public final class SQLStore: Store {
             try d.step()
             // An origin's runs in the blocks removed are those up to its new horizon.
             let r = try db.prepare("DELETE FROM runs WHERE origin = ? AND first <= ?")
-            for o in nextHorizon.origins where nextHorizon[o] != horizon[o] {
+            for o in nextHorizon.origins where db.logByBlock && nextHorizon[o] != horizon[o] {
                 r.reset()
                 r.bind(1, o.rawValue)
                 r.bind(2, nextHorizon[o])
@@ -1332,7 +1338,7 @@ public final class SQLStore: Store {
         }
         guard done else { return CompactionReport(blocksRemoved: 0, deltasRemoved: 0, horizon: horizon) }
         lazyWritten()
-        if !db.shared {
+        if db.logByBlock {
             for o in nextHorizon.origins where nextHorizon[o] != horizon[o] {
                 pendingRuns.remove(of: o) { $0.block <= compactedThrough }
             }
@@ -1409,7 +1415,12 @@ public final class SQLStore: Store {
         for o in vector.origins where !seen.contains(o) && vector[o] != horizon[o] {
             throw StoreError(.corrupt, "\(path): origin \(o) has vector \(vector[o]) but no deltas above horizon \(horizon[o])")
         }
-        // Each origin's part of each StateBlock has its run, in the table or pending.
+        if db.logByBlock { try verifyRuns() }
+        return VerifyReport(blocks: blockCount, deltas: deltaCount, registers: state.registers.count)
+    }
+
+    /// Each origin's part of each StateBlock has its run, in the table or pending.
+    private func verifyRuns() throws {
         func describe(_ runs: [(origin: Origin, run: Run)], _ i: Int) -> String {
             i < runs.count ? "\(runs[i].origin) from \(runs[i].run.first) in StateBlock \(runs[i].run.block)" : "nothing"
         }
@@ -1429,6 +1440,5 @@ public final class SQLStore: Store {
                 throw StoreError(.corrupt, "\(path): the runs do not match the log: the log needs \(describe(expected, i)), the runs say \(describe(found, i))")
             }
         }
-        return VerifyReport(blocks: blockCount, deltas: deltaCount, registers: state.registers.count)
     }
 }

@@ -103,6 +103,7 @@ final class SQLiteConnection: SQLBackend {
     var location: String { path }
     /// One process per file (the nodes hold a lock file next to it).
     var shared: Bool { false }
+    var logByBlock: Bool { true }
 
     var schemaSQL: String {
         """
