@@ -19,6 +19,12 @@ public struct QStateVector: Hashable, Sendable, CustomStringConvertible {
 
     public func contains(_ id: DeltaID) -> Bool { id.seq <= self[id.origin] }
 
+    /// Holds everything `other` holds (`compare` says equal or ahead),
+    /// looking only at `other`'s origins.
+    public func covers(_ other: QStateVector) -> Bool {
+        other.entries.allSatisfy { self[$0.key] >= $0.value }
+    }
+
     /// Origins in ascending order: iterate this, never the dictionary, where
     /// order can be observed (determinism).
     public var origins: [Origin] { entries.keys.sorted() }

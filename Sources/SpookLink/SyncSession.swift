@@ -128,11 +128,11 @@ public struct SyncSession: Sendable {
     /// session started: the HalfPair's `caughtUp` event.
     public func isCaughtUp(_ store: any StoreView) -> Bool {
         guard let ourStart, let theirStart else { return false }
+        let received = store.vector.covers(theirStart)
+        if publishOnly || !received { return received }
         let acknowledged = recorded(store)
-        let received = [.equal, .ahead].contains(store.vector.compare(theirStart))
-        if publishOnly { return received }
-        if let only = onlyOrigin { return received && acknowledged[only] >= ourStart[only] }
-        return received && [.equal, .ahead].contains(acknowledged.compare(ourStart))
+        if let only = onlyOrigin { return acknowledged[only] >= ourStart[only] }
+        return acknowledged.covers(ourStart)
     }
 
     /// What is still unacknowledged, in deltas: what the peer lacks of ours.

@@ -970,7 +970,7 @@ public final class Node: @unchecked Sendable {
         guard let u = link.upstream, let session = link.session else { return }
         // A standby link is caught up once it holds what its daemon held: we send it nothing yet.
         let caughtUp = session.paused
-            ? store.vector.merged(store.peerVector(session.peer)) == store.vector
+            ? store.vector.covers(store.peerVector(session.peer))
             : session.isCaughtUp(store)
         guard caughtUp else { return }
         switch upstreams[u].pair.state {

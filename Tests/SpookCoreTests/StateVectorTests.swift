@@ -27,6 +27,13 @@ import Testing
         #expect(QStateVector().compare(x) == .behind && x.compare(QStateVector()) == .ahead)
     }
 
+    @Test func coversIsEqualOrAhead() {
+        let vectors = [QStateVector(), QStateVector([a: 5, b: 1]), QStateVector([a: 4]), QStateVector([a: 5, b: 1, c: 1]), QStateVector([a: 6, c: 1])]
+        for x in vectors {
+            for y in vectors { #expect(x.covers(y) == [.equal, .ahead].contains(x.compare(y)), "\(x) covers \(y)") }
+        }
+    }
+
     @Test func lackingNamesExactlyTheMissingRuns() {
         let mine = QStateVector([a: 10, b: 3, c: 1])
         let peer = QStateVector([a: 4, b: 3, c: 7])
