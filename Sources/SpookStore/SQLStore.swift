@@ -1320,12 +1320,14 @@ public final class SQLStore: Store {
             d.bind(1, lastBlock)
             try d.step()
             // An origin's runs in the blocks removed are those up to its new horizon.
-            let r = try db.prepare("DELETE FROM runs WHERE origin = ? AND first <= ?")
-            for o in nextHorizon.origins where db.logByBlock && nextHorizon[o] != horizon[o] {
-                r.reset()
-                r.bind(1, o.rawValue)
-                r.bind(2, nextHorizon[o])
-                try r.step()
+            if db.logByBlock {
+                let r = try db.prepare("DELETE FROM runs WHERE origin = ? AND first <= ?")
+                for o in nextHorizon.origins where nextHorizon[o] != horizon[o] {
+                    r.reset()
+                    r.bind(1, o.rawValue)
+                    r.bind(2, nextHorizon[o])
+                    try r.step()
+                }
             }
             compactedThrough = lastBlock
             let b = try db.prepare("DELETE FROM blocks WHERE id <= ?")

@@ -110,7 +110,7 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
 
         // Exactly once: per agent origin the database's vector says n, and its
         // log holds n rows, seqs 1…n (one statement: one snapshot of both).
-        let database = String(url.split(separator: "/")[2].prefix { $0 != "?" })
+        let database = PostgresServer.database(of: url)
         let rows = try #require(try PostgresServer.shared().psql(database, """
             SELECT v.origin, v.seq, COUNT(d.seq), MIN(d.seq), MAX(d.seq) FROM vector v LEFT JOIN deltas d ON d.origin = v.origin GROUP BY v.origin, v.seq
             """))
@@ -204,7 +204,7 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
         #expect(c.value("d1", "site1.gw1/data/n") == .int(50), "nothing reaches the daemon's state without the database")
 
         try pg.start()
-        let database = String(url.split(separator: "/")[2].prefix { $0 != "?" })
+        let database = PostgresServer.database(of: url)
         try Self.expectEveryDeltaOnce(c, pg, database: database, "everything at the daemon once the database is back", seconds: 60)
     }
 
@@ -217,7 +217,7 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
     @Test func aSilentNetworkToTheDatabaseIsDroppedAndRetried() throws {
         let pg = try PostgresServer.shared()
         let direct = try pg.createDatabase("silent")
-        let database = String(direct.split(separator: "/")[2].prefix { $0 != "?" })
+        let database = PostgresServer.database(of: direct)
         let proxy = try CuttableProxy(to: pg.port)
         let url = "postgres://spook@127.0.0.1:\(proxy.port)/\(database)"
         let (c, write) = try Self.daemonWithAnAgent(url: url)

@@ -25,8 +25,7 @@ import Testing
 
     /// A new database on the test server: its name.
     static func database(_ pg: PostgresServer, _ hint: String) throws -> String {
-        let socketURL = try pg.createDatabase(hint)
-        return String(socketURL.split(separator: "/")[2].prefix { $0 != "?" })
+        PostgresServer.database(of: try pg.createDatabase(hint))
     }
 
     /// The message of the error `body` throws (a StoreError), or nil.

@@ -444,8 +444,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(try store.verify().deltas == 6)
         #expect(try store.deltas(origin: Origin(1), seqs: 2...4).map(\.seq) == [2, 3, 4])
         store.close()
-        let format = try PostgresServer.shared().psql(String(try shelf.location("s").split(separator: "/")[2].prefix { $0 != "?" }),
-                                                      "SELECT value FROM meta WHERE key = 'format'")
+        let format = try PostgresServer.shared().psql(PostgresServer.database(of: try shelf.location("s")), "SELECT value FROM meta WHERE key = 'format'")
         #expect(format == "\(SQLStore.formatVersion)")
     }
 
@@ -459,7 +458,7 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
             sqlite3_close(db)
         case .postgres:
             let url = try shelf.location(name)
-            let database = String(url.split(separator: "/")[2].prefix { $0 != "?" })
+            let database = PostgresServer.database(of: url)
             #expect(try PostgresServer.shared().psql(database, postgres) != nil, "psql: \(postgres)")
         }
     }

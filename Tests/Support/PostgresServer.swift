@@ -133,6 +133,11 @@ public final class PostgresServer: @unchecked Sendable {
 
     public func url(_ database: String) -> String { "postgres://spook@/\(database)?host=\(dir)&port=\(port)" }
 
+    /// The database a `postgres://` URL names (what `psql` takes).
+    public static func database(of url: String) -> String {
+        String(url.split(separator: "/")[2].prefix { $0 != "?" })
+    }
+
     /// Runs SQL with psql; its output, or nil when psql failed.
     public func psql(_ database: String, _ sql: String) throws -> String? {
         let p = try ChildProcess("/usr/bin/psql", ["-q", "-t", "-A", "-h", dir, "-p", "\(port)", "-U", "spook", "-d", database, "-c", sql], stderrPath: "\(dir)/psql.log")

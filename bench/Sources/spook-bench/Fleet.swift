@@ -321,17 +321,15 @@ enum FleetBench {
                     switch m {
                     case .ack(let v, _):
                         let through = v[a.origin]
-                        let at = now()
+                        guard through >= a.acked else { continue }
                         // Each ACK answers the oldest unacknowledged frame.
-                        if through >= a.acked, !a.framesSent.isEmpty {
+                        let at = now()
+                        a.inFlight = max(0, a.inFlight - 1)
+                        if !a.framesSent.isEmpty {
                             let sent = a.framesSent.removeFirst()
                             if at >= measureFrom && at < measureTo { frameTrips.append(at - sent) }
                         }
-                        guard through > a.acked else {
-                            if through == a.acked { a.inFlight = max(0, a.inFlight - 1) }
-                            continue
-                        }
-                        a.inFlight = max(0, a.inFlight - 1)
+                        guard through > a.acked else { continue }
                         let count = Int(through - a.acked)
                         if at >= measureFrom && at < measureTo {
                             ackedInWindow += count
