@@ -12,6 +12,10 @@ import SpookStore
 package final class NodeMetrics: @unchecked Sendable {
     let registry = PrometheusCollectorRegistry()
     let commitSeconds: DurationHistogram
+    /// A received DELTAS frame: read from its socket → its group commit starts.
+    let frameWaitSeconds: DurationHistogram
+    /// A received DELTAS frame: read from its socket → its ACK handed to the link.
+    let frameAckSeconds: DurationHistogram
     let reconnects: Counter
     let deltasHeld: Counter
     let links: Gauge
@@ -58,6 +62,14 @@ package final class NodeMetrics: @unchecked Sendable {
         commitSeconds = registry.makeDurationHistogram(
             descriptor: NodeMetrics.name("commit", "seconds", "Time to make a StateBlock durable (local writes and received DELTAS)"),
             buckets: [.microseconds(100), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(250)])
+        let frameBuckets: [Duration] = [.milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(20), .milliseconds(50),
+                                        .milliseconds(100), .milliseconds(250), .seconds(1)]
+        frameWaitSeconds = registry.makeDurationHistogram(
+            descriptor: NodeMetrics.name("frame_wait", "seconds", "A received DELTAS frame: from its read off the socket to the start of the group commit that takes it"),
+            buckets: frameBuckets)
+        frameAckSeconds = registry.makeDurationHistogram(
+            descriptor: NodeMetrics.name("frame_ack", "seconds", "A received DELTAS frame: from its read off the socket to its ACK handed to the link"),
+            buckets: frameBuckets)
         reconnects = registry.makeCounter(descriptor: NodeMetrics.name("reconnects", "total", "Reconnect attempts scheduled by upstream HalfPairs"))
         deltasHeld = registry.makeCounter(descriptor: NodeMetrics.name("deltas_held", "total", "Deltas held by this node's store (rate() is deltas/s)"))
         links = registry.makeGauge(descriptor: NodeMetrics.name("links", "", "Links past the handshake"))

@@ -594,7 +594,8 @@ public final class Node: @unchecked Sendable {
     }
 
     /// A frame arrived on `id` (on the node loop).
-    func received(_ message: Message, on id: Int) {
+    /// `arrived`: when the I/O loop read it (a DELTAS frame's wait for its ACK is measured from there).
+    func received(_ message: Message, on id: Int, arrived: ContinuousClock.Instant = .now) {
         guard let link = links[id] else { return }
         link.lastHeardMs = clock.nowMs()
         do {
@@ -648,7 +649,7 @@ public final class Node: @unchecked Sendable {
             }
             guard var session = link.session else { return }
             let actions = try session.receive(message, store, nowMs: clock.nowMs())
-            let replies = try perform(actions, for: link, &session, forbidden: forbidden)
+            let replies = try perform(actions, for: link, &session, forbidden: forbidden, arrived: arrived)
             link.session = session
             // DELTAS wait for the group commit of this loop turn; it answers them.
             if case .deltas = message { return }
@@ -680,14 +681,15 @@ public final class Node: @unchecked Sendable {
     /// for the next group commit (`forbidden`: the frame held refused
     /// writes, so it earns ERROR instead of its ACK). Returns the messages
     /// to send; the caller sends them.
-    func perform(_ actions: [SyncAction], for link: Link, _ session: inout SyncSession, forbidden: WireError? = nil) throws -> [Message] {
+    func perform(_ actions: [SyncAction], for link: Link, _ session: inout SyncSession, forbidden: WireError? = nil,
+                 arrived: ContinuousClock.Instant? = nil) throws -> [Message] {
         var out: [Message] = []
         for action in actions {
             switch action {
             case .send(let m): out.append(m)
             case .recordAck(let v): try store.recordAck(peer: session.peer, vector: v)
             case .replaceAck(let v): try store.replaceAck(peer: session.peer, vector: v)
-            case .commit(let deltas): queueForCommit(link: link.id, deltas, forbidden: forbidden)
+            case .commit(let deltas): queueForCommit(link: link.id, deltas, forbidden: forbidden, arrived: arrived ?? .now)
             case .apply(let snapshot):
                 _ = try store.apply(snapshot)
                 out += try perform(session.applied(store, nowMs: clock.nowMs()), for: link, &session)
@@ -704,6 +706,8 @@ public final class Node: @unchecked Sendable {
         let deltas: [Delta]
         /// The frame held deltas outside the grant (kept withheld): ERROR instead of ACK once durable.
         let forbidden: WireError?
+        /// When the I/O loop read it.
+        let arrived: ContinuousClock.Instant
     }
 
     var receivedFrames: [ReceivedFrame] = []
@@ -714,8 +718,8 @@ public final class Node: @unchecked Sendable {
     /// the loop turn (each link's reader also stops at its own queue bound).
     static let groupCommitDeltasMax = 50_000
 
-    func queueForCommit(link: Int, _ deltas: [Delta], forbidden: WireError?) {
-        receivedFrames.append(ReceivedFrame(link: link, deltas: deltas, forbidden: forbidden))
+    func queueForCommit(link: Int, _ deltas: [Delta], forbidden: WireError?, arrived: ContinuousClock.Instant) {
+        receivedFrames.append(ReceivedFrame(link: link, deltas: deltas, forbidden: forbidden, arrived: arrived))
         receivedDeltas += deltas.count
         if receivedDeltas >= Node.groupCommitDeltasMax {
             groupCommit()
@@ -744,6 +748,7 @@ public final class Node: @unchecked Sendable {
         receivedDeltas = 0
         guard !frames.isEmpty || !local.isEmpty else { return }
         let started = ContinuousClock.now
+        for frame in frames { metrics.frameWaitSeconds.record(started - frame.arrived) }
         do {
             // Frames in order of their first delta: a fleet's frames (each one
             // origin's run) then arrive at the store in order, with no sort of their deltas.
@@ -797,6 +802,7 @@ public final class Node: @unchecked Sendable {
             // it reconnects and learns from our VECTOR what we hold.
             if let forbidden = frame.forbidden { throw forbidden }
             for reply in replies { send(reply, on: link) }
+            metrics.frameAckSeconds.record(ContinuousClock.now - frame.arrived)
             checkCaughtUp(link)
         } catch let e as WireError {
             refuse(link, e)
@@ -1465,9 +1471,9 @@ final class FrameHandler: ChannelDuplexHandler, @unchecked Sendable {
                 queuedFrames += 1
                 queuedBytes += bytes
                 node.budget.inbound(bytes)
-                let (node, link, loop) = (self.node, self.link, context.eventLoop)
+                let (node, link, loop, arrived) = (self.node, self.link, context.eventLoop, ContinuousClock.now)
                 node.loop.execute {
-                    node.received(message, on: link)
+                    node.received(message, on: link, arrived: arrived)
                     loop.execute { self.handled(bytes: bytes) }
                 }
             }

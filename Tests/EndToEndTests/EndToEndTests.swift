@@ -457,6 +457,13 @@ enum RawSocket {
         #expect((held ?? 0) >= 1, "deltas held: \(held.map { "\($0)" } ?? "missing")")
         let commits = text.split(separator: "\n").first { $0.hasPrefix("spook_commit_seconds_count") }.flatMap { Double($0.split(separator: " ")[1]) }
         #expect((commits ?? 0) >= 1, "received DELTAS commits are timed")
+        // The edge's DELTAS frame was timed from its read to its commit and to its ACK.
+        for histogram in ["spook_frame_wait_seconds", "spook_frame_ack_seconds"] {
+            let frames = Self.sample(text, "\(histogram)_count")
+            #expect((frames ?? 0) >= 1, "\(histogram): \(frames.map { "\($0)" } ?? "missing")")
+        }
+        // A frame's ACK comes after its commit starts: the two sums are in order.
+        #expect((Self.sample(text, "spook_frame_ack_seconds_sum") ?? 0) >= (Self.sample(text, "spook_frame_wait_seconds_sum") ?? .infinity))
         #expect(try Self.get(port, "/other").hasPrefix("HTTP/1.1 404"))
     }
 

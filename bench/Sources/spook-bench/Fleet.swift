@@ -32,6 +32,7 @@ enum FleetBench {
         /// adds the wait for an earlier frame's ACK, by Nagle's rule).
         var frameP50Ms: Double
         var frameP99Ms: Double
+        var frameMeanMs: Double
         var cpuPercent: Double
         var rssMiB: Double
         /// The load generator's own CPU (this process), which shares the machine with the daemons.
@@ -43,10 +44,17 @@ enum FleetBench {
         var commitsPerSecond: Double?
         var framesPerCommit = 0.0
         var commitShare = 0.0
+        /// Means over the window, from the daemons' histograms: a received
+        /// DELTAS frame's time from its read to the start of its group commit,
+        /// a group commit's time, and a frame's time from its read to its ACK.
+        var waitMeanMs = 0.0
+        var commitMeanMs = 0.0
+        var ackMeanMs = 0.0
     }
 
     /// The daemons' counters that say where a group commit's time goes.
-    static let commitMetrics = ["spook_group_commits_total", "spook_group_commit_frames_total", "spook_commit_seconds_sum"]
+    static let commitMetrics = ["spook_group_commits_total", "spook_group_commit_frames_total", "spook_commit_seconds_sum", "spook_commit_seconds_count",
+                                "spook_frame_wait_seconds_sum", "spook_frame_wait_seconds_count", "spook_frame_ack_seconds_sum", "spook_frame_ack_seconds_count"]
 
     /// `GET /metrics` from a daemon on 127.0.0.1:`port`: the unlabelled samples named in `commitMetrics`.
     static func scrape(_ port: Int) throws -> [String: Double] {
@@ -348,7 +356,8 @@ enum FleetBench {
         for a in agents { close(a.fd) }
         var r = Result(durablePerSecond: Double(ackedInWindow) / seconds, p50Ms: percentile(latencies, 0.5) * 1000,
                        p99Ms: percentile(latencies, 0.99) * 1000,
-                       frameP50Ms: percentile(frameTrips, 0.5) * 1000, frameP99Ms: percentile(frameTrips, 0.99) * 1000, cpuPercent: cpuPercent, rssMiB: rss,
+                       frameP50Ms: percentile(frameTrips, 0.5) * 1000, frameP99Ms: percentile(frameTrips, 0.99) * 1000,
+                       frameMeanMs: frameTrips.reduce(0, +) / Double(max(1, frameTrips.count)) * 1000, cpuPercent: cpuPercent, rssMiB: rss,
                        generatorPercent: generatorPercent, agents: keys.count)
         for s in scrapes { s.done.wait() }
         guard scrapes.count == 2, let m0 = scrapes[0].result, let m1 = scrapes[1].result, m1.at > m0.at else { return r }
@@ -358,6 +367,10 @@ enum FleetBench {
         r.commitsPerSecond = commits / span
         r.framesPerCommit = commits > 0 ? delta("spook_group_commit_frames_total") / commits : 0
         r.commitShare = delta("spook_commit_seconds_sum") / span / Double(daemons.count) * 100
+        let mean = { (histogram: String) in delta("\(histogram)_sum") / max(1, delta("\(histogram)_count")) * 1000 }
+        r.waitMeanMs = mean("spook_frame_wait_seconds")
+        r.commitMeanMs = mean("spook_commit_seconds")
+        r.ackMeanMs = mean("spook_frame_ack_seconds")
         return r
     }
 
@@ -415,6 +428,12 @@ enum FleetBench {
                             baseline: "DELTAS frames per commit", baselineValue: r.framesPerCommit))
             rows.append(Row(name: "\(label): wall time in commits (per daemon)", value: r.commitShare, unit: "%",
                             baseline: "daemon CPU (sum)", baselineValue: r.cpuPercent))
+            // Where a frame's round trip goes: inside the daemon (read → ACK handed
+            // to the link) against the whole, as the agents saw it.
+            rows.append(Row(name: "\(label): DELTAS frame read → ACK in the daemon, mean", value: r.ackMeanMs, unit: "ms",
+                            baseline: "sent → ACK at the agent, mean", baselineValue: r.frameMeanMs))
+            rows.append(Row(name: "\(label): DELTAS frame read → its commit starts, mean", value: r.waitMeanMs, unit: "ms",
+                            baseline: "a group commit, mean", baselineValue: r.commitMeanMs))
         }
         try scenario("sqlite", daemons: 1, data: "\(dir)/fleet.db", ceilingData: "\(dir)/ceiling.db")
         guard postgres else { return rows }
