@@ -189,9 +189,10 @@ public final class SQLStore: Store {
                 let found = s.int64(0)
                 if found < SQLStore.formatVersion, let sql = db.migrationSQL(fromFormat: found) {
                     if !sql.isEmpty { try db.exec(sql) }
+                    let resealed = found == 1 ? try resealFormatOneChecksums() : 0
                     try setMeta("format", SQLStore.formatVersion)
                     logger.notice("store converted to this build's format", metadata: [
-                        "path": "\(path)", "from": "\(found)", "to": "\(SQLStore.formatVersion)",
+                        "path": "\(path)", "from": "\(found)", "to": "\(SQLStore.formatVersion)", "checksums_resealed": "\(resealed)",
                     ])
                 } else if found != SQLStore.formatVersion {
                     throw StoreError(.wrongFormat, "\(path): store format \(found), this build reads format \(SQLStore.formatVersion)")
@@ -1118,6 +1119,36 @@ public final class SQLStore: Store {
             u.bind(3, id)
             try u.step()
         }
+    }
+
+    /// Format 1 resealed a StateBlock (after a snapshot dropped some of its
+    /// deltas) over its rows in SQL's order, origins as signed integers;
+    /// every other checksum covers them by DeltaID, unsigned. The two orders
+    /// differ only in a block with origins on both sides of 2^63. Such a
+    /// block whose checksum is the signed order's gets the unsigned order's;
+    /// one that matches neither is left as it is, for `verify()` to report.
+    /// Returns the blocks resealed.
+    private func resealFormatOneChecksums() throws -> Int {
+        let straddling = try db.prepare("SELECT block FROM deltas GROUP BY block HAVING MIN(origin) < 0 AND MAX(origin) >= 0")
+        var ids: [Int64] = []
+        while try straddling.step() { ids.append(straddling.int64(0)) }
+        var resealed = 0
+        for id in ids {
+            let stored = try db.prepare("SELECT checksum FROM blocks WHERE id = ?")
+            stored.bind(1, id)
+            guard try stored.step() else { continue }
+            let checksum = UInt32(truncatingIfNeeded: stored.int64(0))
+            let rows = try blockRows(id)
+            let signed = rows.sorted { (Int64(bitPattern: $0.id.origin.rawValue), $0.id.seq) < (Int64(bitPattern: $1.id.origin.rawValue), $1.id.seq) }
+            let unsignedCRC = rows.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+            guard checksum != unsignedCRC, checksum == signed.reduce(UInt32(0), { CRC32C.update($0, $1.body) }) else { continue }
+            let u = try db.prepare("UPDATE blocks SET checksum = ? WHERE id = ?")
+            u.bind(1, Int64(unsignedCRC))
+            u.bind(2, id)
+            try u.step()
+            resealed += 1
+        }
+        return resealed
     }
 
     /// A StateBlock's rows in the order its checksum covers them: by

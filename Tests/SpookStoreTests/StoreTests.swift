@@ -448,6 +448,44 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(format == "\(SQLStore.formatVersion)")
     }
 
+    /// Format 1 resealed a StateBlock over its rows with origins ordered as
+    /// signed integers, unlike every other checksum (unsigned DeltaID order):
+    /// the conversion reseals such a block in the order format 2 checks, and
+    /// leaves a checksum that matches neither order to `verify()`.
+    @Test(arguments: Backend.allCases) func aFormatOneResealInSignedOrderIsResealedWhenConverted(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        // Origins on both sides of 2^63: SQL orders `high` (negative) first.
+        let low: UInt64 = 7, high: UInt64 = 0x8000_0000_0000_0005
+        let first = [delta(low, 1, 1, [Write("n", .set, .int(1))]), delta(high, 1, 2, [Write("n", .set, .int(2))])]
+        let second = [delta(low, 2, 3, [Write("n", .set, .int(3))]), delta(high, 2, 4, [Write("n", .set, .int(4))])]
+        do {
+            let store = try shelf.open("s", options())
+            _ = try store.commit(first)
+            _ = try store.commit(second)
+            #expect(try store.verify().blocks == 2)
+            store.close()
+        }
+        let signedOrder = first.reversed().reduce(UInt32(0)) { CRC32C.update($0, $1.encoded) }
+        let tamper = """
+            UPDATE meta SET value = 1 WHERE key = 'format';
+            UPDATE blocks SET checksum = \(signedOrder) WHERE id = (SELECT MIN(id) FROM blocks);
+            UPDATE blocks SET checksum = 12345 WHERE id = (SELECT MAX(id) FROM blocks);
+            """
+        // SQLite's conversion builds the runs again from the log.
+        try StoreTests.behindTheStoresBack(shelf, "s", sqlite: "DELETE FROM runs; " + tamper, postgres: tamper)
+        let store = try shelf.open("s", options())
+        defer { store.close() }
+        // The first block passes now; the second, which matched neither order, is still reported.
+        do {
+            _ = try store.verify()
+            Issue.record("verify() passed a StateBlock with a wrong checksum")
+        } catch let e as StoreError {
+            #expect(e.code == .corrupt)
+            #expect(e.message.contains("StateBlock 2:"), "\(e.message)")
+        }
+        #expect(try store.deltas(origin: Origin(high), seqs: 1...2).map(\.seq) == [1, 2])
+    }
+
     /// Runs SQL on a store's database with the engine's own client, not the store.
     static func behindTheStoresBack(_ shelf: StoreShelf, _ name: String, sqlite: String, postgres: String) throws {
         switch shelf.backend {
