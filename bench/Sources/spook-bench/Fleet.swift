@@ -19,7 +19,8 @@ import SpookWire
 /// when no DELTAS frame is unacknowledged, every delta written since its
 /// last frame; while some are, only full frames (1,000 deltas), at most
 /// `window` unacknowledged. It subscribes to nothing (a publisher: the
-/// daemon sends it ACKs only).
+/// daemon sends it ACKs only). Agent i of n writes at its own phase, i/n of
+/// the interval, as independent agents do; in lockstep all write at once.
 ///
 /// Latency is write → durable at the daemon: from the moment a delta is
 /// made to the ACK that covers it (the daemon sends ACK after the commit).
@@ -175,7 +176,7 @@ enum FleetBench {
     /// Runs the load: `agents` agents spread over the daemons' link sockets,
     /// `rate` updates/s each, `warmup` then `seconds` measured.
     static func load(dir: String, daemons: [LinkBench.Process], metricsPorts: [Int], daemonKey: Identity, keys: [Identity], rate: Double, warmup: Double,
-                     seconds: Double, window: Int = 8) throws -> Result {
+                     seconds: Double, lockstep: Bool, window: Int = 8) throws -> Result {
         var agents: [Agent] = []
         for (i, k) in keys.enumerated() {
             let a = try Agent(identity: k, index: i, daemonKey: daemonKey.publicKey)
@@ -245,7 +246,7 @@ enum FleetBench {
             if measureFrom.isInfinite, agents.allSatisfy(\.linked) {
                 measureFrom = t + warmup
                 measureTo = measureFrom + seconds
-                for a in agents { a.due = t }
+                for (i, a) in agents.enumerated() { a.due = lockstep ? t : t + interval * Double(i) / Double(agents.count) }
             }
             if t >= measureFrom && cpu0.isEmpty {
                 cpu0 = daemons.map(\.cpuTicks)
@@ -395,7 +396,7 @@ enum FleetBench {
         return Double(count) / (now() - t)
     }
 
-    static func run(dir: String, binaries: String, agents: Int, rate: Double, seconds: Double, postgres: Bool) throws -> [Row] {
+    static func run(dir: String, binaries: String, agents: Int, rate: Double, seconds: Double, postgres: Bool, lockstep: Bool) throws -> [Row] {
         var rows: [Row] = []
         func scenario(_ name: String, daemons: Int, data: String, ceilingData: String) throws {
             let sub = "\(dir)/\(name)"
@@ -410,13 +411,14 @@ enum FleetBench {
             defer { for p in procs { p.stop() } }
             let r: Result
             do {
-                r = try load(dir: sub, daemons: procs, metricsPorts: metricsPorts, daemonKey: daemonKey, keys: keys, rate: rate, warmup: 3, seconds: seconds)
+                r = try load(dir: sub, daemons: procs, metricsPorts: metricsPorts, daemonKey: daemonKey, keys: keys, rate: rate, warmup: 3, seconds: seconds,
+                             lockstep: lockstep)
             } catch {
                 for d in 0..<daemons { _ = system("tail -n 5 '\(sub)/d\(d).log' >&2") }
                 throw error
             }
             let ceiling = try storeCeiling(data: ceilingData, count: 50_000)
-            let label = "\(agents) agents × \(Int(rate))/s → \(daemons) spookd on \(name.hasPrefix("sqlite") ? "SQLite" : "PostgreSQL")"
+            let label = "\(agents) agents × \(Int(rate))/s\(lockstep ? " in lockstep" : "") → \(daemons) spookd on \(name.hasPrefix("sqlite") ? "SQLite" : "PostgreSQL")"
             rows.append(Row(name: "\(label): durable updates/s", value: r.durablePerSecond, unit: "updates/s",
                             baseline: "the store alone, in-process, 100/block", baselineValue: ceiling))
             rows.append(Row(name: "\(label): write → durable at daemon p50", value: r.p50Ms, unit: "ms", baseline: "p99", baselineValue: r.p99Ms))

@@ -14,11 +14,12 @@ import SpookStore
 
 let parts = ["core", "store", "wasm", "link", "fleet", "longrun", "devices", "mqtt", "page", "footprint"]
 let usage = """
-    usage: bench/run [--quick] [--only PART] [--fleet-rate R] [--fleet-sqlite-only]
+    usage: bench/run [--quick] [--only PART] [--fleet-rate R] [--fleet-sqlite-only] [--fleet-lockstep]
       --quick              a tenth of the counts (a smoke run)
       --only PART          one part: \(parts.joined(separator: ", "))
       --fleet-rate R       the fleet's updates/s per agent (default 100)
       --fleet-sqlite-only  the fleet without its PostgreSQL set-ups
+      --fleet-lockstep     the fleet's agents all write in the same instant (default: spread over the interval)
 
     """
 /// The command line, every argument checked before anything runs: a typo
@@ -29,6 +30,8 @@ struct Arguments {
     /// The fleet's updates/s per agent (the issue's load; lower shows latency below saturation).
     var fleetRate = 100.0
     var fleetSQLiteOnly = false
+    /// Every agent writes at the same instants (a burst of one frame per agent) instead of at its own phase.
+    var fleetLockstep = false
 
     init(_ list: ArraySlice<String>) {
         var args = list
@@ -44,6 +47,7 @@ struct Arguments {
                 exit(0)
             case "--quick": quick = true
             case "--fleet-sqlite-only": fleetSQLiteOnly = true
+            case "--fleet-lockstep": fleetLockstep = true
             case "--only":
                 guard let part = args.popFirst() else { refuse("--only needs a part") }
                 guard parts.contains(part) else { refuse("--only \(part): no such part") }
@@ -311,7 +315,7 @@ if runs("fleet") {
     let fleetDir = "\(dir)/fleet"
     mkdir(fleetDir, 0o700)
     rows += try FleetBench.run(dir: fleetDir, binaries: binaries, agents: quick ? 100 : 1_000, rate: arguments.fleetRate, seconds: quick ? 3 : 10,
-                               postgres: !arguments.fleetSQLiteOnly)
+                               postgres: !arguments.fleetSQLiteOnly, lockstep: arguments.fleetLockstep)
 }
 
 // MARK: the long run (a million writes, a watcher, compaction)
