@@ -257,6 +257,62 @@ if runs("store") {
                     value: stepped.stallMs, unit: "ms", baseline: "one step (before)", baselineValue: whole.stallMs))
 }
 
+// MARK: store conversion, format 1 → 2
+
+/// The first open of a format-1 store by this build converts it (the log
+/// copied into the table keyed by StateBlock, the runs built). The store:
+/// `origins` origins, each with one delta in each of `blocks` StateBlocks
+/// (a fleet daemon's log), written by this build and then laid out as
+/// format 1 had it (the log keyed by origin, indexed by block, no runs).
+/// Result: that open's time; baseline: opening the converted store again.
+func conversionTimes(origins: Int, blocks: Int, in path: String) throws -> (convert: Double, reopen: Double, deltas: Int) {
+    let group = try QGroupName("bench.conv/g")
+    do {
+        let store = try SQLStore(path: path, options: StoreOptions(sync: .off))
+        defer { store.close() }
+        for b in 1...blocks {
+            _ = try store.commit((1...origins).map { o in
+                try! Delta(origin: Origin(UInt64(o) &* 0x9E37_79B9_7F4A_7C15), seq: UInt64(b), hlc: HLCTimestamp(ms: 1_700_000_000_000 + UInt64(b), counter: UInt16(o % 1_000)),
+                           group: group, writes: [Write("r\(o % 10)", .set, .int(Int64(b)))])
+            })
+        }
+    }
+    var db: OpaquePointer?
+    guard sqlite3_open(path, &db) == SQLITE_OK else { fatalError("cannot open \(path)") }
+    let formatOne = """
+        BEGIN;
+        CREATE TABLE deltas_by_origin(origin INTEGER NOT NULL, seq INTEGER NOT NULL, block INTEGER NOT NULL,
+            body BLOB NOT NULL, refused TEXT, PRIMARY KEY(origin, seq)) WITHOUT ROWID;
+        INSERT INTO deltas_by_origin SELECT origin, seq, block, body, refused FROM deltas ORDER BY origin, seq;
+        DROP TABLE deltas;
+        ALTER TABLE deltas_by_origin RENAME TO deltas;
+        CREATE INDEX deltas_block ON deltas(block);
+        DROP TABLE runs;
+        UPDATE meta SET value = 1 WHERE key = 'format';
+        COMMIT;
+        PRAGMA wal_checkpoint(TRUNCATE);
+        """
+    guard sqlite3_exec(db, formatOne, nil, nil, nil) == SQLITE_OK else { fatalError("format 1 layout: \(String(cString: sqlite3_errmsg(db)))") }
+    sqlite3_close(db)
+    func open() throws -> Double {
+        let t = now()
+        let store = try SQLStore(path: path, options: StoreOptions(sync: .full))
+        let took = now() - t
+        let held = try store.verify().deltas
+        precondition(held == origins * blocks, "the converted store holds \(held) deltas of \(origins * blocks)")
+        store.close()
+        return took
+    }
+    let convert = try open()
+    return (convert, try open(), origins * blocks)
+}
+
+if runs("store") {
+    let (convert, reopen, deltas) = try conversionTimes(origins: 1_000, blocks: 500 / scale, in: "\(dir)/convert.db")
+    rows.append(Row(name: "store open converting format 1 → 2, \(deltas) deltas of 1000 origins", value: convert, unit: "s",
+                    baseline: "opening it again (format 2), s", baselineValue: reopen))
+}
+
 // MARK: the WebAssembly core (wasm/, under Node) against the Swift core, same deltas
 
 if runs("wasm") {
