@@ -216,6 +216,13 @@ public struct CollapseState: Sendable {
         }
     }
 
+    /// Sets registers back to the states they had (`nil`: the register did
+    /// not exist): the undo of `apply` calls whose changes a store could not
+    /// make durable. O(registers given), not O(state).
+    public mutating func restore(_ previous: [QRegisterName: RegisterState?]) {
+        for (name, state) in previous { registers[name] = state }
+    }
+
     /// Merges a snapshot (another replica's collapsed registers); returns what changed.
     @discardableResult
     public mutating func merge(snapshot: [QRegisterName: RegisterState]) -> [QRegisterName] {

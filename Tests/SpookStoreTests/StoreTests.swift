@@ -20,6 +20,17 @@ func delta(_ origin: UInt64, _ seq: UInt64, _ ms: UInt64, _ writes: [Write]) -> 
     delta(origin, seq, ms, groupA, writes)
 }
 
+/// A broken collapse rule: the latest write to arrive wins, even an older
+/// one. The store's C3 check refuses a block in which it moves a register back.
+struct LatestArrivalWins: CollapseRule {
+    func merge(_ current: RegisterState?, write: Write, stamp: Stamp, policy: Policy) -> RegisterState? {
+        let next = RegisterState.lww(Versioned(write.value, stamp))
+        return next == current ? nil : next
+    }
+
+    func merge(_ current: RegisterState?, snapshot: RegisterState) -> RegisterState? { snapshot == current ? nil : snapshot }
+}
+
 func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
     StoreOptions(sync: sync, historyLength: history, schema: intN)
 }
@@ -484,6 +495,34 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
             #expect(e.message.contains("StateBlock 2:"), "\(e.message)")
         }
         #expect(try store.deltas(origin: Origin(high), seqs: 1...2).map(\.seq) == [1, 2])
+    }
+
+    /// The store's registers change in place during a commit: one that fails
+    /// (here C3 refuses it, after a register of the block had changed) sets
+    /// them back, so memory is the disk's again and the next commit builds on it.
+    @Test(arguments: Backend.allCases) func aCommitThatFailsLeavesTheRegistersAsTheDiskHasThem(_ backend: Backend) throws {
+        let shelf = StoreShelf(backend)
+        var o = options()
+        o.rule = LatestArrivalWins()
+        let store = try shelf.open("s", o)
+        _ = try store.commit([delta(1, 1, 100, groupA, [Write("n", .set, .int(1))]), delta(1, 2, 100, groupB, [Write("n", .set, .int(5))])])
+        let committed = store.state.canonicalBytes()
+        // groupB's n goes forward, then groupA's n back in time: the rule takes it, C3 refuses the block.
+        do {
+            _ = try store.commit([delta(2, 1, 300, groupB, [Write("n", .set, .int(6))]), delta(3, 1, 50, groupA, [Write("n", .set, .int(0))])])
+            Issue.record("a commit moving a register back in time was taken")
+        } catch let e as StoreError {
+            #expect(e.code == .invariant, "\(e)")
+        }
+        #expect(store.state.canonicalBytes() == committed)
+        #expect(store.vector[Origin(2)] == 0 && store.vector[Origin(3)] == 0)
+        _ = try store.commit([delta(2, 1, 300, groupB, [Write("n", .set, .int(7))])])
+        let after = store.state.canonicalBytes()
+        #expect(after != committed)
+        store.close()
+        let reopened = try shelf.open("s", o)
+        defer { reopened.close() }
+        #expect(reopened.state.canonicalBytes() == after)
     }
 
     /// Runs SQL on a store's database with the engine's own client, not the store.
