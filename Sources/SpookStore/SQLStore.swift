@@ -485,12 +485,12 @@ public final class SQLStore: Store {
     /// writer lock) in one StateBlock; `also` writes more in the same transaction.
     private func commitBlock(local: Bool, _ make: () throws -> [Delta], also: (() throws -> Void)? = nil) throws -> CommitResult {
         var result = CommitResult()
-        // The vector and HLC are worked on as copies, swapped in after COMMIT.
-        // The registers change in place (a copy of them all was a third of a
-        // fleet daemon's commit), and each changed register's state before
-        // this block is kept: if the transaction fails, they are set back, so
-        // memory is again exactly as the disk is.
-        var nextVector = QStateVector()
+        // The registers and the vector change in place (a copy of the
+        // registers was a third of a fleet daemon's commit), and what each
+        // changed register and origin held before this block is kept: if the
+        // transaction fails, they are set back, so memory is again exactly
+        // as the disk is. The greatest HLC is swapped in after COMMIT.
+        var vectorBefore: [Origin: UInt64] = [:]
         var nextHigh = HLCTimestamp.zero
         var newRuns: [(origin: Origin, run: Run)] = []
         var runSlicesWritten: [Int] = []
@@ -500,7 +500,6 @@ public final class SQLStore: Store {
         do {
             blockID = try transaction {
                 let deltas = try make()
-                nextVector = vector
                 nextHigh = hlcHigh
                 // What the log holds of each delta (not the delta: a fleet's commit holds tens of thousands).
                 var held: [(id: DeltaID, body: [UInt8], refusal: CoreError?)] = []
@@ -508,7 +507,7 @@ public final class SQLStore: Store {
                 result.held.reserveCapacity(deltas.count)
 
                 for delta in deltas {
-                    let expected = nextVector[delta.origin] + 1
+                    let expected = vector[delta.origin] + 1
                     if delta.seq < expected {
                         result.duplicates += 1
                         // Two different deltas under one (origin, seq): report it, never hide it.
@@ -522,7 +521,8 @@ public final class SQLStore: Store {
                         result.gaps.append(delta.id)
                         continue
                     }
-                    nextVector[delta.origin] = delta.seq
+                    if vectorBefore[delta.origin] == nil { vectorBefore[delta.origin] = vector[delta.origin] }
+                    vector[delta.origin] = delta.seq
                     nextHigh = max(nextHigh, delta.hlc)
                     var refusal: CoreError?
                     do {
@@ -575,7 +575,7 @@ public final class SQLStore: Store {
                     newRuns = PendingRuns.runs(of: held.lazy.map(\.id), block: id)
                     runSlicesWritten = try writeRuns(newRuns, block: id)
                 }
-                try writeVector(table: "vector", old: vector, new: nextVector)
+                try writeVector(table: "vector", vectorBefore.keys.sorted(), of: vector)
                 try writeRegisters(result.changed, state: state)
                 try appendHistory(result.changes)
                 if nextHigh > hlcHigh { try setMeta("hlc_high", Int64(bitPattern: nextHigh.rawValue)) }
@@ -588,6 +588,7 @@ public final class SQLStore: Store {
             }
         } catch {
             state.restore(before)
+            for (origin, seq) in vectorBefore { vector[origin] = seq }
             throw error
         }
         guard let blockID else { return result }
@@ -601,7 +602,6 @@ public final class SQLStore: Store {
             }
             pendingRuns.committed(newRuns, written: runSlicesWritten)
         }
-        vector = nextVector
         hlcHigh = nextHigh
         result.block = blockID
         if db.shared { try trimHistoryIfDue() }
@@ -710,12 +710,17 @@ public final class SQLStore: Store {
     }
 
     private func writeVector(table: String, old: QStateVector, new: QStateVector) throws {
+        try writeVector(table: table, new.origins.filter { new[$0] != old[$0] }, of: new)
+    }
+
+    /// Upserts the entries of `v` for `origins` (those a commit changed: no walk of every origin).
+    private func writeVector(table: String, _ origins: [Origin], of v: QStateVector) throws {
         let g = genColumn
         let shared = db.shared, generation = txGeneration
         try insertRows("INSERT INTO \(table)(origin, seq\(g.name)) VALUES", columns: shared ? 3 : 2,
-                       tail: " ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq\(g.update)", new.origins.filter { new[$0] != old[$0] }) { s, at, o in
+                       tail: " ON CONFLICT(origin) DO UPDATE SET seq = excluded.seq\(g.update)", origins) { s, at, o in
             s.bind(at, o.rawValue)
-            s.bind(at + 1, new[o])
+            s.bind(at + 1, v[o])
             if shared { s.bind(at + 2, generation) }
         }
     }

@@ -497,10 +497,11 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(try store.deltas(origin: Origin(high), seqs: 1...2).map(\.seq) == [1, 2])
     }
 
-    /// The store's registers change in place during a commit: one that fails
-    /// (here C3 refuses it, after a register of the block had changed) sets
-    /// them back, so memory is the disk's again and the next commit builds on it.
-    @Test(arguments: Backend.allCases) func aCommitThatFailsLeavesTheRegistersAsTheDiskHasThem(_ backend: Backend) throws {
+    /// The store's registers and vector change in place during a commit: one
+    /// that fails (here C3 refuses it, after a register and two origins of
+    /// the block had moved) sets them back, so memory is the disk's again and
+    /// the next commit builds on it.
+    @Test(arguments: Backend.allCases) func aCommitThatFailsLeavesTheCachesAsTheDiskHasThem(_ backend: Backend) throws {
         let shelf = StoreShelf(backend)
         var o = options()
         o.rule = LatestArrivalWins()
