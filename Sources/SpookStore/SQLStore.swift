@@ -282,7 +282,9 @@ public final class SQLStore: Store {
     /// One write transaction. On a shared backend it holds the writer lock
     /// from the start, re-reads what others committed, and writes as the next
     /// generation. What others changed is told to `onChange` once it ends.
-    private func transaction<T>(_ body: () throws -> T) throws -> T {
+    /// `undo` runs if it fails, after the rollback and before `onChange`
+    /// hears of others' changes, so nothing reads what was not committed.
+    private func transaction<T>(undo: () -> Void = {}, _ body: () throws -> T) throws -> T {
         defer { tellOthersChanges() }
         try db.begin()
         do {
@@ -300,6 +302,7 @@ public final class SQLStore: Store {
             return result
         } catch {
             db.rollback()
+            undo()
             throw error
         }
     }
@@ -496,100 +499,98 @@ public final class SQLStore: Store {
         var runSlicesWritten: [Int] = []
         // Each changed register's state before this block (for history, C3 and the undo).
         var before: [QRegisterName: RegisterState?] = [:]
-        let blockID: Int64?
-        do {
-            blockID = try transaction {
-                let deltas = try make()
-                nextHigh = hlcHigh
-                // What the log holds of each delta (not the delta: a fleet's commit holds tens of thousands).
-                var held: [(id: DeltaID, body: [UInt8], refusal: CoreError?)] = []
-                held.reserveCapacity(deltas.count)
-                result.held.reserveCapacity(deltas.count)
+        // If the transaction fails: the registers and origins it moved go back.
+        let undo = {
+            self.state.restore(before)
+            for (origin, seq) in vectorBefore { self.vector[origin] = seq }
+        }
+        let blockID: Int64? = try transaction(undo: undo) {
+            let deltas = try make()
+            nextHigh = hlcHigh
+            // What the log holds of each delta (not the delta: a fleet's commit holds tens of thousands).
+            var held: [(id: DeltaID, body: [UInt8], refusal: CoreError?)] = []
+            held.reserveCapacity(deltas.count)
+            result.held.reserveCapacity(deltas.count)
 
-                for delta in deltas {
-                    let expected = vector[delta.origin] + 1
-                    if delta.seq < expected {
-                        result.duplicates += 1
-                        // Two different deltas under one (origin, seq): report it, never hide it.
-                        if delta.seq > horizon[delta.origin], let held = try heldHLC(origin: delta.origin, seq: delta.seq), held != delta.hlc {
-                            result.conflicts.append(delta.id)
-                            logger.error("two different deltas under one origin and seq: the origin reused a seq", metadata: ["delta": "\(delta.id)"])
+            for delta in deltas {
+                let expected = vector[delta.origin] + 1
+                if delta.seq < expected {
+                    result.duplicates += 1
+                    // Two different deltas under one (origin, seq): report it, never hide it.
+                    if delta.seq > horizon[delta.origin], let held = try heldHLC(origin: delta.origin, seq: delta.seq), held != delta.hlc {
+                        result.conflicts.append(delta.id)
+                        logger.error("two different deltas under one origin and seq: the origin reused a seq", metadata: ["delta": "\(delta.id)"])
+                    }
+                    continue
+                }
+                if delta.seq > expected {
+                    result.gaps.append(delta.id)
+                    continue
+                }
+                if vectorBefore[delta.origin] == nil { vectorBefore[delta.origin] = vector[delta.origin] }
+                vector[delta.origin] = delta.seq
+                nextHigh = max(nextHigh, delta.hlc)
+                var refusal: CoreError?
+                do {
+                    try state.apply(delta) { name, previous, now in
+                        if before[name] == nil {
+                            before[name] = .some(previous)
+                            result.changed.append(name)
                         }
-                        continue
+                        SQLStore.appendChanges(of: name, old: previous, new: now, to: &result.changes)
                     }
-                    if delta.seq > expected {
-                        result.gaps.append(delta.id)
-                        continue
-                    }
-                    if vectorBefore[delta.origin] == nil { vectorBefore[delta.origin] = vector[delta.origin] }
-                    vector[delta.origin] = delta.seq
-                    nextHigh = max(nextHigh, delta.hlc)
-                    var refusal: CoreError?
-                    do {
-                        try state.apply(delta) { name, previous, now in
-                            if before[name] == nil {
-                                before[name] = .some(previous)
-                                result.changed.append(name)
-                            }
-                            SQLStore.appendChanges(of: name, old: previous, new: now, to: &result.changes)
-                        }
-                    } catch let e as CoreError {
-                        precondition(!local, "a local delta was checked before stamping: \(e)")
-                        refusal = e
-                        result.refused.append((delta.id, e))
-                    }
-                    held.append((delta.id, delta.encoded, refusal))
-                    result.held.append(delta.id)
+                } catch let e as CoreError {
+                    precondition(!local, "a local delta was checked before stamping: \(e)")
+                    refusal = e
+                    result.refused.append((delta.id, e))
                 }
-                guard !held.isEmpty else {
-                    try also?()
-                    return nil
-                }
-
-                // C3, checked at the boundary before anything is written: no register
-                // may go to a smaller stamp. Only a broken collapse rule trips this;
-                // the commit is refused whole and the store stays as it was.
-                for name in result.changed {
-                    if case let old?? = before[name], let new = state.registers[name], !SQLStore.notOlder(new, than: old) {
-                        throw StoreError(.invariant, "\(path): collapse would move \(name) back from \(old) to \(new) (C3)")
-                    }
-                }
-
-                // The block's checksum covers its deltas in id order (local writes may lead the received ones).
-                if !SQLStore.inOrder(held.lazy.map(\.id)) { held.sort { $0.id < $1.id } }
-                let checksum = held.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
-                let b = try db.prepare("INSERT INTO blocks(count, checksum) VALUES (?, ?) RETURNING id")
-                b.bind(1, Int64(held.count))
-                b.bind(2, Int64(checksum))
-                guard try b.step() else { throw StoreError(.invariant, "\(path): a new StateBlock got no id") }
-                let id = b.int64(0)
-                b.reset()
-                try insertRows("INSERT INTO deltas(origin, seq, block, body, refused) VALUES", columns: 5, held) { d, at, h in
-                    d.bind(at, h.id.origin.rawValue)
-                    d.bind(at + 1, h.id.seq)
-                    d.bind(at + 2, id)
-                    d.bind(at + 3, h.body)
-                    if let r = h.refusal { d.bind(at + 4, r.code.rawValue) }
-                }
-                if db.logByBlock {
-                    newRuns = PendingRuns.runs(of: held.lazy.map(\.id), block: id)
-                    runSlicesWritten = try writeRuns(newRuns, block: id)
-                }
-                try writeVector(table: "vector", vectorBefore.keys.sorted(), of: vector)
-                try writeRegisters(result.changed, state: state)
-                try appendHistory(result.changes)
-                if nextHigh > hlcHigh { try setMeta("hlc_high", Int64(bitPattern: nextHigh.rawValue)) }
-                // Acknowledgements kept in memory ride along: no transaction of their own.
-                try writeDirtyAcks()
-                try also?()
-                // So does a step of a history trim (SQLite).
-                if !db.shared { try trimHistoryIfDue() }
-                return id
+                held.append((delta.id, delta.encoded, refusal))
+                result.held.append(delta.id)
             }
-        } catch {
-            state.restore(before)
-            for (origin, seq) in vectorBefore { vector[origin] = seq }
-            throw error
+            guard !held.isEmpty else {
+                try also?()
+                return nil
+            }
+
+            // C3, checked at the boundary before anything is written: no register
+            // may go to a smaller stamp. Only a broken collapse rule trips this;
+            // the commit is refused whole and the store stays as it was.
+            for name in result.changed {
+                if case let old?? = before[name], let new = state.registers[name], !SQLStore.notOlder(new, than: old) {
+                    throw StoreError(.invariant, "\(path): collapse would move \(name) back from \(old) to \(new) (C3)")
+                }
+            }
+
+            // The block's checksum covers its deltas in id order (local writes may lead the received ones).
+            if !SQLStore.inOrder(held.lazy.map(\.id)) { held.sort { $0.id < $1.id } }
+            let checksum = held.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+            let b = try db.prepare("INSERT INTO blocks(count, checksum) VALUES (?, ?) RETURNING id")
+            b.bind(1, Int64(held.count))
+            b.bind(2, Int64(checksum))
+            guard try b.step() else { throw StoreError(.invariant, "\(path): a new StateBlock got no id") }
+            let id = b.int64(0)
+            b.reset()
+            try insertRows("INSERT INTO deltas(origin, seq, block, body, refused) VALUES", columns: 5, held) { d, at, h in
+                d.bind(at, h.id.origin.rawValue)
+                d.bind(at + 1, h.id.seq)
+                d.bind(at + 2, id)
+                d.bind(at + 3, h.body)
+                if let r = h.refusal { d.bind(at + 4, r.code.rawValue) }
+            }
+            if db.logByBlock {
+                newRuns = PendingRuns.runs(of: held.lazy.map(\.id), block: id)
+                runSlicesWritten = try writeRuns(newRuns, block: id)
+            }
+            try writeVector(table: "vector", vectorBefore.keys.sorted(), of: vector)
+            try writeRegisters(result.changed, state: state)
+            try appendHistory(result.changes)
+            if nextHigh > hlcHigh { try setMeta("hlc_high", Int64(bitPattern: nextHigh.rawValue)) }
+            // Acknowledgements kept in memory ride along: no transaction of their own.
+            try writeDirtyAcks()
+            try also?()
+            // So does a step of a history trim (SQLite).
+            if !db.shared { try trimHistoryIfDue() }
+            return id
         }
         guard let blockID else { return result }
         lazyWritten()
