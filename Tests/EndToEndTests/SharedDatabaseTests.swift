@@ -98,10 +98,19 @@ let agents = ["gw1", "gw2", "gw3", "gw4", "gw5"]
 
         // d1 comes back on the same database: it serves the same state.
         c.edges["d1"] = try c.launch("spookd", "d1.toml")
-        try c.waitFor("one state on both daemons and all five agents", seconds: 60) {
-            let reference = Self.digest(c, "d2")
-            let sameVector = try c.status("d1")["vector"] == c.status("d2")["vector"]
-            return reference != nil && sameVector && (["d1"] + agents).allSatisfy { Self.digest(c, $0) == reference }
+        // As long as the wait above: in the full suite this runs beside the
+        // simulations on two cores. A timeout says who differed.
+        do {
+            try c.waitFor("one state on both daemons and all five agents", seconds: 120) {
+                let reference = Self.digest(c, "d2")
+                let sameVector = try c.status("d1")["vector"] == c.status("d2")["vector"]
+                return reference != nil && sameVector && (["d1"] + agents).allSatisfy { Self.digest(c, $0) == reference }
+            }
+        } catch {
+            let digests = (["d1", "d2"] + agents).map { "\($0) \(Self.digest(c, $0)?.prefix(12) ?? "unanswered")" }
+            let vectors = ["d1", "d2"].map { "\($0) vector \((try? c.status($0))?["vector"].map { "\($0)" } ?? "unanswered")" }
+            Issue.record("\(error): \((digests + vectors).joined(separator: "; "))")
+            throw error
         }
         for name in agents {
             #expect(c.value(name, "site1.gw3/data/n") == .int(300), "\(name)")
