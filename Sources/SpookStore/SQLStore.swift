@@ -563,7 +563,7 @@ public final class SQLStore: Store {
 
             // The block's checksum covers its deltas in id order (local writes may lead the received ones).
             if !SQLStore.inOrder(held.lazy.map(\.id)) { held.sort { $0.id < $1.id } }
-            let checksum = held.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+            let checksum = SQLStore.checksum(of: held.lazy.map(\.body))
             let b = try db.prepare("INSERT INTO blocks(count, checksum) VALUES (?, ?) RETURNING id")
             b.bind(1, Int64(held.count))
             b.bind(2, Int64(checksum))
@@ -1118,7 +1118,7 @@ public final class SQLStore: Store {
     /// were dropped (by a snapshot), or removes it when none are left.
     private func resealBlock(_ id: Int64) throws {
         let held = try blockRows(id)
-        let crc = held.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+        let crc = SQLStore.checksum(of: held.lazy.map(\.body))
         let count = Int64(held.count)
         if count == 0 {
             let d = try db.prepare("DELETE FROM blocks WHERE id = ?")
@@ -1152,8 +1152,8 @@ public final class SQLStore: Store {
             let checksum = UInt32(truncatingIfNeeded: stored.int64(0))
             let rows = try blockRows(id)
             let signed = rows.sorted { (Int64(bitPattern: $0.id.origin.rawValue), $0.id.seq) < (Int64(bitPattern: $1.id.origin.rawValue), $1.id.seq) }
-            let unsignedCRC = rows.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
-            guard checksum != unsignedCRC, checksum == signed.reduce(UInt32(0), { CRC32C.update($0, $1.body) }) else { continue }
+            let unsignedCRC = SQLStore.checksum(of: rows.lazy.map(\.body))
+            guard checksum != unsignedCRC, checksum == SQLStore.checksum(of: signed.lazy.map(\.body)) else { continue }
             let u = try db.prepare("UPDATE blocks SET checksum = ? WHERE id = ?")
             u.bind(1, Int64(unsignedCRC))
             u.bind(2, id)
@@ -1161,6 +1161,11 @@ public final class SQLStore: Store {
             resealed += 1
         }
         return resealed
+    }
+
+    /// A StateBlock's checksum: CRC-32C over its deltas' bodies, in the order given.
+    static func checksum<C: Sequence>(of bodies: C) -> UInt32 where C.Element == [UInt8] {
+        bodies.reduce(UInt32(0)) { CRC32C.update($0, $1) }
     }
 
     /// A StateBlock's rows in the order its checksum covers them: by
@@ -1431,7 +1436,7 @@ public final class SQLStore: Store {
         while try blocks.step() { rows.append((blocks.int64(0), blocks.int64(1), UInt32(truncatingIfNeeded: blocks.int64(2)))) }
         for (id, count, checksum) in rows {
             let held = try blockRows(id)
-            let crc = held.reduce(UInt32(0)) { CRC32C.update($0, $1.body) }
+            let crc = SQLStore.checksum(of: held.lazy.map(\.body))
             let n = Int64(held.count)
             for (key, body) in held {
                 do {
