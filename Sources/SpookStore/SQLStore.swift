@@ -212,6 +212,16 @@ public final class SQLStore: Store {
     }
 
     private func loadCaches() throws {
+        // A shared database: the generation first. Each statement below reads
+        // what is committed when it runs, so another daemon may commit between
+        // them; its rows carry a later generation, and the first refresh reads
+        // them again. Read last, the generation would cover a commit whose
+        // registers this store never read, and it would differ from the others
+        // until those registers changed again.
+        if db.shared {
+            seenGeneration = Int64(bitPattern: try meta("generation") ?? 0)
+            historySeen = try historyHead()
+        }
         vector = try readVector("SELECT origin, seq FROM vector")
         horizon = try readVector("SELECT origin, seq FROM horizon")
         peerVectors = [:]
@@ -230,18 +240,20 @@ public final class SQLStore: Store {
                 throw StoreError(.corrupt, "\(path): register \"\(text)\" cannot be read back: \(e.message)")
             }
         }
+        if db.shared { SQLStore.whileLoadingForTests?(path) }
         state = CollapseState(schema: options.schema, rule: options.rule, registers: registers)
         hlcHigh = HLCTimestamp(rawValue: try meta("hlc_high") ?? 0)
         epoch = UInt32(truncatingIfNeeded: try meta("epoch") ?? 0)
         let o = try db.prepare("SELECT COUNT(*) FROM orphans")
         _ = try o.step()
         orphanCount = Int(o.int64(0))
-        if db.shared {
-            seenGeneration = Int64(bitPattern: try meta("generation") ?? 0)
-            historySeen = try historyHead()
-        }
         if db.logByBlock { try loadPendingRuns() }
     }
+
+    /// Tests only: called with the store's location while a store on a shared
+    /// database opens, after it has read the registers and before the rest,
+    /// so a test can commit through another store in between.
+    nonisolated(unsafe) package static var whileLoadingForTests: ((String) -> Void)?
 
     /// Finds the runs of the last `PendingRuns.slices` blocks that the
     /// `runs` table does not hold yet (no older run can be pending).
