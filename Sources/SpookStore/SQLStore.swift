@@ -240,7 +240,7 @@ public final class SQLStore: Store {
                 throw StoreError(.corrupt, "\(path): register \"\(text)\" cannot be read back: \(e.message)")
             }
         }
-        if db.shared { SQLStore.whileLoadingForTests?(path) }
+        if db.shared { SQLStore.readingForTests?(path, .registersLoaded) }
         state = CollapseState(schema: options.schema, rule: options.rule, registers: registers)
         hlcHigh = HLCTimestamp(rawValue: try meta("hlc_high") ?? 0)
         epoch = UInt32(truncatingIfNeeded: try meta("epoch") ?? 0)
@@ -250,10 +250,15 @@ public final class SQLStore: Store {
         if db.logByBlock { try loadPendingRuns() }
     }
 
-    /// Tests only: called with the store's location while a store on a shared
-    /// database opens, after it has read the registers and before the rest,
-    /// so a test can commit through another store in between.
-    nonisolated(unsafe) package static var whileLoadingForTests: ((String) -> Void)?
+    /// Tests only: called with the store's location at two steps of reading
+    /// a shared database, so a test can commit through another store there.
+    nonisolated(unsafe) package static var readingForTests: ((String, ReadingStep) -> Void)?
+    package enum ReadingStep: Sendable {
+        /// Opening: the registers are read, the rest of the caches not yet.
+        case registersLoaded
+        /// Reading others' commits: the history rows to tell are read.
+        case historyRead
+    }
 
     /// Finds the runs of the last `PendingRuns.slices` blocks that the
     /// `runs` table does not hold yet (no older run can be pending).
@@ -355,8 +360,11 @@ public final class SQLStore: Store {
         }
         // Committed states only move forward (C3): merged as a snapshot, each becomes the database's.
         othersChanged += state.merge(snapshot: registers)
-        for (_, change) in try historyRows(after: historySeen, limit: Self.othersChangesMax) { othersChanges.append(change) }
-        historySeen = try historyHead()
+        // The head first: a commit after it has its history rows told by the next refresh, not skipped.
+        let head = try historyHead()
+        for (id, change) in try historyRows(after: historySeen, limit: Self.othersChangesMax) where id <= head { othersChanges.append(change) }
+        SQLStore.readingForTests?(path, .historyRead)
+        historySeen = head
         hlcHigh = max(hlcHigh, HLCTimestamp(rawValue: try meta("hlc_high") ?? 0))
         epoch = UInt32(truncatingIfNeeded: try meta("epoch") ?? 0)
         let o = try db.prepare("SELECT COUNT(*) FROM orphans")

@@ -459,33 +459,6 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         #expect(format == "\(SQLStore.formatVersion)")
     }
 
-    /// Two daemons on one PostgreSQL database: a store that opens while the
-    /// other commits holds that commit after its first refresh. (It had read
-    /// the generation it starts from after the registers, so it never read
-    /// a commit made in between, and the two differed until those registers
-    /// changed again: found as a daemon restarted beside a busy one.)
-    @Test func aCommitWhileAStoreOpensReachesItAtTheFirstRefresh() throws {
-        let shelf = StoreShelf(.postgres)
-        let a = try shelf.open("s", options())
-        _ = try a.commit([delta(1, 1, 1, [Write("n", .set, .int(1))])])
-        let location = a.path
-        var committed = 0
-        SQLStore.whileLoadingForTests = { path in
-            guard path == location, committed == 0 else { return }
-            committed += 1
-            _ = try? a.commit([delta(1, 2, 2, [Write("n", .set, .int(2))]), delta(2, 1, 3, groupB, [Write("n", .set, .int(7))])])
-        }
-        defer { SQLStore.whileLoadingForTests = nil }
-        let b = try shelf.open("s", options())
-        #expect(committed == 1, "a committed while b opened")
-        _ = try b.refreshFromOthers()
-        #expect(b.vector == a.vector, "b \(b.vector), a \(a.vector)")
-        #expect(b.state.registers[try groupA.register("n")]?.value == .int(2))
-        #expect(b.state.canonicalBytes() == a.state.canonicalBytes())
-        b.close()
-        a.close()
-    }
-
     /// Format 1 resealed a StateBlock over its rows with origins ordered as
     /// signed integers, unlike every other checksum (unsigned DeltaID order):
     /// the conversion reseals such a block in the order format 2 checks, and
@@ -566,5 +539,70 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
             let database = PostgresServer.database(of: url)
             #expect(try PostgresServer.shared().psql(database, postgres) != nil, "psql: \(postgres)")
         }
+    }
+}
+
+/// Another daemon commits at a chosen step of this store's reading of a
+/// shared database (`SQLStore.readingForTests`, one hook for the process:
+/// these tests run one at a time).
+@Suite(.serialized) struct SharedReadingTests {
+    /// Two daemons on one PostgreSQL database: a store that opens while the
+    /// other commits holds that commit after its first refresh. (It had read
+    /// the generation it starts from after the registers, so it never read
+    /// a commit made in between, and the two differed until those registers
+    /// changed again: found as a daemon restarted beside a busy one.)
+    @Test func aCommitWhileAStoreOpensReachesItAtTheFirstRefresh() throws {
+        let shelf = StoreShelf(.postgres)
+        let a = try shelf.open("s", options())
+        _ = try a.commit([delta(1, 1, 1, [Write("n", .set, .int(1))])])
+        let location = a.path
+        var committed = 0
+        SQLStore.readingForTests = { path, step in
+            guard path == location, step == .registersLoaded, committed == 0 else { return }
+            committed += 1
+            _ = try? a.commit([delta(1, 2, 2, [Write("n", .set, .int(2))]), delta(2, 1, 3, groupB, [Write("n", .set, .int(7))])])
+        }
+        defer { SQLStore.readingForTests = nil }
+        let b = try shelf.open("s", options())
+        #expect(committed == 1, "a committed while b opened")
+        _ = try b.refreshFromOthers()
+        #expect(b.vector == a.vector, "b \(b.vector), a \(a.vector)")
+        #expect(b.state.registers[try groupA.register("n")]?.value == .int(2))
+        #expect(b.state.canonicalBytes() == a.state.canonicalBytes())
+        b.close()
+        a.close()
+    }
+
+    /// Two daemons on one PostgreSQL database: every value another daemon
+    /// committed reaches this store's watchers once, including those of a
+    /// commit made while this store was reading others' commits. (It read
+    /// the history's head after the rows, so such a commit's values were
+    /// skipped; the register's final state still arrived.)
+    @Test func everyValueOtherDaemonsCommitReachesTheWatchersOnce() throws {
+        let shelf = StoreShelf(.postgres)
+        let a = try shelf.open("s", options())
+        let b = try shelf.open("s", options())
+        let n = try groupA.register("n")
+        var told: [Int64] = []
+        b.onChange = { _, changes in
+            for c in changes where c.name == n { if case .int(let v) = c.entry.versioned.value { told.append(v) } }
+        }
+        _ = try a.commit([delta(1, 1, 1, [Write("n", .set, .int(1))])])
+        let location = a.path
+        var committed = 0
+        SQLStore.readingForTests = { path, step in
+            guard path == location, step == .historyRead, committed == 0 else { return }
+            committed += 1
+            _ = try? a.commit([delta(1, 2, 2, [Write("n", .set, .int(2))])])
+        }
+        defer { SQLStore.readingForTests = nil }
+        #expect(try b.refreshFromOthers())
+        SQLStore.readingForTests = nil
+        #expect(committed == 1, "a committed while b read its commits")
+        _ = try b.refreshFromOthers()
+        #expect(told == [1, 2], "values told to b's watchers: \(told)")
+        #expect(b.state.canonicalBytes() == a.state.canonicalBytes())
+        b.close()
+        a.close()
     }
 }
