@@ -546,6 +546,22 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
 /// shared database (`SQLStore.readingForTests`, one hook for the process:
 /// these tests run one at a time).
 @Suite(.serialized) struct SharedReadingTests {
+    /// How often the hook committed.
+    final class Commits { var count = 0 }
+
+    /// Commits `deltas` through `other` the first time a store on its
+    /// database reaches `step` (until `readingForTests` is set again).
+    static func commit(_ deltas: [Delta], through other: SQLStore, at step: SQLStore.ReadingStep) -> Commits {
+        let commits = Commits()
+        let location = other.path
+        SQLStore.readingForTests = { path, reached in
+            guard path == location, reached == step, commits.count == 0 else { return }
+            commits.count += 1
+            do { _ = try other.commit(deltas) } catch { Issue.record("the commit at \(step) failed: \(error)") }
+        }
+        return commits
+    }
+
     /// Two daemons on one PostgreSQL database: a store that opens while the
     /// other commits holds that commit after its first refresh. (It had read
     /// the generation it starts from after the registers, so it never read
@@ -555,16 +571,11 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
         let shelf = StoreShelf(.postgres)
         let a = try shelf.open("s", options())
         _ = try a.commit([delta(1, 1, 1, [Write("n", .set, .int(1))])])
-        let location = a.path
-        var committed = 0
-        SQLStore.readingForTests = { path, step in
-            guard path == location, step == .registersLoaded, committed == 0 else { return }
-            committed += 1
-            _ = try? a.commit([delta(1, 2, 2, [Write("n", .set, .int(2))]), delta(2, 1, 3, groupB, [Write("n", .set, .int(7))])])
-        }
+        let commits = Self.commit([delta(1, 2, 2, [Write("n", .set, .int(2))]), delta(2, 1, 3, groupB, [Write("n", .set, .int(7))])],
+                                  through: a, at: .registersLoaded)
         defer { SQLStore.readingForTests = nil }
         let b = try shelf.open("s", options())
-        #expect(committed == 1, "a committed while b opened")
+        #expect(commits.count == 1, "a committed while b opened")
         _ = try b.refreshFromOthers()
         #expect(b.vector == a.vector, "b \(b.vector), a \(a.vector)")
         #expect(b.state.registers[try groupA.register("n")]?.value == .int(2))
@@ -588,17 +599,11 @@ func options(_ sync: SyncLevel = .off, history: Int = 8) -> StoreOptions {
             for c in changes where c.name == n { if case .int(let v) = c.entry.versioned.value { told.append(v) } }
         }
         _ = try a.commit([delta(1, 1, 1, [Write("n", .set, .int(1))])])
-        let location = a.path
-        var committed = 0
-        SQLStore.readingForTests = { path, step in
-            guard path == location, step == .historyRead, committed == 0 else { return }
-            committed += 1
-            _ = try? a.commit([delta(1, 2, 2, [Write("n", .set, .int(2))])])
-        }
+        let commits = Self.commit([delta(1, 2, 2, [Write("n", .set, .int(2))])], through: a, at: .historyRead)
         defer { SQLStore.readingForTests = nil }
         #expect(try b.refreshFromOthers())
         SQLStore.readingForTests = nil
-        #expect(committed == 1, "a committed while b read its commits")
+        #expect(commits.count == 1, "a committed while b read its commits")
         _ = try b.refreshFromOthers()
         #expect(told == [1, 2], "values told to b's watchers: \(told)")
         #expect(b.state.canonicalBytes() == a.state.canonicalBytes())
