@@ -1161,15 +1161,14 @@ public final class SQLStore: Store {
     /// one that matches neither is left as it is, for `verify()` to report.
     /// Returns the blocks resealed.
     private func resealFormatOneChecksums() throws -> Int {
-        let straddling = try db.prepare("SELECT block FROM deltas GROUP BY block HAVING MIN(origin) < 0 AND MAX(origin) >= 0")
-        var ids: [Int64] = []
-        while try straddling.step() { ids.append(straddling.int64(0)) }
+        let straddling = try db.prepare("""
+            SELECT id, checksum FROM blocks WHERE id IN
+                (SELECT block FROM deltas GROUP BY block HAVING MIN(origin) < 0 AND MAX(origin) >= 0)
+            """)
+        var blocks: [(id: Int64, checksum: UInt32)] = []
+        while try straddling.step() { blocks.append((straddling.int64(0), UInt32(truncatingIfNeeded: straddling.int64(1)))) }
         var resealed = 0
-        for id in ids {
-            let stored = try db.prepare("SELECT checksum FROM blocks WHERE id = ?")
-            stored.bind(1, id)
-            guard try stored.step() else { continue }
-            let checksum = UInt32(truncatingIfNeeded: stored.int64(0))
+        for (id, checksum) in blocks {
             let rows = try blockRows(id)
             let signed = rows.sorted { (Int64(bitPattern: $0.id.origin.rawValue), $0.id.seq) < (Int64(bitPattern: $1.id.origin.rawValue), $1.id.seq) }
             let unsignedCRC = SQLStore.checksum(of: rows.lazy.map(\.body))
